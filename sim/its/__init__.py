@@ -1,0 +1,44 @@
+"""The virtual GICv3 ITS as KVM emulates it: commands, state, and the migration ABI."""
+
+from sim.its.commands import (
+    CLEAR,
+    DISCARD,
+    INT,
+    INV,
+    INVALL,
+    MAPC,
+    MAPD,
+    MAPI,
+    MAPTI,
+    MOVALL,
+    MOVI,
+    SYNC,
+    CommandDecodeError,
+    ITSCommand,
+    decode,
+)
+from sim.its.errors import ITSDisabledError, ITSError
+from sim.its.vits import ITSLayout, KernelOops, VirtualITS
+
+__all__ = [
+    "CLEAR",
+    "DISCARD",
+    "INT",
+    "INV",
+    "INVALL",
+    "MAPC",
+    "MAPD",
+    "MAPI",
+    "MAPTI",
+    "MOVALL",
+    "MOVI",
+    "SYNC",
+    "CommandDecodeError",
+    "ITSCommand",
+    "ITSDisabledError",
+    "ITSError",
+    "ITSLayout",
+    "KernelOops",
+    "VirtualITS",
+    "decode",
+]

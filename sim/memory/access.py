@@ -1,0 +1,141 @@
+"""The one access check: every read and write by an actor passes through here.
+
+CPU accesses are checked against the initiator's pKVM stage-2 view of each page (any
+state but ``NOPAGE`` allows the access, as in pKVM shared pages are mapped read-write).
+DMA accesses are checked against the master's IOMMU domain if it has one, and are
+unchecked otherwise: the GICv3 ITS is a DMA master with no IOMMU in front of it. A denied
+access is a stage-2 fault (an IOMMU fault for DMA): it is logged, and raised as
+:class:`Stage2Fault` so the caller handles it the way KVM would (``-EFAULT``).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from sim.memory.intervals import IntervalMap
+from sim.memory.labels import LabelMap
+from sim.memory.ownership import PageOwnership
+from sim.memory.physmem import PAGE_SHIFT, PAGE_SIZE, PhysicalPages, page_span
+
+PHYS_ADDR_BITS = 48
+
+
+@dataclass(frozen=True)
+class Initiator:
+    """Who performs an access.
+
+    ``name`` is hierarchical (``"src.host.kvm"``); ``component`` is the pKVM component
+    whose stage-2 view applies (``"host"``, ``"hyp"`` or a guest's name); ``dma`` marks a
+    bus master whose accesses go through an IOMMU, if any, instead of a stage-2.
+    """
+
+    name: str
+    component: str
+    dma: bool = False
+
+
+class Perm(enum.Flag):
+    NONE = 0
+    R = enum.auto()
+    W = enum.auto()
+    RW = R | W
+
+
+class IOMMUDomain:
+    """Pages a DMA master may reach, with permissions (page granular, like an SMMU)."""
+
+    def __init__(self) -> None:
+        self._perms: IntervalMap[Perm] = IntervalMap(Perm.NONE)
+
+    def map(self, addr: int, length: int, perm: Perm = Perm.RW) -> None:
+        span = page_span(addr, length)
+        self._perms.assign(span.start, span.stop, perm)
+
+    def unmap(self, addr: int, length: int) -> None:
+        self.map(addr, length, Perm.NONE)
+
+    def allows(self, pfn: int, write: bool) -> bool:
+        return (Perm.W if write else Perm.R) in self._perms[pfn]
+
+
+class AccessRecord(NamedTuple):
+    time: float
+    actor: str
+    addr: int
+    length: int
+    write: bool
+    allowed: bool
+
+
+class Stage2Fault(Exception):
+    """An access the initiator's stage-2 (or IOMMU) view forbids."""
+
+    def __init__(self, record: AccessRecord, pfn: int, reason: str) -> None:
+        self.record = record
+        self.pfn = pfn
+        self.reason = reason
+        op = "write" if record.write else "read"
+        super().__init__(
+            f"{record.actor}: {op} of {record.length} bytes at {record.addr:#x} faults"
+            f" on page {pfn << PAGE_SHIFT:#x}: {reason}"
+        )
+
+
+class MemorySystem:
+    """One machine's physical memory, page ownership, guest labels and access log."""
+
+    def __init__(self, clock: Callable[[], float] = lambda: 0.0) -> None:
+        self.clock = clock
+        self._pages = PhysicalPages()
+        self.ownership = PageOwnership(clock)
+        self.ownership.on_poison = self._poison
+        self.labels = LabelMap()
+        self.iommu: dict[str, IOMMUDomain] = {}
+        self.log: list[AccessRecord] = []
+        self.faults: list[Stage2Fault] = []
+
+    def denial(self, who: Initiator, addr: int, length: int, write: bool) -> tuple[int, str] | None:
+        """``(pfn, reason)`` of the first page ``who`` may not access, or ``None``."""
+        if addr < 0 or length < 0 or addr + length > 1 << PHYS_ADDR_BITS:
+            raise ValueError(f"access [{addr:#x}, +{length:#x}) outside the physical space")
+        if who.dma:
+            domain = self.iommu.get(who.name)
+            if domain is None:
+                return None
+            for p in page_span(addr, length):
+                if not domain.allows(p, write):
+                    return p, f"not mapped {'writable' if write else 'readable'} in the IOMMU"
+            return None
+        span = page_span(addr, length)
+        for start, _end, state in self.ownership.runs(who.component, span.start, len(span)):
+            if not state.accessible:
+                return start, f"{who.component} stage-2 state is {state.value}"
+        return None
+
+    def _check(self, who: Initiator, addr: int, length: int, write: bool) -> None:
+        denied = self.denial(who, addr, length, write)
+        record = AccessRecord(self.clock(), who.name, addr, length, write, denied is None)
+        self.log.append(record)
+        if denied is not None:
+            fault = Stage2Fault(record, *denied)
+            self.faults.append(fault)
+            raise fault
+
+    def read(self, who: Initiator, addr: int, length: int) -> bytes:
+        self._check(who, addr, length, write=False)
+        return self._pages.read(addr, length)
+
+    def write(self, who: Initiator, addr: int, data: bytes) -> None:
+        self._check(who, addr, len(data), write=True)
+        self._pages.write(addr, data)
+
+    def _poison(self, first_pfn: int, nr_pages: int) -> None:
+        # pKVM clears a guest page before handing it back to the host.
+        self._pages.fill(first_pfn, nr_pages, 0)
+
+    @property
+    def resident_bytes(self) -> int:
+        return self._pages.resident_pages * PAGE_SIZE

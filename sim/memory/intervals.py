@@ -1,0 +1,86 @@
+"""A step function over the integers: a value for every address, stored as intervals.
+
+Labels on guest bytes and pKVM page states are both "one value per unit, changing
+rarely", so both are kept here as sorted breakpoints rather than per byte or per page.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Iterator
+from typing import Generic, TypeVar
+
+V = TypeVar("V")
+
+
+class IntervalMap(Generic[V]):
+    """Maps every integer to a value; ``assign(start, end, v)`` sets ``[start, end)``.
+
+    Internally ``_keys[i]`` is the first point whose value is ``_vals[i]``, up to the next
+    key; points before the first key have ``default``. Adjacent equal values are merged,
+    so the representation is canonical and two maps with the same function compare equal.
+    """
+
+    __slots__ = ("_keys", "_vals", "default")
+
+    def __init__(self, default: V) -> None:
+        self.default = default
+        self._keys: list[int] = []
+        self._vals: list[V] = []
+
+    def __getitem__(self, point: int) -> V:
+        i = bisect_right(self._keys, point) - 1
+        return self._vals[i] if i >= 0 else self.default
+
+    def assign(self, start: int, end: int, value: V) -> None:
+        """Give every point in ``[start, end)`` the value ``value``."""
+        if end <= start:
+            return
+        after = self[end]
+        lo = bisect_right(self._keys, start - 1)  # first key >= start
+        hi = bisect_right(self._keys, end)  # first key > end
+        before = self._vals[lo - 1] if lo > 0 else self.default
+        keys: list[int] = []
+        vals: list[V] = []
+        if value != before:
+            keys.append(start)
+            vals.append(value)
+        if after != value:
+            keys.append(end)
+            vals.append(after)
+        self._keys[lo:hi] = keys
+        self._vals[lo:hi] = vals
+
+    def runs(self, start: int, end: int) -> Iterator[tuple[int, int, V]]:
+        """Yield maximal ``(s, e, value)`` runs covering ``[start, end)`` in order."""
+        if end <= start:
+            return
+        i = bisect_right(self._keys, start) - 1
+        cur = start
+        while cur < end:
+            value = self._vals[i] if i >= 0 else self.default
+            nxt = self._keys[i + 1] if i + 1 < len(self._keys) else end
+            stop = min(nxt, end)
+            yield cur, stop, value
+            cur = stop
+            i += 1
+
+    def intervals(self) -> Iterator[tuple[int, int, V]]:
+        """Yield the finite runs whose value differs from ``default``."""
+        for i, key in enumerate(self._keys):
+            value = self._vals[i]
+            if value != self.default and i + 1 < len(self._keys):
+                yield key, self._keys[i + 1], value
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, IntervalMap):
+            return NotImplemented
+        return (self.default, self._keys, self._vals) == (
+            other.default,
+            other._keys,
+            other._vals,
+        )
+
+    def __len__(self) -> int:
+        """Number of breakpoints (a measure of fragmentation, not of coverage)."""
+        return len(self._keys)

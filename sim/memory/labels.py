@@ -1,0 +1,62 @@
+"""What each guest byte holds: ITS table of which kind, command queue, a named secret, free.
+
+Labels are simulator ground truth for the audit, not memory the actors can see, so
+setting one is not an access.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from sim.memory.intervals import IntervalMap
+
+
+class LabelKind(enum.StrEnum):
+    FREE = "free"
+    DEVICE_TABLE = "its-device-table"  # GITS_BASER<0>, flat or level 1
+    DEVICE_TABLE_L2 = "its-device-table-l2"  # a level-2 page of the device table
+    COLLECTION_TABLE = "its-collection-table"  # GITS_BASER<1>
+    CMDQ = "its-cmdq"  # GITS_CBASER
+    ITT = "its-itt"  # one device's interrupt translation table (MAPD)
+    PROP_TABLE = "lpi-prop-table"  # GICR_PROPBASER
+    PEND_TABLE = "lpi-pend-table"  # GICR_PENDBASER of one vCPU
+    KERNEL = "kernel-data"  # unrelated guest kernel data, not secret
+    SECRET = "secret"  # guest data whose exposure is a confidentiality violation
+
+
+@dataclass(frozen=True, order=True)
+class Label:
+    kind: LabelKind
+    name: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.name}" if self.name else str(self.kind)
+
+
+FREE = Label(LabelKind.FREE)
+
+
+class LabelMap:
+    """Labels on byte ranges, kept as intervals; unlabelled bytes are ``free``."""
+
+    def __init__(self) -> None:
+        self._map: IntervalMap[Label] = IntervalMap(FREE)
+
+    def set(self, addr: int, length: int, label: Label) -> None:
+        self._map.assign(addr, addr + length, label)
+
+    def clear(self, addr: int, length: int) -> None:
+        self._map.assign(addr, addr + length, FREE)
+
+    def at(self, addr: int) -> Label:
+        return self._map[addr]
+
+    def runs(self, addr: int, length: int) -> Iterator[tuple[int, int, Label]]:
+        """``(start, end, label)`` runs covering ``[addr, addr + length)``."""
+        return self._map.runs(addr, addr + length)
+
+    def labelled(self) -> Iterator[tuple[int, int, Label]]:
+        """Every non-free run, in address order."""
+        return self._map.intervals()

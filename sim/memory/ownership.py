@@ -1,0 +1,229 @@
+"""pKVM page ownership: a page state per component, and the transitions EL2 allows.
+
+Mirrors ``arch/arm64/kvm/hyp/nvhe/mem_protect.c``: every page has, in each component's
+view (host, hyp, each guest), one of the states of ``enum pkvm_page_state``. A
+transition checks the current state on *both* sides for every page in the range first and
+changes nothing if any check fails (``-EPERM``); otherwise it moves every page at once.
+
+Simplifications (documented in the README): a guest's IPA equals the physical address
+(the host's stage-2 is an identity map in pKVM; we use the same for guests); the
+refcounts of ``struct hyp_page`` (hyp pins, ``host_share_guest_count``) are not
+modelled. ``apply`` over a range is all or nothing, as each mainline transition is over
+its own range; mainline guest hypercalls take one page each, so callers loop per page.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sim.memory.intervals import IntervalMap
+
+HOST = "host"
+HYP = "hyp"
+
+
+class PageState(enum.Enum):
+    """``enum pkvm_page_state`` (arch/arm64/kvm/hyp/include/nvhe/memory.h)."""
+
+    OWNED = "owned"  # PKVM_PAGE_OWNED
+    SHARED_OWNED = "shared-owned"  # PKVM_PAGE_SHARED_OWNED
+    SHARED_BORROWED = "shared-borrowed"  # PKVM_PAGE_SHARED_BORROWED
+    NOPAGE = "nopage"  # PKVM_NOPAGE
+
+    @property
+    def accessible(self) -> bool:
+        return self is not PageState.NOPAGE
+
+
+O, SO, SB, NP = (
+    PageState.OWNED,
+    PageState.SHARED_OWNED,
+    PageState.SHARED_BORROWED,
+    PageState.NOPAGE,
+)
+
+
+@dataclass(frozen=True)
+class TransitionSpec:
+    """One ownership transition: required and resulting state for each side."""
+
+    kernel_name: str
+    # (role, state before, state after); role is "host", "hyp" or "guest".
+    sides: tuple[tuple[str, PageState, PageState], ...]
+    # A valid stage-2 (or hyp stage-1) leaf becomes invalid: EL2 invalidates the TLB.
+    tlbi: bool
+    # The page contents are wiped before the new owner can see them.
+    poison: bool = False
+
+
+class Transition(enum.Enum):
+    """The transitions the model's lowvisor can perform, named after mem_protect.c.
+
+    ``tlbi`` follows mainline v7.1: a TLB invalidation is needed when a valid leaf entry
+    becomes invalid (unmap or donation annotation); invalid-to-valid and software-bit-only
+    changes (guest MEM_SHARE) need none. Host-hyp shares only update ``struct hyp_page``.
+    """
+
+    HOST_SHARE_HYP = TransitionSpec(
+        "__pkvm_host_share_hyp", (("host", O, SO), ("hyp", NP, SB)), tlbi=False
+    )
+    HOST_UNSHARE_HYP = TransitionSpec(
+        "__pkvm_host_unshare_hyp", (("host", SO, O), ("hyp", SB, NP)), tlbi=False
+    )
+    HOST_DONATE_HYP = TransitionSpec(
+        "__pkvm_host_donate_hyp", (("host", O, NP), ("hyp", NP, O)), tlbi=True
+    )
+    HYP_DONATE_HOST = TransitionSpec(
+        "__pkvm_hyp_donate_host", (("hyp", O, NP), ("host", NP, O)), tlbi=True
+    )
+    # A non-protected guest's memory stays the host's, shared into the guest.
+    HOST_SHARE_GUEST = TransitionSpec(
+        "__pkvm_host_share_guest", (("host", O, SO), ("guest", NP, SB)), tlbi=False
+    )
+    HOST_UNSHARE_GUEST = TransitionSpec(
+        "__pkvm_host_unshare_guest", (("host", SO, O), ("guest", SB, NP)), tlbi=True
+    )
+    # A protected guest faults memory in: the host loses it.
+    HOST_DONATE_GUEST = TransitionSpec(
+        "__pkvm_host_donate_guest", (("host", O, NP), ("guest", NP, O)), tlbi=True
+    )
+    # Guest hypercalls MEM_SHARE (3) and MEM_UNSHARE (4).
+    GUEST_SHARE_HOST = TransitionSpec(
+        "__pkvm_guest_share_host", (("guest", O, SO), ("host", NP, SB)), tlbi=False
+    )
+    GUEST_UNSHARE_HOST = TransitionSpec(
+        "__pkvm_guest_unshare_host", (("guest", SO, O), ("host", SB, NP)), tlbi=True
+    )
+    # MEM_RELINQUISH (9): Android's common kernel only; the page is poisoned first.
+    GUEST_RELINQUISH = TransitionSpec(
+        "__pkvm_guest_relinquish_to_host",
+        (("guest", O, NP), ("host", NP, O)),
+        tlbi=True,
+        poison=True,
+    )
+    # Teardown: the host takes back a dying guest's pages; owned ones are poisoned.
+    HOST_RECLAIM_PAGE = TransitionSpec(
+        "__pkvm_host_reclaim_page_guest",
+        (("guest", O, NP), ("host", NP, O)),
+        tlbi=True,
+        poison=True,
+    )
+    HOST_RECLAIM_SHARED_PAGE = TransitionSpec(
+        "__pkvm_host_reclaim_page_guest", (("guest", SO, NP), ("host", SB, O)), tlbi=True
+    )
+
+    @property
+    def spec(self) -> TransitionSpec:
+        return self.value
+
+
+class OwnershipError(Exception):
+    """A refused transition (pKVM returns -EPERM and changes nothing)."""
+
+    errno = "EPERM"
+
+    def __init__(self, transition: Transition, pfn: int, component: str, expected, actual):
+        self.transition = transition
+        self.pfn = pfn
+        self.component = component
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"{transition.spec.kernel_name}: page {pfn:#x} is {actual.value} for {component},"
+            f" needs {expected.value} (-EPERM)"
+        )
+
+
+@dataclass(frozen=True)
+class OwnershipChange:
+    """One completed transition, kept for the audit."""
+
+    time: float
+    transition: Transition
+    first_pfn: int
+    nr_pages: int
+    guest: str | None
+    cause: str
+
+
+class PageOwnership:
+    """Per-component page states for one machine, and the only code that changes them.
+
+    The host starts owning every page (as at pKVM boot, before the hyp and guests take
+    theirs); every other component starts with no page.
+    """
+
+    def __init__(self, clock: Callable[[], float] = lambda: 0.0) -> None:
+        self._clock = clock
+        self._states: dict[str, IntervalMap[PageState]] = {
+            HOST: IntervalMap(PageState.OWNED),
+            HYP: IntervalMap(PageState.NOPAGE),
+        }
+        self.history: list[OwnershipChange] = []
+        self.tlb_invalidations = 0
+        self.on_poison: Callable[[int, int], None] | None = None
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        return tuple(self._states)
+
+    def add_guest(self, name: str) -> None:
+        if name in self._states:
+            raise ValueError(f"component {name!r} already exists")
+        self._states[name] = IntervalMap(PageState.NOPAGE)
+
+    def state(self, component: str, pfn: int) -> PageState:
+        return self._view(component)[pfn]
+
+    def runs(self, component: str, first_pfn: int, nr_pages: int):
+        """``(first, end, state)`` runs of one component's view over a pfn range."""
+        return self._view(component).runs(first_pfn, first_pfn + nr_pages)
+
+    def _view(self, component: str) -> IntervalMap[PageState]:
+        try:
+            return self._states[component]
+        except KeyError:
+            raise ValueError(f"unknown component {component!r}") from None
+
+    def _side(self, role: str, guest: str | None) -> str:
+        if role != "guest":
+            return role
+        if guest is None or guest in (HOST, HYP):
+            raise ValueError(f"transition needs a guest name, got {guest!r}")
+        self._view(guest)
+        return guest
+
+    def check(
+        self, transition: Transition, first_pfn: int, nr_pages: int = 1, guest: str | None = None
+    ) -> None:
+        """Raise :class:`OwnershipError` unless ``transition`` is legal on every page."""
+        if nr_pages < 1:
+            raise ValueError("nr_pages must be >= 1")
+        for role, before, _ in transition.spec.sides:
+            component = self._side(role, guest)
+            for start, _end, state in self.runs(component, first_pfn, nr_pages):
+                if state is not before:
+                    raise OwnershipError(transition, start, component, before, state)
+
+    def apply(
+        self,
+        transition: Transition,
+        first_pfn: int,
+        nr_pages: int = 1,
+        guest: str | None = None,
+        cause: str = "",
+    ) -> OwnershipChange:
+        """Perform ``transition`` on ``nr_pages`` pages from ``first_pfn``, all or nothing."""
+        self.check(transition, first_pfn, nr_pages, guest)
+        spec = transition.spec
+        for role, _, after in spec.sides:
+            self._states[self._side(role, guest)].assign(first_pfn, first_pfn + nr_pages, after)
+        if spec.tlbi:
+            self.tlb_invalidations += 1
+        if spec.poison and self.on_poison is not None:
+            self.on_poison(first_pfn, nr_pages)
+        change = OwnershipChange(self._clock(), transition, first_pfn, nr_pages, guest, cause)
+        self.history.append(change)
+        return change

@@ -1,0 +1,39 @@
+"""The README's example runs as printed."""
+
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_python_example_runs_as_printed(capsys):
+    text = README.read_text()
+    block = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    exec(compile(block, "README.md", "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == [
+        "E_ITS_MAPTI_UNMAPPED_DEVICE",
+        "(8200, 1)",
+        "0300200800000080",
+        "0100082000000000",
+    ]
+
+
+def test_readme_opens_with_two_commands():
+    lines = README.read_text().splitlines()
+    fence = lines.index("```sh")
+    commands = lines[fence + 1 : lines.index("```", fence + 1)]
+    assert len(commands) == 2
+    assert commands[1].endswith("python -m pytest")
+    assert "python -m pytest" in (README.parent / ".ci" / "run").read_text()
+
+
+def test_its_save_command_shows_protected_save_faulting(capsys):
+    from sim.cli import main
+
+    assert main(["its-save", "--devices", "2", "--events", "4"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:3]}
+    assert rows["non-protected"][1:5] == ["8", "0", "ok", "0"]
+    assert rows["protected"][1:4] == ["8", "0", "-EFAULT"]
+    assert "host stage-2 state is nopage" in out
