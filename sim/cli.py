@@ -17,6 +17,9 @@ examples:
 """
 
 
+NR_LPIS = (1 << 16) - 8192  # INTIDs 8192..65535 with 16 INTID bits
+
+
 def _its_save(args: argparse.Namespace) -> int:
     """Map devices, then SAVE_TABLES twice: a non-protected VM, then a protected one.
 
@@ -79,8 +82,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--devices", type=int, default=4, help="devices to map (default 4)")
     p.add_argument("--events", type=int, default=16, help="events per device (default 16)")
-    p.set_defaults(func=_its_save)
+    p.set_defaults(func=_its_save, check=_check_its_save)
     return parser
+
+
+def _check_its_save(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if not 1 <= args.devices <= 1 << 16:
+        parser.error(f"--devices: expected 1..65536 (16 DeviceID bits), got {args.devices}")
+    if not 1 <= args.events <= 1 << 16:
+        parser.error(f"--events: expected 1..65536 (16 EventID bits), got {args.events}")
+    if args.devices * args.events > NR_LPIS:
+        parser.error(
+            f"--devices x --events: expected at most {NR_LPIS} LPIs (one INTID per event),"
+            f" got {args.devices * args.events}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    args.check(parser, args)
     return args.func(args)
 
 

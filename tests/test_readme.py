@@ -26,14 +26,3 @@ def test_readme_opens_with_two_commands():
     assert len(commands) == 2
     assert commands[1].endswith("python -m pytest")
     assert "python -m pytest" in (README.parent / ".ci" / "run").read_text()
-
-
-def test_its_save_command_shows_protected_save_faulting(capsys):
-    from sim.cli import main
-
-    assert main(["its-save", "--devices", "2", "--events", "4"]) == 0
-    out = capsys.readouterr().out
-    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:3]}
-    assert rows["non-protected"][1:5] == ["8", "0", "ok", "0"]
-    assert rows["protected"][1:4] == ["8", "0", "-EFAULT"]
-    assert "host stage-2 state is nopage" in out
