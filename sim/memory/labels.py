@@ -7,7 +7,7 @@ setting one is not an access.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from sim.memory.intervals import IntervalMap
@@ -43,12 +43,18 @@ class LabelMap:
 
     def __init__(self) -> None:
         self._map: IntervalMap[Label] = IntervalMap(FREE)
+        # Called with (addr, length) before and after a range is relabelled.
+        self.watchers: list[Callable[[int, int, bool], None]] = []
 
     def set(self, addr: int, length: int, label: Label) -> None:
+        for watch in self.watchers:
+            watch(addr, length, False)
         self._map.assign(addr, addr + length, label)
+        for watch in self.watchers:
+            watch(addr, length, True)
 
     def clear(self, addr: int, length: int) -> None:
-        self._map.assign(addr, addr + length, FREE)
+        self.set(addr, length, FREE)
 
     def at(self, addr: int) -> Label:
         return self._map[addr]

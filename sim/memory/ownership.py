@@ -164,6 +164,8 @@ class PageOwnership:
         self.history: list[OwnershipChange] = []
         self.tlb_invalidations = 0
         self.on_poison: Callable[[int, int], None] | None = None
+        # Called with (first_pfn, nr_pages, done) before and after each transition.
+        self.watchers: list[Callable[[int, int, bool], None]] = []
 
     @property
     def components(self) -> tuple[str, ...]:
@@ -201,8 +203,8 @@ class PageOwnership:
         """Raise :class:`OwnershipError` unless ``transition`` is legal on every page."""
         if nr_pages < 1:
             raise ValueError("nr_pages must be >= 1")
-        for role, before, _ in transition.spec.sides:
-            component = self._side(role, guest)
+        sides = [(self._side(role, guest), before) for role, before, _ in transition.spec.sides]
+        for component, before in sides:
             for start, _end, state in self.runs(component, first_pfn, nr_pages):
                 if state is not before:
                     raise OwnershipError(transition, start, component, before, state)
@@ -218,8 +220,12 @@ class PageOwnership:
         """Perform ``transition`` on ``nr_pages`` pages from ``first_pfn``, all or nothing."""
         self.check(transition, first_pfn, nr_pages, guest)
         spec = transition.spec
+        for watch in self.watchers:
+            watch(first_pfn, nr_pages, False)
         for role, _, after in spec.sides:
             self._states[self._side(role, guest)].assign(first_pfn, first_pfn + nr_pages, after)
+        for watch in self.watchers:
+            watch(first_pfn, nr_pages, True)
         if spec.tlbi:
             self.tlb_invalidations += 1
         if spec.poison and self.on_poison is not None:
