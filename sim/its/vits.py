@@ -153,6 +153,7 @@ class VirtualITS:
     is the host's, shared into the guest); pass your own to model a protected one. With
     ``probe=False`` the ITS is as KVM creates it (disabled, no tables): a migration
     destination, which the VMM fills with :meth:`set_regs` and :meth:`restore_tables`.
+    ``initiator`` replaces the host CPU as the one making KVM's guest-memory accesses.
     """
 
     def __init__(
@@ -169,6 +170,7 @@ class VirtualITS:
         guest: str = "guest",
         name: str = "vm",
         probe: bool = True,
+        initiator: Initiator | None = None,
     ) -> None:
         if not 1 <= nr_vcpus <= 512:
             raise ValueError("nr_vcpus must be 1..512")
@@ -188,7 +190,10 @@ class VirtualITS:
             )
         self.memory = memory
         self.name = name
-        self.kvm = GuestMemory(memory, Initiator(f"{name}.kvm-vits", HOST), ram_base, ram_size)
+        # Who performs KVM's table accesses: the host CPU, unless a proposal puts the
+        # ITS behind an IOMMU (then a DMA initiator).
+        kvm = initiator or Initiator(f"{name}.kvm-vits", HOST)
+        self.kvm = GuestMemory(memory, kvm, ram_base, ram_size)
         self.guest = GuestMemory(memory, Initiator(f"{name}.vcpu", guest), ram_base, ram_size)
         self.vcpus = [VCPU(i) for i in range(nr_vcpus)]
         self.propbaser = 0

@@ -136,6 +136,10 @@ class MemorySystem:
         # pKVM clears a guest page before handing it back to the host.
         self._pages.fill(first_pfn, nr_pages, 0)
 
+    def resident_pfns(self, first_pfn: int, end_pfn: int) -> list[int]:
+        """Pages in a range that hold data (metadata for copying, not an access)."""
+        return self._pages.resident(first_pfn, end_pfn)
+
     @property
     def resident_bytes(self) -> int:
         return self._pages.resident_pages * PAGE_SIZE

@@ -62,6 +62,10 @@ class PhysicalPages:
             else:
                 self._pages[p] = bytearray([byte]) * PAGE_SIZE
 
+    def resident(self, first_pfn: int, end_pfn: int) -> list[int]:
+        """Page frame numbers in ``[first_pfn, end_pfn)`` that hold data, in order."""
+        return sorted(p for p in self._pages if first_pfn <= p < end_pfn)
+
     @property
     def resident_pages(self) -> int:
         return len(self._pages)
