@@ -24,5 +24,6 @@ def test_readme_opens_with_two_commands():
     fence = lines.index("```sh")
     commands = lines[fence + 1 : lines.index("```", fence + 1)]
     assert len(commands) == 2
+    assert commands[0].endswith("pkvm-sim compare")
     assert commands[1].endswith("python -m pytest")
     assert "python -m pytest" in (README.parent / ".ci" / "run").read_text()

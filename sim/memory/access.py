@@ -57,6 +57,12 @@ class IOMMUDomain:
     def unmap(self, addr: int, length: int) -> None:
         self.map(addr, length, Perm.NONE)
 
+    def mapped_pfns(self) -> list[int]:
+        """Every page with some permission, in order."""
+        return [
+            p for start, end, perm in self._perms.intervals() if perm for p in range(start, end)
+        ]
+
     def allows(self, pfn: int, write: bool) -> bool:
         return (Perm.W if write else Perm.R) in self._perms[pfn]
 

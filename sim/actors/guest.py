@@ -1,0 +1,354 @@
+"""The protected guest's Linux kernel, as far as its GICv3 ITS driver goes.
+
+Modelled on drivers/irqchip/irq-gic-v3-its.c:
+
+- probe: LPI property table (64 KiB, default priority, group 1, disabled), one 64 KiB
+  pending table per vCPU, the device table (two-level against KVM: a 64 KiB level-1 page
+  and level-2 pages on demand, or flat), a flat 64 KiB collection table and a 64 KiB
+  command queue; then MAPC, SYNC, INVALL, SYNC per vCPU.
+- a device: ITT of ``max(2, roundup_pow_of_two(nvecs))`` 8-byte entries, at least 256
+  bytes; MAPD; per vector MAPTI + SYNC, then at unmask the property byte and INV + SYNC.
+- affinity changes: MOVI + SYNC; removal: DISCARD + SYNC per vector, then MAPD V=0.
+
+Allocator profiles: ``linux-shared-pool`` is mainline since b08e2f42e86b (tables from
+shared pages, ITTs from a pool of shared pages). ``linux-kzalloc`` is the classic ITT path
+(``kzalloc`` of ``max(sz, 256) + 255`` bytes, aligned up to 256, in a kmalloc slab shared
+with other kernel objects), with the tables still shared: without a shared command queue
+no protected guest can use an emulated ITS at all, so only the ITTs differ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from sim.actors.alloc import KmallocCache, PageAllocator, SharedPool, kmalloc_size_class
+from sim.its import regs as r
+from sim.its.commands import DISCARD, INV, INVALL, MAPC, MAPD, MAPTI, MOVI, SYNC, ITSCommand
+from sim.memory.access import Initiator
+from sim.memory.labels import Label, LabelKind
+from sim.memory.ownership import PageState
+from sim.memory.physmem import PAGE_SHIFT, PAGE_SIZE
+
+if TYPE_CHECKING:
+    from sim.scenario import DeviceSpec
+    from sim.world import Machine, World
+
+ITS_ITT_ALIGN = 256
+LPI_PROP_DEFAULT = 0xA0 | 0x2  # LPI_PROP_DEFAULT_PRIO | LPI_PROP_GROUP1, disabled
+LPI_PROP_ENABLED = 0x1
+# The rest of the kernel heap: slab pages of other users' objects (some of them secrets),
+# present in every guest whatever its ITS allocator, so every run has secrets to lose.
+HEAP_SLAB_CLASSES = (256, 512, 1024)
+HEAP_SLAB_PAGES = 8
+
+
+@dataclass
+class GuestDevice:
+    spec: DeviceSpec
+    itt_addr: int = 0
+    itt_size: int = 0  # bytes the ITT needs
+    itt_object: tuple[int, int] = (0, 0)  # (address, size) of the allocation holding it
+    lpi_base: int = 0
+    vcpu_of: tuple[int, ...] = ()
+    mapped: bool = False
+
+
+class Guest:
+    def __init__(self, world: World, machine: Machine) -> None:
+        from sim.world import GUEST, RAM_BASE
+
+        self.world = world
+        self.machine = machine
+        self.spec = world.scenario.guest
+        self.name = "guest"
+        self.cpu = Initiator(f"{self.name}.vcpu", GUEST)
+        self.ram_base = RAM_BASE
+        self.devices = {d.name: GuestDevice(d) for d in world.scenario.devices}
+        self.next_lpi = r.GIC_LPI_OFFSET
+        self.cwriter = 0
+        # The guest kernel's own pages start above the first 16 MiB (firmware, kernel).
+        self.pages = PageAllocator(RAM_BASE + (16 << 20), RAM_BASE + world.ram_size)
+        labels = machine.memory.labels
+        rng = world.rng("guest.heap")
+        self.kmalloc = {
+            size: KmallocCache(size, self.pages, labels, rng, self.spec.secret_density)
+            for size in HEAP_SLAB_CLASSES
+        }
+        self.pool = SharedPool(self.pages, labels, self._share_now)
+        self._pending_shares: list[int] = []
+
+    # ---- memory and hypercalls ------------------------------------------------------------
+
+    @property
+    def protected(self) -> bool:
+        return self.world.proposal.protected
+
+    def write(self, addr: int, data: bytes) -> None:
+        self.machine.memory.write(self.cpu, addr, data)
+
+    def share(self, addr: int, size: int, cause: str) -> Generator:
+        """``set_memory_decrypted()``: MEM_SHARE each page (a no-op on a normal VM)."""
+        if not self.protected:
+            return
+        lowvisor = self.machine.lowvisor
+        for pfn in range(addr >> PAGE_SHIFT, (addr + size - 1 >> PAGE_SHIFT) + 1):
+            if lowvisor.guest_state(pfn) is PageState.OWNED:
+                yield from lowvisor.mem_share(pfn, cause)
+
+    def unshare(self, addr: int, size: int, cause: str) -> Generator:
+        if not self.protected:
+            return
+        lowvisor = self.machine.lowvisor
+        for pfn in range(addr >> PAGE_SHIFT, (addr + size - 1 >> PAGE_SHIFT) + 1):
+            if lowvisor.guest_state(pfn) is PageState.SHARED_OWNED:
+                yield from lowvisor.mem_unshare(pfn, cause)
+
+    def _share_now(self, page: int) -> None:
+        # SharedPool refills from inside an allocation; the hypercall follows it.
+        self._pending_shares.append(page)
+
+    def _flush_pool_shares(self) -> Generator:
+        while self._pending_shares:
+            page = self._pending_shares.pop(0)
+            if self.world.proposal.guest_shares_tables:
+                yield from self.share(page, PAGE_SIZE, "driver: itt_pool refill")
+
+    def alloc_table(self, size: int, label: Label, align: int = r.SZ_64K) -> Generator:
+        """``its_alloc_pages_node()``: zeroed pages, shared with the host."""
+        addr = self.pages.alloc(size, align)
+        self.machine.memory.labels.set(addr, size, label)
+        if self.world.proposal.guest_shares_tables:
+            yield from self.share(addr, size, f"driver: its_alloc_pages {label}")
+        return addr
+
+    # ---- talking to the ITS ----------------------------------------------------------------
+
+    def send(self, *cmds: ITSCommand) -> Generator:
+        """Write commands at GITS_CWRITER and bump it once (its_send_single_command)."""
+        size = self.cmdq_size
+        for cmd in cmds:
+            self.write(self.cmdq + self.cwriter, cmd.encode())
+            self.cwriter = (self.cwriter + r.ITS_CMD_SIZE) % size
+        yield from self.machine.lowvisor.guest_mmio_trap(r.GITS_CWRITER, self.cwriter)
+
+    def mmio(self, offset: int, val: int) -> Generator:
+        yield from self.machine.lowvisor.guest_mmio_trap(offset, val)
+
+    # ---- probe -------------------------------------------------------------------------
+
+    def probe(self) -> Generator:
+        """its_probe_one() and its_cpu_init() on every vCPU."""
+        vcpus = self.spec.vcpus
+        for cache in self.kmalloc.values():
+            cache.populate(HEAP_SLAB_PAGES)  # other kernel users' objects
+        nr_lpi_bytes = (1 << 16) - r.GIC_LPI_OFFSET
+        self.prop = yield from self.alloc_table(r.SZ_64K, Label(LabelKind.PROP_TABLE))
+        self.write(self.prop, bytes([LPI_PROP_DEFAULT]) * nr_lpi_bytes)
+        self.pend = []
+        for v in range(vcpus):
+            pend = yield from self.alloc_table(r.SZ_64K, Label(LabelKind.PEND_TABLE, f"vcpu{v}"))
+            self.pend.append(pend)
+        host = self.machine.host
+        for v in range(vcpus):
+            yield from host.handle_redist(v, "GICR_PROPBASER", r.make_propbaser(self.prop, 16))
+            yield from host.handle_redist(v, "GICR_PENDBASER", r.make_pendbaser(self.pend[v]))
+            yield from host.handle_redist(v, "GICR_CTLR", 1)
+        two_level = self.spec.two_level_device_table
+        dt_size = r.SZ_64K if two_level else (1 << 16) * 8
+        self.device_table = yield from self.alloc_table(dt_size, Label(LabelKind.DEVICE_TABLE))
+        self.l2_pages: dict[int, int] = {}
+        self.collection_table = yield from self.alloc_table(
+            r.SZ_64K, Label(LabelKind.COLLECTION_TABLE)
+        )
+        self.cmdq_size = r.SZ_64K
+        self.cmdq = yield from self.alloc_table(self.cmdq_size, Label(LabelKind.CMDQ))
+        yield from self.world.proposal.after_probe(self)
+        baser0 = r.make_baser(self.device_table, dt_size, indirect=two_level)
+        yield from self.mmio(r.GITS_BASER0, baser0)
+        yield from self.mmio(r.GITS_BASER1, r.make_baser(self.collection_table, r.SZ_64K))
+        yield from self.mmio(r.GITS_CBASER, r.make_cbaser(self.cmdq, self.cmdq_size))
+        yield from self.mmio(r.GITS_CWRITER, 0)
+        yield from self.mmio(r.GITS_CTLR, r.GITS_CTLR_ENABLE)
+        for v in range(vcpus):
+            yield from self.send(MAPC(v, v, True), SYNC(v))
+            yield from self.send(INVALL(v), SYNC(v))
+
+    # ---- devices ---------------------------------------------------------------------------
+
+    def is_mapped(self, name: str) -> bool:
+        return self.devices[name].mapped
+
+    def _ensure_l2(self, device_id: int) -> Generator:
+        """its_alloc_table_entry(): a level-2 page of the device table, on demand."""
+        if not self.spec.two_level_device_table:
+            return
+        index = device_id // (r.SZ_64K // 8)
+        if index in self.l2_pages:
+            return
+        l2 = yield from self.alloc_table(r.SZ_64K, Label(LabelKind.DEVICE_TABLE_L2, f"l1[{index}]"))
+        self.l2_pages[index] = l2
+        yield from self.world.proposal.on_table_alloc(self, l2, r.SZ_64K)
+        self.write(self.device_table + index * 8, ((1 << 63) | l2).to_bytes(8, "little"))
+
+    def _alloc_itt(self, dev: GuestDevice, nr_ites: int) -> Generator:
+        size = max(nr_ites * 8, ITS_ITT_ALIGN)
+        label = Label(LabelKind.ITT, f"dev{dev.spec.device_id:#x}")
+        if self.spec.allocator == "linux-kzalloc":
+            request = size + ITS_ITT_ALIGN - 1
+            cache = self.kmalloc.get(kmalloc_size_class(request))
+            if cache is None:
+                cache = self.kmalloc[kmalloc_size_class(request)] = KmallocCache(
+                    kmalloc_size_class(request),
+                    self.pages,
+                    self.machine.memory.labels,
+                    self.world.rng(f"guest.kmalloc-{kmalloc_size_class(request)}"),
+                    self.spec.secret_density,
+                )
+            obj = cache.alloc(Label(LabelKind.KERNEL, "kzalloc slack"))
+            itt = -(-obj // ITS_ITT_ALIGN) * ITS_ITT_ALIGN
+            self.machine.memory.labels.set(itt, size, label)
+            dev.itt_object = (obj, cache.size)
+        elif size < PAGE_SIZE:
+            itt = self.pool.alloc(size, label)
+            yield from self._flush_pool_shares()
+            dev.itt_object = (itt, size)
+        else:
+            itt = yield from self.alloc_table(size, label, align=PAGE_SIZE)
+            dev.itt_object = (itt, -(-size // PAGE_SIZE) * PAGE_SIZE)
+        dev.itt_addr, dev.itt_size = itt, size
+        yield from self.world.proposal.on_itt_alloc(self, itt, size)
+
+    def add_device(self, name: str) -> Generator:
+        """its_msi_prepare() + activation + unmask of every vector."""
+        dev = self.devices[name]
+        nvecs = dev.spec.vectors
+        nr_ites = max(2, 1 << (nvecs - 1).bit_length())
+        yield from self._ensure_l2(dev.spec.device_id)
+        yield from self._alloc_itt(dev, nr_ites)
+        if not dev.lpi_base:
+            dev.lpi_base = self.next_lpi
+            self.next_lpi += nvecs
+        dev_id = dev.spec.device_id
+        yield from self.send(MAPD(dev_id, nr_ites.bit_length() - 2, dev.itt_addr, True))
+        vcpus = self.spec.vcpus
+        dev.vcpu_of = tuple((dev.lpi_base + i) % vcpus for i in range(nvecs))
+        for i in range(nvecs):
+            yield from self.send(
+                MAPTI(dev_id, i, dev.lpi_base + i, dev.vcpu_of[i]), SYNC(dev.vcpu_of[i])
+            )
+        for i in range(nvecs):
+            intid = dev.lpi_base + i
+            prop = self.prop + intid - r.GIC_LPI_OFFSET
+            self.write(prop, bytes([LPI_PROP_DEFAULT | LPI_PROP_ENABLED]))
+            yield from self.send(INV(dev_id, i), SYNC(dev.vcpu_of[i]))
+        dev.mapped = True
+
+    def remove_device(self, name: str) -> Generator:
+        """Deactivate every vector (DISCARD + SYNC), MAPD V=0, free the ITT."""
+        dev = self.devices[name]
+        dev_id = dev.spec.device_id
+        for i in range(dev.spec.vectors):
+            yield from self.send(DISCARD(dev_id, i), SYNC(dev.vcpu_of[i]))
+        yield from self.send(MAPD(dev_id, 0, 0, False))
+        dev.mapped = False
+        yield from self.world.proposal.on_itt_free(self, dev.itt_addr, dev.itt_size)
+        obj, obj_size = dev.itt_object
+        if self.spec.allocator == "linux-kzalloc":
+            # kfree(); the slot is soon someone else's kmalloc: reuse.
+            cache = self.kmalloc[obj_size]
+            cache.put_kernel_object(obj, f"kmalloc-{obj_size}@{obj:#x} (reused)")
+        elif dev.itt_size < PAGE_SIZE:
+            self.pool.free(dev.itt_addr, dev.itt_size)
+        else:
+            self.machine.memory.labels.clear(obj, obj_size)
+
+    def move_vector(self, name: str, vector: int, vcpu: int) -> Generator:
+        """An affinity change: MOVI + SYNC."""
+        dev = self.devices[name]
+        vcpu_of = list(dev.vcpu_of)
+        vcpu_of[vector] = vcpu
+        dev.vcpu_of = tuple(vcpu_of)
+        yield from self.send(MOVI(dev.spec.device_id, vector, vcpu), SYNC(vcpu))
+
+    def itt_memory(self) -> tuple[int, int]:
+        """(bytes the allocator holds for ITTs, bytes the ITTs need), mapped devices."""
+        needed = sum(d.itt_size for d in self.devices.values() if d.mapped)
+        if self.spec.allocator == "linux-kzalloc":
+            held = sum(d.itt_object[1] for d in self.devices.values() if d.mapped)
+        else:
+            large = [d for d in self.devices.values() if d.mapped and d.itt_size >= PAGE_SIZE]
+            held = self.pool.pool_pages * PAGE_SIZE + sum(d.itt_object[1] for d in large)
+        return held, needed
+
+    def expected_translations(self) -> dict[tuple[int, int], tuple[int, int]]:
+        """What the guest believes: every mapped (DeviceID, EventID) -> (INTID, vCPU)."""
+        out = {}
+        for dev in self.devices.values():
+            if dev.mapped:
+                for i in range(dev.spec.vectors):
+                    out[(dev.spec.device_id, i)] = (dev.lpi_base + i, dev.vcpu_of[i])
+        return out
+
+    # ---- the guest's life ---------------------------------------------------------------
+
+    def step(self, action: Generator) -> Generator:
+        """Run one driver action with the vCPUs held: migration waits for it to finish."""
+        with self.world.vcpus.request() as req:
+            yield req
+            yield from action
+
+    def boot(self) -> Generator:
+        yield from self.probe()
+        for name in self.devices:
+            yield from self.add_device(name)
+
+    def run(self) -> Generator:
+        """Boot the ITS, bring up every device, then change affinities until the end."""
+        world = self.world
+        yield from self.step(self.boot())
+        for event in world.scenario.workload.churn:
+            world.env.process(self._churn(event))
+        rate = world.scenario.workload.affinity_moves_per_s
+        if rate <= 0:
+            return
+        rng = world.rng("guest.affinity")
+        end = world.scenario.workload.duration_ms * 1000.0
+        while True:
+            yield world.env.timeout(rng.expovariate(rate / 1e6))
+            if world.env.now >= end:
+                return
+            mapped = [d for d in self.devices.values() if d.mapped]
+            if not mapped:
+                continue
+            dev = rng.choice(mapped)
+            vector, vcpu = rng.randrange(dev.spec.vectors), rng.randrange(self.spec.vcpus)
+            yield from self.step(self._move_if_mapped(dev.spec.name, vector, vcpu))
+
+    def _move_if_mapped(self, name: str, vector: int, vcpu: int) -> Generator:
+        if self.devices[name].mapped:
+            yield from self.move_vector(name, vector, vcpu)
+
+    def _churn(self, event) -> Generator:
+        yield self.world.env.timeout(max(0.0, event.at_ms * 1000.0 - self.world.env.now))
+        dev = self.devices[event.device]
+        if event.action == "remove":
+            yield from self.step(self._remove_if_mapped(dev))
+        else:
+            yield from self.step(self._add_if_unmapped(dev))
+
+    def _remove_if_mapped(self, dev: GuestDevice) -> Generator:
+        if dev.mapped:
+            yield from self.remove_device(dev.spec.name)
+
+    def _add_if_unmapped(self, dev: GuestDevice) -> Generator:
+        if not dev.mapped:
+            yield from self.add_device(dev.spec.name)
+
+    def moved_to(self, machine: Machine) -> None:
+        """After migration the guest runs on ``machine``; its allocators label there."""
+        self.machine = machine
+        for cache in self.kmalloc.values():
+            cache.labels = machine.memory.labels
+        self.pool.labels = machine.memory.labels

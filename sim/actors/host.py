@@ -1,0 +1,118 @@
+"""The EL1 host: KVM's vITS emulation, the MSI workload of the VMM's devices, the VMM.
+
+The host is honest here: it emulates what the guest asks and migrates the way the
+proposal says. Every guest-memory access it makes goes through the access check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import TYPE_CHECKING
+
+from sim.its import regs as r
+from sim.its.vits import VirtualITS
+from sim.memory.access import Initiator
+from sim.memory.ownership import HOST
+
+if TYPE_CHECKING:
+    from sim.world import Machine, World
+
+
+class Host:
+    def __init__(self, world: World, machine: Machine) -> None:
+        self.world = world
+        self.machine = machine
+        self.name = f"{machine.name}.host"
+        self.its: VirtualITS | None = None
+        self.cpu = Initiator(f"{self.name}.vmm", HOST)
+
+    def create_vm(self) -> None:
+        """KVM_CREATE_VM and the vITS device; the lowvisor takes the guest's RAM."""
+        from sim.world import GUEST, RAM_BASE
+
+        proposal = self.world.proposal
+        self.machine.lowvisor.create_vm(proposal.protected)
+        initiator = proposal.its_initiator(self.machine)
+        self.its = VirtualITS(
+            nr_vcpus=self.world.scenario.guest.vcpus,
+            ram_base=RAM_BASE,
+            ram_size=self.world.ram_size,
+            memory=self.machine.memory,
+            guest=GUEST,
+            name=self.machine.name,
+            probe=False,
+            initiator=initiator,
+        )
+
+    def handle_mmio(self, offset: int, val: int) -> Generator:
+        """Emulate one trapped ITS register write; commands run inside a CWRITER write."""
+        its = self.its
+        before = len(its.command_log)
+        its.mmio_write(offset, val)
+        commands = len(its.command_log) - before
+        costs = self.world.costs
+        yield self.world.charge(self.name, costs.mmio_trap_us + commands * costs.its_cmd_us)
+
+    def handle_redist(self, vcpu: int, reg: str, val: int) -> Generator:
+        """A trapped GICR_PROPBASER / GICR_PENDBASER / GICR_CTLR write."""
+        its = self.its
+        if reg == "GICR_PROPBASER":
+            its.write_propbaser(vcpu, val)
+        elif reg == "GICR_PENDBASER":
+            its.write_pendbaser(vcpu, val)
+        elif reg == "GICR_CTLR":
+            its.set_lpis_enabled(vcpu, bool(val & 1))
+        else:
+            raise ValueError(f"no redistributor register {reg}")
+        yield self.world.charge(self.name, self.world.costs.mmio_trap_us)
+
+    def inject_msi(self, device_id: int, event_id: int) -> Generator[object, object, bool]:
+        """The VMM's device raises an MSI (irqfd): KVM translates it through the vITS."""
+        yield self.world.charge(self.name, self.world.costs.msi_inject_us)
+        error = self.its.inject_msi(device_id, event_id)
+        if error is not None:
+            self.world.ledger.msis_failed += 1
+            return False
+        self.world.ledger.msis_delivered += 1
+        return True
+
+    def msi_workload(self) -> Generator:
+        """Each device raises MSIs on random vectors as a Poisson process."""
+        world = self.world
+        env = world.env
+        devices = [d for d in world.scenario.devices if d.rate_hz > 0]
+        if not devices:
+            return
+        rng = world.rng(f"{self.machine.name}.msi")
+        total = sum(d.rate_hz for d in devices)
+        end = world.scenario.workload.duration_ms * 1000.0
+        while True:
+            yield env.timeout(rng.expovariate(total / 1e6))
+            if env.now >= end:
+                return
+            if world.paused or world.guest.machine is not self.machine:
+                continue  # backends are quiesced while the VM is paused or elsewhere
+            device = rng.choices(devices, weights=[d.rate_hz for d in devices])[0]
+            vector = rng.randrange(device.vectors)
+            if world.guest.is_mapped(device.name):
+                yield from self.inject_msi(device.device_id, vector)
+
+    # ---- the VMM's side of migration -----------------------------------------------------
+
+    def vmm_write(self, addr: int, data: bytes) -> None:
+        """The VMM writes its own (host) memory, e.g. a buffer for KVM to fill."""
+        self.machine.memory.write(self.cpu, addr, data)
+
+    def vmm_read(self, addr: int, length: int) -> bytes:
+        return self.machine.memory.read(self.cpu, addr, length)
+
+    def its_regs(self) -> dict[str, int]:
+        return self.its.get_regs()
+
+    def restore_regs(self, regs: dict[str, int]) -> Generator:
+        """Registers through KVM_SET_DEVICE_ATTR, one ioctl each, GITS_CTLR last."""
+        self.its.set_regs(regs)
+        yield self.world.charge(self.name, len(regs) * self.world.costs.ioctl_us)
+
+    def enable_its(self, regs: dict[str, int]) -> None:
+        self.its.mmio_write(r.GITS_CTLR, regs["GITS_CTLR"])

@@ -1,0 +1,33 @@
+"""The migration proposals, each a module behind :class:`sim.proposals.base.Proposal`."""
+
+from sim.proposals.base import Payload, Proposal
+from sim.proposals.iommu_gated_its import IOMMUGatedITS
+from sim.proposals.share_cmdq_snoop import ShareCmdqSnoop
+from sim.proposals.share_enlightened_guest import ShareEnlightenedGuest
+from sim.proposals.share_host_claims import ShareHostClaims
+from sim.proposals.trusted_host import TrustedHost
+from sim.proposals.userspace_serialization import UserspaceSerialization
+
+PROPOSALS: dict[str, type[Proposal]] = {
+    cls.name: cls
+    for cls in (
+        TrustedHost,
+        ShareHostClaims,
+        ShareEnlightenedGuest,
+        ShareCmdqSnoop,
+        UserspaceSerialization,
+        IOMMUGatedITS,
+    )
+}
+
+
+def make_proposal(name: str) -> Proposal:
+    try:
+        return PROPOSALS[name]()
+    except KeyError:
+        raise ValueError(
+            f"unknown proposal {name!r}; expected one of {sorted(PROPOSALS)}"
+        ) from None
+
+
+__all__ = ["PROPOSALS", "Payload", "Proposal", "make_proposal"]

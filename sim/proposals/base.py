@@ -1,0 +1,105 @@
+"""The interface every migration proposal implements, and the KVM ABI steps they share.
+
+A proposal is a strategy over the same world: hooks where the guest allocates ITS
+memory, where EL2 sees a guest MMIO trap, and the save / restore halves of migration.
+Nothing outside a proposal's module knows its name; every figure in a result comes from
+what the actors did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
+
+from sim.its.vits import KernelOops
+
+if TYPE_CHECKING:
+    from sim.actors.guest import Guest
+    from sim.memory.access import Initiator
+    from sim.world import Machine, World
+
+
+@dataclass
+class Payload:
+    """What the source hands the destination for the ITS, besides guest RAM."""
+
+    regs: dict[str, int]
+    blob: bytes = b""  # a serialized vITS, for proposals that keep it out of guest memory
+    pages: list[int] = field(default_factory=list)  # pages a host claimed on the source
+
+
+class Proposal:
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    protected: ClassVar[bool] = True  # False: a normal VM, the host sees everything
+    el2_loc_cost: ClassVar[str | None] = None  # CostModel field: EL2 lines it adds
+    guest_shares_tables: ClassVar[bool] = True  # mainline Linux shares its ITS tables
+
+    # ---- hooks (default: nothing) ------------------------------------------------------
+
+    def its_initiator(self, machine: Machine) -> Initiator | None:
+        """Who performs KVM's vITS accesses to guest memory (None: the host CPU)."""
+        return None
+
+    def after_probe(self, guest: Guest) -> Generator:
+        yield from ()
+
+    def on_table_alloc(self, guest: Guest, addr: int, size: int) -> Generator:
+        yield from ()
+
+    def on_itt_alloc(self, guest: Guest, addr: int, size: int) -> Generator:
+        yield from ()
+
+    def on_itt_free(self, guest: Guest, addr: int, size: int) -> Generator:
+        yield from ()
+
+    def before_mmio(self, machine: Machine, offset: int, val: int) -> Generator:
+        yield from ()
+
+    def after_mmio(self, machine: Machine, offset: int, val: int) -> Generator:
+        yield from ()
+
+    # ---- migration ------------------------------------------------------------------------
+
+    def save(self, world: World) -> Generator[object, object, Payload]:
+        return (yield from kvm_save_tables(world, world.src))
+
+    def restore(self, world: World, payload: Payload) -> Generator:
+        yield from kvm_restore_tables(world, world.dst, payload)
+
+
+def _its_entries(machine: Machine) -> int:
+    its = machine.host.its
+    return len(its.devices) + sum(len(d.ites) for d in its.devices.values()) + len(its.collections)
+
+
+def kvm_save_tables(world: World, machine: Machine) -> Generator[object, object, Payload]:
+    """KVM_DEV_ARM_ITS_SAVE_TABLES and SAVE_PENDING_TABLES: state into guest memory."""
+    host = machine.host
+    costs = world.costs
+    try:
+        error = host.its.save_tables()
+    except KernelOops as exc:
+        world.its_errors.append(f"{machine.name} SAVE_TABLES: kernel oops: {exc}")
+    else:
+        if error is not None:
+            world.its_errors.append(f"{machine.name} SAVE_TABLES: {error}")
+    error = host.its.save_pending_tables()
+    if error is not None:
+        world.its_errors.append(f"{machine.name} SAVE_PENDING_TABLES: {error}")
+    cost = 2 * costs.ioctl_us + _its_entries(machine) * costs.guest_entry_us
+    yield world.charge(host.name, cost)
+    return Payload(regs=host.its_regs())
+
+
+def kvm_restore_tables(world: World, machine: Machine, payload: Payload) -> Generator:
+    """Registers, then KVM_DEV_ARM_ITS_RESTORE_TABLES, then GITS_CTLR."""
+    host = machine.host
+    yield from host.restore_regs(payload.regs)
+    error = host.its.restore_tables()
+    if error is not None:
+        world.its_errors.append(f"{machine.name} RESTORE_TABLES: {error}")
+    cost = world.costs.ioctl_us + _its_entries(machine) * world.costs.guest_entry_us
+    yield world.charge(host.name, cost)
+    host.enable_its(payload.regs)

@@ -1,0 +1,53 @@
+"""userspace-serialization: KVM hands the vITS state to the VMM in a buffer.
+
+No guest page is shared for the tables: SAVE copies the state into a VMM buffer in host
+memory, the buffer travels in the migration stream, RESTORE rebuilds the destination
+vITS from it. The blob is host data; it holds no guest byte.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import TYPE_CHECKING
+
+from sim.its.blob import deserialize, serialize
+from sim.proposals.base import Payload, Proposal
+
+if TYPE_CHECKING:
+    from sim.world import World
+
+
+class UserspaceSerialization(Proposal):
+    name = "userspace-serialization"
+    summary = "KVM serializes the vITS into a VMM buffer; no guest memory shared"
+
+    def save(self, world: World) -> Generator[object, object, Payload]:
+        from sim.world import VMM_BUFFER_BASE
+
+        src = world.src
+        host = src.host
+        blob = serialize(host.its)
+        host.vmm_write(VMM_BUFFER_BASE, blob)  # copy_to_user into the VMM's buffer
+        error = host.its.save_pending_tables()
+        if error is not None:
+            world.its_errors.append(f"src SAVE_PENDING_TABLES: {error}")
+        world.ledger.bytes_copied += len(blob)
+        costs = world.costs
+        yield world.charge(host.name, 2 * costs.ioctl_us + len(blob) / (costs.memcpy_gbps * 1e3))
+        return Payload(regs=host.its_regs(), blob=blob)
+
+    def restore(self, world: World, payload: Payload) -> Generator:
+        from sim.world import VMM_BUFFER_BASE
+
+        dst = world.dst
+        host = dst.host
+        host.vmm_write(VMM_BUFFER_BASE, payload.blob)
+        yield from host.restore_regs(payload.regs)
+        blob = host.vmm_read(VMM_BUFFER_BASE, len(payload.blob))  # copy_from_user
+        error = deserialize(host.its, blob)
+        if error is not None:
+            world.its_errors.append(f"dst RESTORE (blob): {error}")
+        world.ledger.bytes_copied += len(blob)
+        costs = world.costs
+        yield world.charge(host.name, costs.ioctl_us + len(blob) / (costs.memcpy_gbps * 1e3))
+        host.enable_its(payload.regs)

@@ -1,0 +1,1 @@
+"""The comparison report: Markdown tables and matplotlib charts from run results."""

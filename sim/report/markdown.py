@@ -1,0 +1,102 @@
+"""The Markdown report: one table per scenario, the charts, and the cost model's sources."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sim.costs import CostModel
+from sim.proposals import PROPOSALS
+from sim.run import RunResult
+from sim.scenario import Scenario
+
+COLUMNS = [
+    ("proposal", lambda r: f"`{r.proposal}`"),
+    ("peak secret B exposed", lambda r: f"{r.exposure.peak_exposed_bytes:,}"),
+    ("secret B x ms", lambda r: f"{r.exposure.exposed_byte_ms:,.1f}"),
+    ("ITS downtime ms", lambda r: f"{r.costs.its_downtime_ms:.3f}"),
+    ("ITS share", lambda r: f"{r.costs.its_downtime_share:.2%}"),
+    ("hypercalls", lambda r: f"{r.costs.hypercalls:,}"),
+    (
+        "pages shared (by proposal)",
+        lambda r: f"{r.costs.pages_shared} ({r.costs.pages_shared_by_proposal})",
+    ),
+    ("TLBIs", lambda r: f"{r.costs.tlb_invalidations + r.costs.iotlb_invalidations}"),
+    ("stream B", lambda r: f"{r.costs.stream_bytes:,}"),
+    ("ITT memory overhead B", lambda r: f"{r.costs.guest_memory_overhead_bytes:,}"),
+    ("EL2 lines", lambda r: f"{r.costs.el2_loc:.0f}"),
+    ("translations kept", lambda r: _kept(r)),
+]
+
+
+def _kept(r: RunResult) -> str:
+    c = r.correctness
+    mark = "yes" if c.translations_preserved and not c.its_errors else "**NO**"
+    return f"{mark} {c.ok_after_migration}/{c.expected_translations}"
+
+
+def _table(rows: list[RunResult]) -> list[str]:
+    lines = ["| " + " | ".join(name for name, _ in COLUMNS) + " |"]
+    lines.append("|" + "---|" * len(COLUMNS))
+    for r in rows:
+        lines.append("| " + " | ".join(cell(r) for _, cell in COLUMNS) + " |")
+    return lines
+
+
+def render(scenarios: list[Scenario], results: list[RunResult], charts: list[Path]) -> str:
+    out = [
+        "# pkvm-sim: vGIC ITS migration proposals compared",
+        "",
+        "Written by `pkvm-sim compare`. Every figure below comes from a simulated run of the",
+        "named scenario and seed under the named proposal, with the cost model listed at the",
+        "end (defaults unless the scenario overrides them). The host is honest in these runs.",
+        "",
+        "## Proposals",
+        "",
+    ]
+    out += [f"- `{name}`: {cls.summary}" for name, cls in PROPOSALS.items()]
+    out += [
+        "",
+        "## Reading the columns",
+        "",
+        "- *peak secret B exposed*: guest bytes labelled secret on pages the host could read",
+        "  at one time; *secret B x ms* integrates that over the run.",
+        "- *ITS downtime*: pause to ITS restored, including guest page states re-shared on the",
+        "  destination; *ITS share* is its fraction of the whole downtime.",
+        "- *pages shared (by proposal)*: guest pages shared with the host on either machine;",
+        "  in brackets those the proposal shared beyond what the guest's ITS driver shares.",
+        "- *ITT memory overhead*: guest memory the ITT allocator holds beyond what ITTs need.",
+        "- *translations kept*: every (DeviceID, EventID) the guest mapped translates to the",
+        "  same (INTID, vCPU) on the destination, and SAVE/RESTORE reported no error.",
+        "",
+    ]
+    for scenario in scenarios:
+        rows = [r for r in results if r.scenario == scenario.name]
+        out += [
+            f"## Scenario `{scenario.name}` (seed {scenario.seed})",
+            "",
+            f"> {scenario.question}",
+            "",
+        ]
+        overrides = rows[0].cost_overrides if rows else {}
+        if overrides:
+            out += [f"Cost overrides: {overrides}", ""]
+        out += _table(rows)
+        broken = [r for r in rows if r.correctness.mismatches or r.correctness.its_errors]
+        for r in broken:
+            out += ["", f"`{r.proposal}` broke the ITS:"]
+            out += [f"- {line}" for line in r.correctness.its_errors + r.correctness.mismatches]
+        out.append("")
+    out += ["## Charts", ""]
+    out += [f"![{path.stem}]({path.name})" for path in charts]
+    out += [
+        "",
+        "## Cost model",
+        "",
+        "| parameter | default | unit | source | why |",
+        "|---|---|---|---|---|",
+    ]
+    for row in CostModel.table():
+        cells = [f"`{row['name']}`", f"{row['default']:g}", row["unit"], row["source"], row["why"]]
+        out.append("| " + " | ".join(cells) + " |")
+    out.append("")
+    return "\n".join(out)

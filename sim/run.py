@@ -1,0 +1,186 @@
+"""One run: build the world for (scenario, proposal), simulate it, and read off the result.
+
+Everything in :class:`RunResult` is computed from what the actors did: the ledger they
+filled, the ownership history and access log of both machines, the exposure trackers,
+and the translations checked across migration.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from pydantic import BaseModel, ConfigDict
+
+from sim.memory.labels import LabelKind
+from sim.memory.ownership import Transition
+from sim.migration import migrate
+from sim.proposals import make_proposal
+from sim.scenario import Scenario
+from sim.world import RAM_BASE, World
+
+
+class _Result(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ExposureResult(_Result):
+    secret_bytes: int  # secret bytes the guest holds
+    peak_exposed_bytes: int  # most secret bytes the host could read at once
+    exposed_byte_ms: float  # integral of that over time
+    exposed_secrets: int  # distinct secrets the host could read at some time
+
+
+class CostResult(_Result):
+    downtime_ms: float
+    its_downtime_ms: float
+    its_downtime_share: float
+    cpu_us: dict[str, float]
+    hypercalls: int
+    hypercalls_by_call: dict[str, int]
+    pages_shared: int  # every guest page shared with the host, on either machine
+    pages_shared_by_proposal: int  # ... beyond what the guest's ITS driver shares itself
+    pages_unshared: int
+    tlb_invalidations: int
+    iotlb_invalidations: int
+    bytes_copied: int
+    stream_bytes: int
+    itt_bytes: int  # what the ITTs need
+    itt_memory_bytes: int  # what the guest allocator holds for them
+    guest_memory_overhead_bytes: int
+    el2_loc: float
+
+
+class CorrectnessResult(_Result):
+    expected_translations: int
+    ok_before_migration: int
+    ok_after_migration: int
+    translations_preserved: bool
+    mismatches: list[str]
+    resume_msis: int
+    resume_msis_delivered: int
+    msis_delivered: int
+    msis_failed: int
+    its_errors: list[str]
+    command_errors: dict[str, int]
+    stage2_faults: int
+
+
+class RunResult(_Result):
+    scenario: str
+    proposal: str
+    seed: int
+    cost_overrides: dict[str, float]
+    exposure: ExposureResult
+    costs: CostResult
+    correctness: CorrectnessResult
+
+
+def simulate(scenario: Scenario, proposal_name: str) -> World:
+    """Build, connect and run the world; return it for inspection."""
+    world = World(scenario, make_proposal(proposal_name))
+    env = world.env
+    for machine in world.machines.values():
+        machine.host.create_vm()
+    env.process(world.guest.run())
+    for machine in world.machines.values():
+        env.process(machine.host.msi_workload())
+    env.process(migrate(world, world.correctness))
+    env.run()
+    for machine in world.machines.values():
+        machine.exposure.finish()
+    return world
+
+
+def run(scenario: Scenario, proposal_name: str) -> RunResult:
+    world = simulate(scenario, proposal_name)
+    return collect(world)
+
+
+def _secret_bytes(world: World) -> int:
+    labels = world.guest.machine.memory.labels
+    return sum(
+        end - start
+        for start, end, label in labels.runs(RAM_BASE, world.ram_size)
+        if label.kind is LabelKind.SECRET
+    )
+
+
+def collect(world: World) -> RunResult:
+    ledger = world.ledger
+    machines = list(world.machines.values())
+    history = [ch for m in machines for ch in m.memory.ownership.history]
+    shared = sum(ch.nr_pages for ch in history if ch.transition is Transition.GUEST_SHARE_HOST)
+    by_proposal = sum(
+        ch.nr_pages
+        for ch in history
+        if ch.transition is Transition.GUEST_SHARE_HOST
+        and not ch.cause.startswith(("driver:", "migration:"))
+    )
+    unshared = sum(ch.nr_pages for ch in history if ch.transition is Transition.GUEST_UNSHARE_HOST)
+    tlbis = sum(
+        1
+        for ch in history
+        if ch.transition.spec.tlbi and ch.cause not in ("VM creation", "teardown")
+    )
+    exposure = ExposureResult(
+        secret_bytes=_secret_bytes(world),
+        peak_exposed_bytes=max(m.exposure.peak for m in machines),
+        exposed_byte_ms=round(sum(m.exposure.byte_us for m in machines) / 1000.0, 3),
+        exposed_secrets=len(set().union(*(m.exposure.exposed_secrets for m in machines))),
+    )
+    guest = world.guest
+    held, needed = guest.itt_memory()
+    downtime = ledger.downtime_us
+    el2_field = world.proposal.el2_loc_cost
+    costs = CostResult(
+        downtime_ms=round(downtime / 1000.0, 6),
+        its_downtime_ms=round(ledger.its_downtime_us / 1000.0, 6),
+        its_downtime_share=round(ledger.its_downtime_us / downtime, 6) if downtime else 0.0,
+        cpu_us={k: round(v, 3) for k, v in sorted(ledger.cpu_us.items())},
+        hypercalls=sum(ledger.hypercalls.values()),
+        hypercalls_by_call=dict(sorted(ledger.hypercalls.items())),
+        pages_shared=shared,
+        pages_shared_by_proposal=by_proposal,
+        pages_unshared=unshared,
+        tlb_invalidations=tlbis,
+        iotlb_invalidations=ledger.iotlb_invalidations,
+        bytes_copied=ledger.bytes_copied,
+        stream_bytes=ledger.stream_bytes,
+        itt_bytes=needed,
+        itt_memory_bytes=held,
+        guest_memory_overhead_bytes=held - needed,
+        el2_loc=getattr(world.costs, el2_field) if el2_field else 0.0,
+    )
+    correctness = world.correctness
+    command_errors: Counter[str] = Counter()
+    for m in machines:
+        for rec in m.host.its.command_log:
+            if rec.error is not None:
+                command_errors[str(rec.error)] += 1
+    result = CorrectnessResult(
+        expected_translations=correctness.expected,
+        ok_before_migration=correctness.ok_before,
+        ok_after_migration=correctness.ok_after,
+        translations_preserved=correctness.ok_after == correctness.expected,
+        mismatches=correctness.mismatches,
+        resume_msis=correctness.resume_msis,
+        resume_msis_delivered=correctness.resume_msis_delivered,
+        msis_delivered=ledger.msis_delivered,
+        msis_failed=ledger.msis_failed,
+        its_errors=world.its_errors,
+        command_errors=dict(sorted(command_errors.items())),
+        stage2_faults=sum(len(m.memory.faults) for m in machines),
+    )
+    scenario = world.scenario
+    return RunResult(
+        scenario=scenario.name,
+        proposal=world.proposal.name,
+        seed=scenario.seed,
+        cost_overrides=scenario.costs.model_dump(exclude_defaults=True),
+        exposure=exposure,
+        costs=costs,
+        correctness=result,
+    )
+
+
+__all__ = ["RunResult", "collect", "run", "simulate"]

@@ -1,0 +1,163 @@
+"""Scenario files: a pydantic schema, and YAML loading whose errors name file, line and field.
+
+A scenario fixes everything a run depends on (guest, devices, workload, migration time,
+host behaviour, proposals, seed, cost overrides), so the same file and seed always give
+the same result.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from sim.costs import CostModel
+
+Allocator = Literal["linux-kzalloc", "linux-shared-pool"]
+ProposalName = Literal[
+    "trusted-host",
+    "share-host-claims",
+    "share-enlightened-guest",
+    "share-cmdq-snoop",
+    "userspace-serialization",
+    "iommu-gated-its",
+]
+ALL_PROPOSALS: tuple[str, ...] = ProposalName.__args__
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GuestSpec(_Strict):
+    ram_mib: Annotated[int, Field(ge=64, le=1 << 20)] = 2048
+    vcpus: Annotated[int, Field(ge=1, le=512)] = 4
+    allocator: Allocator = "linux-shared-pool"
+    secret_density: Annotated[float, Field(ge=0.0, le=1.0)] = 0.25
+    two_level_device_table: bool = True
+
+
+class DeviceSpec(_Strict):
+    name: Annotated[str, Field(min_length=1)]
+    device_id: Annotated[int, Field(ge=0, le=0xFFFF)]
+    vectors: Annotated[int, Field(ge=1, le=2048)]
+    rate_hz: Annotated[float, Field(ge=0.0)] = 1000.0
+
+
+class ChurnEvent(_Strict):
+    at_ms: Annotated[float, Field(ge=0.0)]
+    device: str
+    action: Literal["remove", "add"]
+
+
+class WorkloadSpec(_Strict):
+    duration_ms: Annotated[float, Field(gt=0.0)] = 20.0
+    affinity_moves_per_s: Annotated[float, Field(ge=0.0)] = 0.0
+    churn: list[ChurnEvent] = []
+
+
+class MigrationSpec(_Strict):
+    at_ms: Annotated[float, Field(gt=0.0)] = 10.0
+
+
+class HostSpec(_Strict):
+    behaviour: Literal["honest"] = "honest"
+
+
+class Scenario(_Strict):
+    name: Annotated[str, Field(min_length=1, pattern=r"^[a-z0-9][a-z0-9-]*$")]
+    question: Annotated[str, Field(min_length=1)]
+    seed: int = 1
+    guest: GuestSpec = GuestSpec()
+    devices: Annotated[list[DeviceSpec], Field(min_length=1)]
+    workload: WorkloadSpec = WorkloadSpec()
+    migration: MigrationSpec = MigrationSpec()
+    host: HostSpec = HostSpec()
+    proposals: list[ProposalName] = list(ALL_PROPOSALS)
+    costs: CostModel = CostModel()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Scenario:
+        names = [d.name for d in self.devices]
+        ids = [d.device_id for d in self.devices]
+        if len(set(names)) != len(names):
+            raise ValueError("devices: expected unique names")
+        if len(set(ids)) != len(ids):
+            raise ValueError("devices: expected unique device_id values")
+        for event in self.workload.churn:
+            if event.device not in names:
+                raise ValueError(f"workload.churn: device {event.device!r} is not in devices")
+        if self.migration.at_ms >= self.workload.duration_ms:
+            raise ValueError("migration.at_ms: expected a time before workload.duration_ms")
+        nr_lpis = sum(d.vectors for d in self.devices)
+        if nr_lpis > (1 << 16) - 8192:
+            raise ValueError(f"devices: {nr_lpis} vectors exceed the 57344 LPIs of 16 INTID bits")
+        return self
+
+
+class ScenarioError(Exception):
+    """A scenario file that cannot be used; the message names file, line and field."""
+
+
+def _node_at(node: yaml.Node, loc: tuple[Any, ...]) -> yaml.Node:
+    """The YAML node at a pydantic error location (as deep as the file goes)."""
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if k.value == key:
+                    node = v
+                    break
+            else:
+                return node
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int):
+            if key >= len(node.value):
+                return node
+            node = node.value[key]
+        else:
+            return node
+    return node
+
+
+def _field_name(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for key in loc:
+        out += f"[{key}]" if isinstance(key, int) else (f".{key}" if out else str(key))
+    return out or "(top level)"
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read and validate a scenario file, or raise :class:`ScenarioError`."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ScenarioError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        root = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ScenarioError(f"{path}{where}: not valid YAML: {problem}") from None
+    if not isinstance(data, dict):
+        raise ScenarioError(f"{path}:1: expected a mapping of scenario fields at the top level")
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        loc = tuple(k for k in err["loc"] if k != "__root__")
+        msg = err["msg"].removeprefix("Value error, ")
+        if not loc and ": " in msg:
+            # Cross-field checks name their field first: "workload.churn: ...".
+            head, msg = msg.split(": ", 1)
+            loc = tuple(head.split("."))
+        node = _node_at(root, loc) if root is not None else None
+        line = node.start_mark.line + 1 if node is not None else 1
+        field = _field_name(loc)
+        got = ""
+        if "input" in err and not isinstance(err["input"], dict | list):
+            got = f", got {err['input']!r}"
+        raise ScenarioError(f"{path}:{line}: {field}: {msg}{got}") from None

@@ -1,0 +1,104 @@
+"""The simulated world: two machines (migration source and destination) and one guest.
+
+Built in phases, as desmod does: construct every component (each with a hierarchical
+name), connect them, then simulate. The environment owns the randomness: every actor
+draws from a named stream derived from the scenario seed, so the same seed gives the
+same run, and a stream (say, the guest's allocations) does not shift when another
+proposal makes a different number of draws elsewhere.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import simpy
+
+from sim.exposure import ExposureTracker
+from sim.memory.access import MemorySystem
+from sim.migration import Correctness
+
+if TYPE_CHECKING:
+    from sim.actors.guest import Guest
+    from sim.actors.host import Host
+    from sim.actors.lowvisor import Lowvisor
+    from sim.proposals.base import Proposal
+    from sim.scenario import Scenario
+
+GUEST = "pvm"  # the guest's pKVM component name on both machines
+RAM_BASE = 0x4000_0000  # QEMU virt
+VMM_BUFFER_BASE = 0x20_0000_0000  # host memory for VMM buffers, far from guest RAM
+
+
+@dataclass
+class Ledger:
+    """What the actors did that costs something, filled in as they do it."""
+
+    cpu_us: Counter[str] = field(default_factory=Counter)
+    hypercalls: Counter[str] = field(default_factory=Counter)
+    bytes_copied: int = 0
+    stream_bytes: int = 0
+    its_downtime_us: float = 0.0
+    downtime_us: float = 0.0
+    msis_delivered: int = 0
+    msis_failed: int = 0
+    iommu_maps: int = 0
+    iotlb_invalidations: int = 0
+
+
+class World:
+    def __init__(self, scenario: Scenario, proposal: Proposal) -> None:
+        from sim.actors.guest import Guest
+        from sim.actors.host import Host
+        from sim.actors.lowvisor import Lowvisor
+
+        self.env = simpy.Environment()
+        self.scenario = scenario
+        self.costs = scenario.costs
+        self.proposal = proposal
+        self.ledger = Ledger()
+        self.ram_size = scenario.guest.ram_mib << 20
+        self.machines: dict[str, Machine] = {}
+        for name in ("src", "dst"):
+            memory = MemorySystem(clock=lambda: self.env.now)
+            memory.ownership.add_guest(GUEST)
+            machine = Machine(name, memory, ExposureTracker(memory, lambda: self.env.now))
+            machine.lowvisor = Lowvisor(self, machine)
+            machine.host = Host(self, machine)
+            self.machines[name] = machine
+        self.guest: Guest = Guest(self, self.src)
+        self.paused = False
+        self.resumed = self.env.event()
+        self.vcpus = simpy.Resource(self.env, capacity=1)  # held while the guest runs a step
+        self.its_errors: list[str] = []
+        self.correctness = Correctness()
+
+    @property
+    def src(self) -> Machine:
+        return self.machines["src"]
+
+    @property
+    def dst(self) -> Machine:
+        return self.machines["dst"]
+
+    def rng(self, stream: str) -> random.Random:
+        """A reproducible random stream named ``stream`` (string seeds hash with SHA-512)."""
+        return random.Random(f"{self.scenario.seed}:{stream}")
+
+    def charge(self, actor: str, us: float) -> simpy.Timeout:
+        """Account ``us`` of CPU time to ``actor`` and take that long."""
+        self.ledger.cpu_us[actor] += us
+        return self.env.timeout(us)
+
+
+@dataclass
+class Machine:
+    """One physical host: its memory, its EL2 lowvisor and its EL1 host."""
+
+    name: str
+    memory: MemorySystem
+    exposure: ExposureTracker
+    lowvisor: Lowvisor = field(init=False)
+    host: Host = field(init=False)
