@@ -1,0 +1,1 @@
+"""One module per pkvm-sim command; each has ``register(subparsers)`` and ``main(args)``."""

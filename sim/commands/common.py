@@ -1,0 +1,41 @@
+"""Shared pieces of the commands: loading scenarios, running them, dumping results."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from sim.run import RunResult, run
+from sim.scenario import Scenario, ScenarioError, load_scenario
+
+BUNDLED = Path(__file__).resolve().parents[2] / "scenarios"
+
+
+def bundled_scenarios() -> list[str]:
+    return sorted(str(p) for p in BUNDLED.glob("*.yaml"))
+
+
+def load_all(paths: list[str]) -> list[Scenario]:
+    """Load every scenario before running any, so bad input leaves nothing behind."""
+    scenarios = []
+    for path in paths:
+        try:
+            scenarios.append(load_scenario(path))
+        except ScenarioError as exc:
+            print(f"pkvm-sim: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+    return scenarios
+
+
+def run_all(scenarios: list[Scenario], only: list[str] | None = None) -> list[RunResult]:
+    return [
+        run(scenario, proposal)
+        for scenario in scenarios
+        for proposal in scenario.proposals
+        if not only or proposal in only
+    ]
+
+
+def dump(results: list[RunResult]) -> str:
+    return json.dumps([r.model_dump(mode="json") for r in results], indent=2, sort_keys=True)
