@@ -1,19 +1,37 @@
 """Confidentiality over time: secret guest bytes the host *could* read, and for how long.
 
 A secret byte is exposed while the host's stage-2 state for its page is anything but
-``NOPAGE`` (the same rule the access check applies). The tracker watches ownership
-changes and label changes, so the figure follows from what the actors did, and
-integrates it over simulated time into byte x microseconds.
+``NOPAGE`` (the rule the access check applies). The tracker watches ownership and label
+changes, so the figure follows from what the actors did. It keeps each exposure as an
+interval (which bytes, which secret, from when to when, opened by which ownership
+change) and integrates the total into byte x microseconds.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from sim.memory.access import MemorySystem
 from sim.memory.labels import LabelKind
-from sim.memory.ownership import HOST
+from sim.memory.ownership import HOST, OwnershipChange
 from sim.memory.physmem import PAGE_SHIFT, PAGE_SIZE
+
+Run = tuple[int, int, str]  # (start, end, secret name), within one page
+
+
+@dataclass(frozen=True)
+class ExposureInterval:
+    addr: int
+    length: int
+    secret: str
+    start: float  # us
+    end: float  # us
+    opened_by: OwnershipChange | None  # the transition that made the page readable
+
+    @property
+    def byte_us(self) -> float:
+        return self.length * (self.end - self.start)
 
 
 class ExposureTracker:
@@ -24,11 +42,17 @@ class ExposureTracker:
         self.peak = 0
         self.byte_us = 0.0
         self._last = clock()
-        self._exposed: dict[int, int] = {}  # pfn -> exposed secret bytes on it
-        self.exposed_secrets: set[str] = set()  # names of secrets exposed at some time
+        self._open: dict[int, dict[Run, tuple[float, OwnershipChange | None]]] = {}
+        self.intervals: list[ExposureInterval] = []
         memory.ownership.watchers.append(self._on_pages)
         memory.labels.watchers.append(self._on_bytes)
         self._refresh(0, 1 << (48 - PAGE_SHIFT))
+
+    @property
+    def exposed_secrets(self) -> set[str]:
+        names = {i.secret for i in self.intervals}
+        names.update(run[2] for runs in self._open.values() for run in runs)
+        return names
 
     def _advance(self) -> None:
         now = self.clock()
@@ -48,27 +72,52 @@ class ExposureTracker:
             end = addr + length
             self._refresh(addr >> PAGE_SHIFT, (end + PAGE_SIZE - 1) >> PAGE_SHIFT)
 
-    def _refresh(self, first_pfn: int, end_pfn: int) -> None:
-        """Recount exposed secret bytes on pages ``[first_pfn, end_pfn)``."""
-        for pfn in [p for p in self._exposed if first_pfn <= p < end_pfn]:
-            self.current -= self._exposed.pop(pfn)
-        labels = self.memory.labels
+    def _exposed_runs(self, first_pfn: int, end_pfn: int) -> dict[int, set[Run]]:
+        out: dict[int, set[Run]] = {}
         ownership = self.memory.ownership
-        for start, end, label in labels.runs(
-            first_pfn << PAGE_SHIFT, (end_pfn - first_pfn) << PAGE_SHIFT
-        ):
+        span = (first_pfn << PAGE_SHIFT, (end_pfn - first_pfn) << PAGE_SHIFT)
+        for start, end, label in self.memory.labels.runs(*span):
             if label.kind is not LabelKind.SECRET:
                 continue
             for pfn in range(start >> PAGE_SHIFT, ((end - 1) >> PAGE_SHIFT) + 1):
-                if not ownership.state(HOST, pfn).accessible:
-                    continue
-                lo = max(start, pfn << PAGE_SHIFT)
-                hi = min(end, (pfn + 1) << PAGE_SHIFT)
-                self._exposed[pfn] = self._exposed.get(pfn, 0) + hi - lo
-                self.current += hi - lo
-                self.exposed_secrets.add(label.name)
+                if ownership.state(HOST, pfn).accessible:
+                    lo, hi = max(start, pfn << PAGE_SHIFT), min(end, (pfn + 1) << PAGE_SHIFT)
+                    out.setdefault(pfn, set()).add((lo, hi, label.name))
+        return out
+
+    def _refresh(self, first_pfn: int, end_pfn: int) -> None:
+        """Re-derive which secret runs on pages ``[first_pfn, end_pfn)`` are exposed."""
+        now = self.clock()
+        fresh = self._exposed_runs(first_pfn, end_pfn)
+        pages = [p for p in self._open if first_pfn <= p < end_pfn] + list(fresh)
+        for pfn in dict.fromkeys(pages):
+            before = self._open.get(pfn, {})
+            after = fresh.get(pfn, set())
+            for run in set(before) - after:
+                opened, cause = before.pop(run)
+                self.current -= run[1] - run[0]
+                self.intervals.append(
+                    ExposureInterval(run[0], run[1] - run[0], run[2], opened, now, cause)
+                )
+            new = after - set(before)
+            if new:
+                cause = self.memory.ownership.last_change(pfn)
+                for run in new:
+                    before[run] = (now, cause)
+                    self.current += run[1] - run[0]
+            if before:
+                self._open[pfn] = before
+            else:
+                self._open.pop(pfn, None)
         self.peak = max(self.peak, self.current)
 
     def finish(self) -> None:
-        """Integrate up to now; call once at the end of the run."""
+        """Integrate up to now and close every open interval; call once at the end."""
         self._advance()
+        now = self.clock()
+        for runs in self._open.values():
+            for run, (opened, cause) in runs.items():
+                self.intervals.append(
+                    ExposureInterval(run[0], run[1] - run[0], run[2], opened, now, cause)
+                )
+        self._open.clear()

@@ -102,6 +102,8 @@ class MemorySystem:
         self.iommu: dict[str, IOMMUDomain] = {}
         self.log: list[AccessRecord] = []
         self.faults: list[Stage2Fault] = []
+        # Observers of every checked access (the audit), called before the bytes move.
+        self.watchers: list[Callable[[Initiator, AccessRecord], None]] = []
 
     def denial(self, who: Initiator, addr: int, length: int, write: bool) -> tuple[int, str] | None:
         """``(pfn, reason)`` of the first page ``who`` may not access, or ``None``."""
@@ -125,6 +127,8 @@ class MemorySystem:
         denied = self.denial(who, addr, length, write)
         record = AccessRecord(self.clock(), who.name, addr, length, write, denied is None)
         self.log.append(record)
+        for watch in self.watchers:
+            watch(who, record)
         if denied is not None:
             fault = Stage2Fault(record, *denied)
             self.faults.append(fault)

@@ -224,12 +224,19 @@ class PageOwnership:
             watch(first_pfn, nr_pages, False)
         for role, _, after in spec.sides:
             self._states[self._side(role, guest)].assign(first_pfn, first_pfn + nr_pages, after)
-        for watch in self.watchers:
-            watch(first_pfn, nr_pages, True)
         if spec.tlbi:
             self.tlb_invalidations += 1
         if spec.poison and self.on_poison is not None:
             self.on_poison(first_pfn, nr_pages)
         change = OwnershipChange(self._clock(), transition, first_pfn, nr_pages, guest, cause)
         self.history.append(change)
+        for watch in self.watchers:
+            watch(first_pfn, nr_pages, True)
         return change
+
+    def last_change(self, pfn: int) -> OwnershipChange | None:
+        """The latest transition that covered ``pfn``."""
+        for change in reversed(self.history):
+            if change.first_pfn <= pfn < change.first_pfn + change.nr_pages:
+                return change
+        return None
