@@ -1,0 +1,120 @@
+"""`pkvm-sim bench`: events per second against bare SimPy, ITS save and restore rates, and
+full migrations by mapped ITEs; written to perf.md."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from pathlib import Path
+
+from sim.scenario import ALL_PROPOSALS
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="measure simulated events/s, ITS save/restore and migration scaling; write perf.md",
+        epilog="examples:\n  pkvm-sim bench                     # the full run, reports/perf.md\n"
+        "  pkvm-sim bench --quick --out /tmp/perf\n"
+        "  pkvm-sim bench --sizes 1000,10000 --proposal trusted-host",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--sizes",
+        metavar="N,N,...",
+        help="mapped ITEs per migration point (default 1000,10000,30000,57344;"
+        " at most 57344 with 16 INTID bits)",
+    )
+    p.add_argument(
+        "--proposal",
+        action="append",
+        choices=ALL_PROPOSALS,
+        metavar="P",
+        help="only this proposal for the migration points (repeatable; default: all six)",
+    )
+    p.add_argument("--quick", action="store_true", help="a small, fast run (for tests)")
+    p.add_argument("--out", default="reports", help="directory for perf.md (default: reports)")
+    p.set_defaults(func=main, check=check)
+
+
+def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    from sim.bench import MAX_ITES
+
+    if args.sizes is None:
+        return
+    try:
+        sizes = [int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()]
+    except ValueError:
+        parser.error(f"--sizes: expected comma-separated integers, got {args.sizes!r}")
+    if not sizes:
+        parser.error("--sizes: expected at least one size")
+    for s in sizes:
+        if not 1 <= s <= MAX_ITES:
+            parser.error(
+                f"--sizes: expected 1..{MAX_ITES} ITEs (one LPI each, 16 INTID bits), got {s}"
+            )
+    args.sizes = sorted(set(sizes))
+
+
+def main(args: argparse.Namespace) -> int:
+    from sim import bench
+    from sim.commands.common import BUNDLED
+    from sim.scenario import load_scenario
+
+    quick = args.quick
+    sizes = args.sizes or list(bench.QUICK_SIZES if quick else bench.DEFAULT_SIZES)
+    proposals = args.proposal or (["trusted-host", "share-host-claims"] if quick else None)
+    proposals = list(proposals or ALL_PROPOSALS)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def say(msg: str) -> None:
+        print(msg, flush=True)
+
+    say(f"machine: {bench.machine_line()}")
+    bare = bench.bare_simpy(events_per_actor=2_000 if quick else 20_000)
+    say(f"(a) bare SimPy: {bare['events']:,} events, {bare['events_per_s']:,.0f} events/s")
+    name = "small-vm" if quick else "cloud-vm"
+    scenario = load_scenario(BUNDLED / f"{name}.yaml")
+    simulated = bench.simulated_events(scenario)
+    ratio = bare["events_per_s"] / simulated["events_per_s"]
+    say(
+        f"(b) pkvm-sim {name}: {simulated['events']:,} events,"
+        f" {simulated['events_per_s']:,.0f} events/s; cost per event {ratio:.1f}x bare SimPy"
+    )
+    its = bench.its_save_restore(*((2, 100) if quick else (28, bench.MAX_VECTORS)))
+    say(
+        f"(c) ITS, {its['entries']:,} entries: save {its['save_entries_per_s']:,.0f}/s,"
+        f" restore {its['restore_entries_per_s']:,.0f}/s"
+    )
+    say(f"(d) full migrations at {', '.join(f'{s:,}' for s in sizes)} ITEs, {proposals}")
+
+    def progress(pt: dict) -> None:
+        say(
+            f"    {pt['ites']:>7,} ITEs  {pt['proposal']:<24} {pt['wall_s']:8.2f} s"
+            f"  {pt['peak_rss_mib']:7.0f} MiB  {pt['events']:>9,} events"
+        )
+
+    points = bench.run_points(sizes, proposals, progress)
+    result = bench.Bench(
+        machine=bench.machine_line(),
+        bare=bare,
+        simulated=simulated,
+        simulated_scenario=name,
+        its=its,
+        points=points,
+        sizes=sizes,
+    )
+    argv = ["pkvm-sim", "bench"]
+    if quick:
+        argv.append("--quick")
+    if args.sizes:
+        argv += ["--sizes", ",".join(map(str, sizes))]
+    for p in args.proposal or ():
+        argv += ["--proposal", p]
+    if args.out != "reports":
+        argv += ["--out", args.out]
+    path = out / "perf.md"
+    path.write_text(bench.render(result, shlex.join(argv)))
+    say(f"wrote {path}")
+    return 0
