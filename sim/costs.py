@@ -48,6 +48,12 @@ class CostModel(BaseModel):
         " the hyp_page state, a few hundred cycles per page",
         "EL2 work of one page-state transition, on top of any hypercall and TLB invalidation",
     )
+    el2_trap_entry_us: float = cited(
+        0.5,
+        "us",
+        "estimate: exception entry, ESR decode and vCPU context save before EL2 handles a trap",
+        "time between a guest's MMIO write trapping and EL2 acting on it",
+    )
     mmio_trap_us: float = cited(
         3.0,
         "us",

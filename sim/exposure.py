@@ -22,6 +22,8 @@ Run = tuple[int, int, str]  # (start, end, secret name), within one page
 
 @dataclass(frozen=True)
 class ExposureInterval:
+    """One run of secret bytes the host could read, from ``start`` to ``end`` (us)."""
+
     addr: int
     length: int
     secret: str
@@ -29,15 +31,19 @@ class ExposureInterval:
     end: float  # us
     opened_by: OwnershipChange | None  # the transition that made the page readable
 
-    @property
-    def byte_us(self) -> float:
-        return self.length * (self.end - self.start)
+    def byte_us(self, window_end: float = float("inf")) -> float:
+        return self.length * max(0.0, min(self.end, window_end) - self.start)
 
 
 class ExposureTracker:
-    def __init__(self, memory: MemorySystem, clock: Callable[[], float]) -> None:
+    """Secret bytes on host-readable pages; totals count only inside the window."""
+
+    def __init__(
+        self, memory: MemorySystem, clock: Callable[[], float], window_end: float = float("inf")
+    ) -> None:
         self.memory = memory
         self.clock = clock
+        self.window_end = window_end  # exposure is measured over [0, window_end)
         self.current = 0  # secret bytes the host can read now
         self.peak = 0
         self.byte_us = 0.0
@@ -55,9 +61,9 @@ class ExposureTracker:
         return names
 
     def _advance(self) -> None:
-        now = self.clock()
-        self.byte_us += self.current * (now - self._last)
-        self._last = now
+        now = min(self.clock(), self.window_end)
+        self.byte_us += self.current * max(0.0, now - self._last)
+        self._last = max(self._last, now)
 
     def _on_pages(self, first_pfn: int, nr_pages: int, done: bool) -> None:
         if not done:
@@ -109,7 +115,8 @@ class ExposureTracker:
                 self._open[pfn] = before
             else:
                 self._open.pop(pfn, None)
-        self.peak = max(self.peak, self.current)
+        if now < self.window_end:
+            self.peak = max(self.peak, self.current)
 
     def finish(self) -> None:
         """Integrate up to now and close every open interval; call once at the end."""

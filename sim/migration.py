@@ -66,7 +66,11 @@ def migrate(world: World, correctness: Correctness) -> Generator:
         correctness.expected = len(expected)
         correctness.ok_before = _check(src, expected, "source", correctness.mismatches)
 
+        for behaviour in src.host.behaviours:
+            yield from behaviour.before_save()
         payload = yield from world.proposal.save(world)
+        for behaviour in src.host.behaviours:
+            yield from behaviour.after_save(payload)
         its_actors = {src.host.its.kvm.who.name}
         dirtied = _pages_written(src, start, its_actors)
         stream = dirtied * PAGE_SIZE + len(payload.blob)

@@ -11,6 +11,8 @@ from collections import Counter
 
 from pydantic import BaseModel, ConfigDict
 
+from sim import attacks
+from sim.audit import Auditor
 from sim.memory.labels import LabelKind
 from sim.memory.ownership import Transition
 from sim.migration import migrate
@@ -81,6 +83,9 @@ def simulate(scenario: Scenario, proposal_name: str) -> World:
     env = world.env
     for machine in world.machines.values():
         machine.host.create_vm()
+    attacks.install(world, scenario)
+    world.auditor = Auditor(world)
+    attacks.start(world)
     env.process(world.guest.run())
     for machine in world.machines.values():
         env.process(machine.host.msi_workload())

@@ -8,7 +8,7 @@ the same result.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -62,8 +62,110 @@ class MigrationSpec(_Strict):
     at_ms: Annotated[float, Field(gt=0.0)] = 10.0
 
 
+class Honest(_Strict):
+    kind: Literal["honest"] = "honest"
+
+
+class SecretPageAsITT(_Strict):
+    """Ask EL2 to share guest pages that hold secrets, as if they were ITT pages."""
+
+    kind: Literal["secret-page-as-itt"]
+    pages: Annotated[int, Field(ge=1, le=64)] = 2
+
+
+class OversizedITT(_Strict):
+    """Claim each ITT as ``factor`` times its real size."""
+
+    kind: Literal["oversized-itt"]
+    factor: Annotated[int, Field(ge=2, le=1024)] = 16
+
+
+class ReadEverything(_Strict):
+    """Read every guest page the host's stage-2 reaches, every ``period_ms``."""
+
+    kind: Literal["read-everything"]
+    period_ms: Annotated[float, Field(gt=0.0)] = 1.0
+
+
+class WriteOutsideEntries(_Strict):
+    """At save time, overwrite every reachable guest byte that is not a table entry."""
+
+    kind: Literal["write-outside-entries"]
+    pattern: Annotated[int, Field(ge=0, le=255)] = 0xA5
+
+
+class KeepStaleShare(_Strict):
+    """Claim ITT pages early and keep them; sit on the MAPD V=0 that would release them."""
+
+    kind: Literal["keep-stale-share"]
+    hold_ms: Annotated[float, Field(gt=0.0)] = 1500.0
+
+
+class DelayCommands(_Strict):
+    """Run the command queue ``delay_ms`` after each CWRITER write instead of at once."""
+
+    kind: Literal["delay-commands"]
+    delay_ms: Annotated[float, Field(gt=0.0)] = 2.0
+
+
+class ReplayStaleMapd(_Strict):
+    """At save time, replay an unmapped device's old MAPD and MAPTIs from the queue ring."""
+
+    kind: Literal["replay-stale-mapd"]
+
+
+class ITSDMA(_Strict):
+    """Map a physical device on the physical ITS with its ITT on a guest secret (DMA)."""
+
+    kind: Literal["its-dma"]
+    at_ms: Annotated[float, Field(ge=0.0)] = 1.0
+
+
+class TamperState(_Strict):
+    """Alter the saved ITS state in transit (the blob, or the tables in guest memory)."""
+
+    kind: Literal["tamper-state"]
+
+
+class RedirectPendingTable(_Strict):
+    """Point a vCPU's pending table at other guest data before SAVE_PENDING_TABLES."""
+
+    kind: Literal["redirect-pending-table"]
+
+
+class ForgeQueuedMapd(_Strict):
+    """Rewrite a MAPD in the shared queue between the guest's write and EL2's parse."""
+
+    kind: Literal["forge-queued-mapd"]
+    reaction_us: Annotated[float, Field(ge=0.0)] = 0.2
+
+
+ATTACK_SPECS = (
+    SecretPageAsITT,
+    OversizedITT,
+    ReadEverything,
+    WriteOutsideEntries,
+    KeepStaleShare,
+    DelayCommands,
+    ReplayStaleMapd,
+    ITSDMA,
+    TamperState,
+    RedirectPendingTable,
+    ForgeQueuedMapd,
+)
+ATTACKS: tuple[str, ...] = tuple(
+    cls.model_fields["kind"].annotation.__args__[0] for cls in ATTACK_SPECS
+)
+Behaviour = Annotated[Union[(Honest, *ATTACK_SPECS)], Field(discriminator="kind")]
+
+
 class HostSpec(_Strict):
-    behaviour: Literal["honest"] = "honest"
+    behaviours: list[Behaviour] = [Honest()]
+
+
+class LowvisorSpec(_Strict):
+    # EL2 traps the host's writes to the physical ITS and refuses an ITT outside host memory.
+    mediate_physical_its: bool = False
 
 
 class Scenario(_Strict):
@@ -75,6 +177,7 @@ class Scenario(_Strict):
     workload: WorkloadSpec = WorkloadSpec()
     migration: MigrationSpec = MigrationSpec()
     host: HostSpec = HostSpec()
+    lowvisor: LowvisorSpec = LowvisorSpec()
     proposals: list[ProposalName] = list(ALL_PROPOSALS)
     costs: CostModel = CostModel()
 

@@ -23,6 +23,7 @@ from sim.migration import Correctness
 if TYPE_CHECKING:
     from sim.actors.guest import Guest
     from sim.actors.host import Host
+    from sim.actors.its_hw import ITSHardware
     from sim.actors.lowvisor import Lowvisor
     from sim.proposals.base import Proposal
     from sim.scenario import Scenario
@@ -52,10 +53,12 @@ class World:
     def __init__(self, scenario: Scenario, proposal: Proposal) -> None:
         from sim.actors.guest import Guest
         from sim.actors.host import Host
+        from sim.actors.its_hw import ITSHardware
         from sim.actors.lowvisor import Lowvisor
 
         self.env = simpy.Environment()
         self.scenario = scenario
+        self.guest_name = GUEST
         self.costs = scenario.costs
         self.proposal = proposal
         self.ledger = Ledger()
@@ -64,9 +67,12 @@ class World:
         for name in ("src", "dst"):
             memory = MemorySystem(clock=lambda: self.env.now)
             memory.ownership.add_guest(GUEST)
-            machine = Machine(name, memory, ExposureTracker(memory, lambda: self.env.now))
+            window = scenario.workload.duration_ms * 1000.0
+            exposure = ExposureTracker(memory, lambda: self.env.now, window_end=window)
+            machine = Machine(name, memory, exposure)
             machine.lowvisor = Lowvisor(self, machine)
             machine.host = Host(self, machine)
+            machine.its_hw = ITSHardware(machine)
             self.machines[name] = machine
         self.guest: Guest = Guest(self, self.src)
         self.paused = False
@@ -102,3 +108,4 @@ class Machine:
     exposure: ExposureTracker
     lowvisor: Lowvisor = field(init=False)
     host: Host = field(init=False)
+    its_hw: ITSHardware = field(init=False)

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from sim.world import Machine, World
 
 ITS_ITT_ALIGN = 256
+ITS_QUEUE_TIMEOUT_US = 1_000_000  # its_wait_for_range_completion: 1 s
 LPI_PROP_DEFAULT = 0xA0 | 0x2  # LPI_PROP_DEFAULT_PRIO | LPI_PROP_GROUP1, disabled
 LPI_PROP_ENABLED = 0x1
 # The rest of the kernel heap: slab pages of other users' objects (some of them secrets),
@@ -68,6 +69,9 @@ class Guest:
         self.devices = {d.name: GuestDevice(d) for d in world.scenario.devices}
         self.next_lpi = r.GIC_LPI_OFFSET
         self.cwriter = 0
+        self.queue_timeouts = 0  # "ITS queue timeout" messages the guest logged
+        self.unmaps: list[tuple[float, str, range]] = []  # (MAPD V=0 time, machine, ITT pfns)
+        self.driver_shared: set[int] = set()  # pages the ITS driver itself shared
         # The guest kernel's own pages start above the first 16 MiB (firmware, kernel).
         self.pages = PageAllocator(RAM_BASE + (16 << 20), RAM_BASE + world.ram_size)
         labels = machine.memory.labels
@@ -113,6 +117,7 @@ class Guest:
         while self._pending_shares:
             page = self._pending_shares.pop(0)
             if self.world.proposal.guest_shares_tables:
+                self.driver_shared.add(page >> PAGE_SHIFT)
                 yield from self.share(page, PAGE_SIZE, "driver: itt_pool refill")
 
     def alloc_table(self, size: int, label: Label, align: int = r.SZ_64K) -> Generator:
@@ -120,18 +125,33 @@ class Guest:
         addr = self.pages.alloc(size, align)
         self.machine.memory.labels.set(addr, size, label)
         if self.world.proposal.guest_shares_tables:
+            self.driver_shared.update(
+                range(addr >> PAGE_SHIFT, (addr + size - 1 >> PAGE_SHIFT) + 1)
+            )
             yield from self.share(addr, size, f"driver: its_alloc_pages {label}")
         return addr
 
     # ---- talking to the ITS ----------------------------------------------------------------
 
     def send(self, *cmds: ITSCommand) -> Generator:
-        """Write commands at GITS_CWRITER and bump it once (its_send_single_command)."""
+        """its_send_single_command: write at GITS_CWRITER, bump it, wait for GITS_CREADR.
+
+        Linux polls CREADR for up to a second (its_wait_for_range_completion), then
+        logs "ITS queue timeout" and carries on as if the commands had run.
+        """
         size = self.cmdq_size
         for cmd in cmds:
             self.write(self.cmdq + self.cwriter, cmd.encode())
             self.cwriter = (self.cwriter + r.ITS_CMD_SIZE) % size
+        host = self.machine.host
         yield from self.machine.lowvisor.guest_mmio_trap(r.GITS_CWRITER, self.cwriter)
+        deadline = self.world.env.now + ITS_QUEUE_TIMEOUT_US
+        while host.its.creadr != self.cwriter:
+            left = deadline - self.world.env.now
+            if left <= 0:
+                self.queue_timeouts += 1
+                return
+            yield host.processed | self.world.env.timeout(left)
 
     def mmio(self, offset: int, val: int) -> Generator:
         yield from self.machine.lowvisor.guest_mmio_trap(offset, val)
@@ -251,8 +271,11 @@ class Guest:
         dev_id = dev.spec.device_id
         for i in range(dev.spec.vectors):
             yield from self.send(DISCARD(dev_id, i), SYNC(dev.vcpu_of[i]))
+        unmapped_at = self.world.env.now
         yield from self.send(MAPD(dev_id, 0, 0, False))
         dev.mapped = False
+        first, end = dev.itt_addr >> PAGE_SHIFT, (dev.itt_addr + dev.itt_size - 1 >> PAGE_SHIFT) + 1
+        self.unmaps.append((unmapped_at, self.machine.name, range(first, end)))
         yield from self.world.proposal.on_itt_free(self, dev.itt_addr, dev.itt_size)
         obj, obj_size = dev.itt_object
         if self.spec.allocator == "linux-kzalloc":

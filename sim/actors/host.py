@@ -25,6 +25,8 @@ class Host:
         self.name = f"{machine.name}.host"
         self.its: VirtualITS | None = None
         self.cpu = Initiator(f"{self.name}.vmm", HOST)
+        self.processed = world.env.event()  # fires each time the queue has been run
+        self.behaviours: list = []  # sim.attacks behaviours acting as this host
 
     def create_vm(self) -> None:
         """KVM_CREATE_VM and the vITS device; the lowvisor takes the guest's RAM."""
@@ -45,13 +47,38 @@ class Host:
         )
 
     def handle_mmio(self, offset: int, val: int) -> Generator:
-        """Emulate one trapped ITS register write; commands run inside a CWRITER write."""
+        """Emulate one trapped ITS register write.
+
+        KVM runs the command queue inside the CWRITER write; a host that delays the work
+        (a behaviour) returns to the guest first and processes later. Either way EL2 is
+        told once the queue has been processed.
+        """
+        delay = self.processing_delay(offset, val)
+        if offset != r.GITS_CWRITER or delay <= 0:
+            yield from self._process(offset, val)
+            return
+        yield self.world.charge(self.name, self.world.costs.mmio_trap_us)
+        self.world.env.process(self._process_later(offset, val, delay))
+
+    def _process_later(self, offset: int, val: int, delay: float) -> Generator:
+        yield self.world.env.timeout(delay)
+        yield from self._process(offset, val)
+
+    def _process(self, offset: int, val: int) -> Generator:
         its = self.its
         before = len(its.command_log)
         its.mmio_write(offset, val)
         commands = len(its.command_log) - before
         costs = self.world.costs
         yield self.world.charge(self.name, costs.mmio_trap_us + commands * costs.its_cmd_us)
+        if commands:
+            yield from self.world.proposal.after_process(self.machine)
+            processed, self.processed = self.processed, self.world.env.event()
+            processed.succeed()
+
+    def processing_delay(self, offset: int, val: int) -> float:
+        """How long this host sits on a CWRITER write before running the queue (us)."""
+        return max((b.processing_delay(self, offset, val) for b in self.behaviours), default=0.0)
 
     def handle_redist(self, vcpu: int, reg: str, val: int) -> Generator:
         """A trapped GICR_PROPBASER / GICR_PENDBASER / GICR_CTLR write."""

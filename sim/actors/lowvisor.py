@@ -31,6 +31,8 @@ class Lowvisor:
         self.name = f"{machine.name}.lowvisor"
         self.guest = GUEST
         self.fixmap = Initiator(self.name, GUEST)
+        self.mediate_physical_its = world.scenario.lowvisor.mediate_physical_its
+        self.refusals: list[str] = []  # host requests EL2 turned down, for the audit
 
     # ---- state changes ----------------------------------------------------------------
 
@@ -151,9 +153,16 @@ class Lowvisor:
     # ---- host hypercalls -------------------------------------------------------------------
 
     def host_share_guest_page(self, pfn: int, cause: str) -> Generator[object, object, bool]:
-        """Host HVC: share a page of the guest's with the host, on the host's word alone."""
+        """Host HVC: share a page of the guest's with the host, on the host's word alone.
+
+        Only a proposal that takes host claims has this hypercall; elsewhere EL2 answers
+        -ENOSYS and nothing changes.
+        """
         self.world.ledger.hypercalls["host SHARE_GUEST_PAGE"] += 1
         yield self.world.charge(self.name, self.world.costs.host_hvc_us)
+        if not self.world.proposal.host_claims:
+            self.refusals.append(f"{self.name}: no host share hypercall (-ENOSYS)")
+            return False
         try:
             yield from self._apply(Transition.GUEST_SHARE_HOST, pfn, 1, cause)
         except OwnershipError:
@@ -163,6 +172,8 @@ class Lowvisor:
     def host_unshare_guest_page(self, pfn: int, cause: str) -> Generator[object, object, bool]:
         self.world.ledger.hypercalls["host UNSHARE_GUEST_PAGE"] += 1
         yield self.world.charge(self.name, self.world.costs.host_hvc_us)
+        if not self.world.proposal.host_claims:
+            return False
         try:
             yield from self._apply(Transition.GUEST_UNSHARE_HOST, pfn, 1, cause)
         except OwnershipError:
@@ -173,10 +184,9 @@ class Lowvisor:
 
     def guest_mmio_trap(self, offset: int, val: int) -> Generator:
         """A guest ITS register write: EL2 first (proposal hook), then the host's vITS."""
-        proposal = self.world.proposal
-        yield from proposal.before_mmio(self.machine, offset, val)
+        yield self.world.env.timeout(self.world.costs.el2_trap_entry_us)
+        yield from self.world.proposal.before_mmio(self.machine, offset, val)
         yield from self.machine.host.handle_mmio(offset, val)
-        yield from proposal.after_mmio(self.machine, offset, val)
 
     def read_guest(self, gpa: int, length: int) -> bytes:
         """EL2 reads guest memory through the guest's stage-2 (fixmap)."""

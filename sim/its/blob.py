@@ -6,7 +6,10 @@ can be read back without guest memory::
     "KVMITS\\0\\0"  u32 version (0)  u32 nr_collections  u32 nr_devices  u32 reserved
     nr_collections x CTE (u64)
     per device:  u32 DeviceID  u32 nr_ites  DTE (u64, next = 0)
-                 nr_ites x (u32 EventID  u32 reserved  ITE (u64, next = 0))
+                 nr_ites x (u32 EventID  u32 flags (bit 0: pending)  ITE (u64, next = 0))
+
+The LPIs' pending bits travel in the blob too (instead of SAVE_PENDING_TABLES writing
+them into guest memory), so saving touches no guest page at all.
 
 Deserializing checks every entry the way RESTORE_TABLES checks guest tables (and also the
 DTE Size and pINTID bound that MAPD/MAPTI check), and is all or nothing: on any error the
@@ -56,7 +59,9 @@ def serialize(its: VirtualITS) -> bytes:
                     f"ITE {dev.device_id:#x}/{ite.event_id:#x} has no collection (MAPC V=0)"
                 )
             out += _ITE.pack(
-                ite.event_id, 0, ITE(0, ite.lpi.intid, ite.collection.collection_id).encode()
+                ite.event_id,
+                int(ite.lpi.pending),
+                ITE(0, ite.lpi.intid, ite.collection.collection_id).encode(),
             )
     return bytes(out)
 
@@ -107,14 +112,16 @@ def _deserialize(its: VirtualITS, blob: bytes) -> None:
             raise BlobError(ITSError.EINVAL, f"device {device_id:#x}: bad ITT size")
         device = its.devices[device_id] = Device(device_id, dte.itt_addr, dte.num_eventid_bits)
         for _ in range(nr_ites):
-            event_id, _, ite_val = _take(blob, offset, _ITE)
+            event_id, flags, ite_val = _take(blob, offset, _ITE)
             offset += _ITE.size
-            _restore_ite(its, device, event_id, ITE.decode(ite_val))
+            if flags & ~1:
+                raise BlobError(ITSError.EINVAL, f"event {event_id:#x}: unknown flags {flags:#x}")
+            _restore_ite(its, device, event_id, ITE.decode(ite_val), bool(flags & 1))
     if offset != len(blob):
         raise BlobError(ITSError.EINVAL, f"{len(blob) - offset} trailing bytes")
 
 
-def _restore_ite(its: VirtualITS, device: Device, event_id: int, ite: ITE) -> None:
+def _restore_ite(its: VirtualITS, device: Device, event_id: int, ite: ITE, pending: bool) -> None:
     if event_id >= 1 << device.num_eventid_bits or event_id in device.ites:
         raise BlobError(ITSError.EINVAL, f"bad or repeated event {event_id:#x}")
     if not r.GIC_LPI_OFFSET <= ite.intid < r.max_lpis_propbaser(its.propbaser):
@@ -127,4 +134,5 @@ def _restore_ite(its: VirtualITS, device: Device, event_id: int, ite: ITE) -> No
         lpi = its._add_lpi(ite.intid, vcpu)
     except GuestAccessFailed:
         raise BlobError(ITSError.EFAULT, "LPI configuration unreadable") from None
+    lpi.pending = lpi.pending or pending
     device.ites[event_id] = ITTEntry(event_id, lpi, collection)

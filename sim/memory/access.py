@@ -80,13 +80,18 @@ class Stage2Fault(Exception):
     """An access the initiator's stage-2 (or IOMMU) view forbids."""
 
     def __init__(self, record: AccessRecord, pfn: int, reason: str) -> None:
+        # args are the constructor's, so the fault survives being re-raised by SimPy.
+        super().__init__(record, pfn, reason)
         self.record = record
         self.pfn = pfn
         self.reason = reason
-        op = "write" if record.write else "read"
-        super().__init__(
-            f"{record.actor}: {op} of {record.length} bytes at {record.addr:#x} faults"
-            f" on page {pfn << PAGE_SHIFT:#x}: {reason}"
+
+    def __str__(self) -> str:
+        rec = self.record
+        op = "write" if rec.write else "read"
+        return (
+            f"{rec.actor}: {op} of {rec.length} bytes at {rec.addr:#x} faults"
+            f" on page {self.pfn << PAGE_SHIFT:#x}: {self.reason}"
         )
 
 

@@ -124,15 +124,26 @@ class OwnershipError(Exception):
 
     errno = "EPERM"
 
-    def __init__(self, transition: Transition, pfn: int, component: str, expected, actual):
+    def __init__(
+        self,
+        transition: Transition,
+        pfn: int,
+        component: str,
+        expected: PageState,
+        actual: PageState,
+    ) -> None:
+        # args are the constructor's, so the error survives being re-raised by SimPy.
+        super().__init__(transition, pfn, component, expected, actual)
         self.transition = transition
         self.pfn = pfn
         self.component = component
         self.expected = expected
         self.actual = actual
-        super().__init__(
-            f"{transition.spec.kernel_name}: page {pfn:#x} is {actual.value} for {component},"
-            f" needs {expected.value} (-EPERM)"
+
+    def __str__(self) -> str:
+        return (
+            f"{self.transition.spec.kernel_name}: page {self.pfn:#x} is {self.actual.value}"
+            f" for {self.component}, needs {self.expected.value} (-EPERM)"
         )
 
 

@@ -56,11 +56,14 @@ class PhysicalPages:
 
     def fill(self, first_pfn: int, nr_pages: int, byte: int) -> None:
         """Overwrite whole pages with one byte value (pKVM poisons pages this way)."""
-        for p in range(first_pfn, first_pfn + nr_pages):
-            if byte == 0:
-                self._pages.pop(p, None)
-            else:
-                self._pages[p] = bytearray([byte]) * PAGE_SIZE
+        end = first_pfn + nr_pages
+        if byte == 0:
+            # Zero pages cost nothing: drop the resident ones in the range.
+            for p in self.resident(first_pfn, end):
+                del self._pages[p]
+            return
+        for p in range(first_pfn, end):
+            self._pages[p] = bytearray([byte]) * PAGE_SIZE
 
     def resident(self, first_pfn: int, end_pfn: int) -> list[int]:
         """Page frame numbers in ``[first_pfn, end_pfn)`` that hold data, in order."""

@@ -35,6 +35,7 @@ class Proposal:
     protected: ClassVar[bool] = True  # False: a normal VM, the host sees everything
     el2_loc_cost: ClassVar[str | None] = None  # CostModel field: EL2 lines it adds
     guest_shares_tables: ClassVar[bool] = True  # mainline Linux shares its ITS tables
+    host_claims: ClassVar[bool] = False  # EL2 offers the host a "share this guest page" call
 
     # ---- hooks (default: nothing) ------------------------------------------------------
 
@@ -57,7 +58,8 @@ class Proposal:
     def before_mmio(self, machine: Machine, offset: int, val: int) -> Generator:
         yield from ()
 
-    def after_mmio(self, machine: Machine, offset: int, val: int) -> Generator:
+    def after_process(self, machine: Machine) -> Generator:
+        """EL2 regains control after the host has run the command queue."""
         yield from ()
 
     # ---- migration ------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 On every GITS_CWRITER trap the lowvisor decodes the new commands before the host sees
 them. A MAPD V=1 shares the whole pages of its ITT with the host; a MAPD that unmaps or
-remaps a device releases the old pages once the host has processed the queue. CBASER
+remaps a device releases the old pages once the host has processed the queue (not
+before: the DISCARDs ahead of it make KVM write the ITT), so the host sets the timing. CBASER
 writes tell EL2 where the queue is. EL2's tracking state moves with the VM.
 """
 
@@ -87,14 +88,16 @@ class ShareCmdqSnoop(Proposal):
                 yield from lowvisor.el2_share(pfn, f"snooped MAPD device {cmd.device_id:#x}")
                 st.shared.add(pfn)
 
-    def after_mmio(self, machine: Machine, offset: int, val: int) -> Generator:
+    def after_process(self, machine: Machine) -> Generator:
         st = self._state(machine)
         release, st.release = st.release, []
         for pfn in release:
             st.refs[pfn] -= 1
             if st.refs[pfn] == 0 and pfn in st.shared:
                 st.shared.discard(pfn)
-                yield from machine.lowvisor.el2_unshare(pfn, "snooped MAPD: ITT released")
+                if machine.lowvisor.guest_state(pfn) is PageState.SHARED_OWNED:
+                    # (Not so if the VM has left this machine in the meantime.)
+                    yield from machine.lowvisor.el2_unshare(pfn, "snooped MAPD: ITT released")
 
     def restore(self, world: World, payload: Payload) -> Generator:
         # EL2 state travels EL2 to EL2 with the VM; the shares came with guest RAM.

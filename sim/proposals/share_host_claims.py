@@ -43,6 +43,7 @@ class ShareHostClaims(Proposal):
     name = "share-host-claims"
     summary = "the host names the table pages, EL2 shares them on its word"
     el2_loc_cost = "el2_loc_share_host_claims"
+    host_claims = True
 
     def _claim(self, machine: Machine, pages: list[int]) -> Generator[object, object, list]:
         claimed = []
@@ -52,22 +53,34 @@ class ShareHostClaims(Proposal):
                 ok = yield from machine.lowvisor.host_share_guest_page(pfn, "host claim: ITS table")
                 if ok:
                     claimed.append(pfn)
+        for behaviour in machine.host.behaviours:
+            behaviour.on_access_gained(claimed)
         return claimed
 
     def _release(self, machine: Machine, pages: list[int]) -> Generator:
         for pfn in pages:
             yield from machine.lowvisor.host_unshare_guest_page(pfn, "host claim released")
 
+    def _pages(self, machine: Machine, pages: list[int]) -> list[int]:
+        """What this host names: the real table pages, plus whatever it chooses to add."""
+        extra = [p for b in machine.host.behaviours for p in b.extra_claims()]
+        return sorted(set(pages) | set(extra))
+
+    def _keeps(self, machine: Machine) -> bool:
+        return any(b.keeps_claims() for b in machine.host.behaviours)
+
     def save(self, world: World) -> Generator[object, object, Payload]:
         src = world.src
-        claimed = yield from self._claim(src, table_pages(src.host.its))
+        claimed = yield from self._claim(src, self._pages(src, table_pages(src.host.its)))
         payload = yield from kvm_save_tables(world, src)
-        yield from self._release(src, claimed)
+        if not self._keeps(src):
+            yield from self._release(src, claimed)
         payload.pages = claimed
         return payload
 
     def restore(self, world: World, payload: Payload) -> Generator:
         dst = world.dst
-        claimed = yield from self._claim(dst, payload.pages)
+        claimed = yield from self._claim(dst, self._pages(dst, payload.pages))
         yield from kvm_restore_tables(world, dst, payload)
-        yield from self._release(dst, claimed)
+        if not self._keeps(dst):
+            yield from self._release(dst, claimed)

@@ -2,7 +2,7 @@
 
 No guest page is shared for the tables: SAVE copies the state into a VMM buffer in host
 memory, the buffer travels in the migration stream, RESTORE rebuilds the destination
-vITS from it. The blob is host data; it holds no guest byte.
+vITS from it, pending bits included. The blob is host data; it holds no guest byte.
 """
 
 from __future__ import annotations
@@ -28,9 +28,6 @@ class UserspaceSerialization(Proposal):
         host = src.host
         blob = serialize(host.its)
         host.vmm_write(VMM_BUFFER_BASE, blob)  # copy_to_user into the VMM's buffer
-        error = host.its.save_pending_tables()
-        if error is not None:
-            world.its_errors.append(f"src SAVE_PENDING_TABLES: {error}")
         world.ledger.bytes_copied += len(blob)
         costs = world.costs
         yield world.charge(host.name, 2 * costs.ioctl_us + len(blob) / (costs.memcpy_gbps * 1e3))

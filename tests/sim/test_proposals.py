@@ -80,13 +80,22 @@ def test_every_proposal_keeps_every_translation_and_delivers_after_resume(result
         assert c.resume_msis > 0 and c.resume_msis_delivered == c.resume_msis, key
 
 
-def test_trusted_host_has_the_lowest_its_downtime(results):
+def test_trusted_host_has_the_lowest_its_downtime_of_the_guest_memory_abi(results):
+    """The floor for every proposal that keeps KVM's ABI (tables in guest memory).
+
+    userspace-serialization is not bound by it: it streams a compact blob where the ABI
+    streams every page its save dirtied, so it can undercut today's KVM (the model's
+    finding, not an assumption); its stream is always the smaller one.
+    """
+    abi = ("share-host-claims", "share-enlightened-guest", "share-cmdq-snoop", "iommu-gated-its")
     for path in BUNDLED:
         name = load_scenario(path).name
-        floor = results[name, "trusted-host"].costs.its_downtime_ms
-        for proposal in ALL_PROPOSALS:
-            if proposal != "trusted-host":
-                assert results[name, proposal].costs.its_downtime_ms > floor, (name, proposal)
+        floor = results[name, "trusted-host"].costs
+        for proposal in abi:
+            assert results[name, proposal].costs.its_downtime_ms > floor.its_downtime_ms
+        blob = results[name, "userspace-serialization"].costs
+        assert blob.stream_bytes < floor.stream_bytes
+        assert blob.its_downtime_ms < min(results[name, p].costs.its_downtime_ms for p in abi)
 
 
 def test_trusted_host_exposes_every_secret_and_protected_ones_do_not_by_default(results):
@@ -100,7 +109,8 @@ def test_trusted_host_exposes_every_secret_and_protected_ones_do_not_by_default(
 def test_host_claims_expose_only_while_saving_but_enlightened_sharing_lasts(results):
     claims = results["kzalloc-dense-secrets", "share-host-claims"].exposure
     guest = results["kzalloc-dense-secrets", "share-enlightened-guest"].exposure
-    assert claims.peak_exposed_bytes == guest.peak_exposed_bytes > 0
+    # Claims expose the ITT pages mapped at save time, and only for the save.
+    assert 0 < claims.peak_exposed_bytes <= guest.peak_exposed_bytes
     assert 0 < claims.exposed_byte_ms < guest.exposed_byte_ms / 100
 
 

@@ -1,0 +1,183 @@
+"""The audit: memory-exposure violations, each pointing at real bytes and its causes.
+
+Three kinds, all read off what happened in a run:
+
+- confidentiality: a secret byte the host *could* read (an exposure interval from the
+  tracker, with its duration) or *did* read (an allowed host or DMA read in the access
+  log that overlapped it);
+- integrity: a guest byte the host or a DMA master wrote that is guest data (labelled
+  secret or kernel data), or that sits on a page the guest never shared (only DMA can);
+  ITS structures the guest shared and free bytes are the guest's accepted risk;
+- trust: an ownership change EL2 made on the host's word alone (a host claim).
+
+Each violation names time, actor, address range, victim label, proposal and the chain
+of events behind it: the access, the transition that opened the page, its cause.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from sim.memory.access import AccessRecord, Initiator
+from sim.memory.labels import LabelKind
+from sim.memory.ownership import HOST, OwnershipChange, PageState
+from sim.memory.physmem import PAGE_SHIFT
+
+if TYPE_CHECKING:
+    from sim.world import Machine, World
+
+GUEST_DATA = {LabelKind.SECRET, LabelKind.KERNEL}
+KVM_TABLES = {
+    LabelKind.DEVICE_TABLE,
+    LabelKind.DEVICE_TABLE_L2,
+    LabelKind.COLLECTION_TABLE,
+    LabelKind.ITT,
+    LabelKind.PEND_TABLE,
+}
+
+
+class Violation(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["confidentiality", "integrity", "trust"]
+    how: Literal["could-read", "did-read", "wrote", "unverified-share"]
+    machine: str
+    proposal: str
+    time_ms: float
+    end_ms: float | None = None
+    actor: str
+    addr: int
+    length: int
+    victim: str
+    byte_ms: float = 0.0
+    chain: tuple[str, ...]
+
+
+def _describe(change: OwnershipChange | None) -> str:
+    if change is None:
+        return "the page was host-readable from the start (VM creation)"
+    return (
+        f"t={change.time / 1000:.3f} ms {change.transition.spec.kernel_name}"
+        f" pfn {change.first_pfn:#x}+{change.nr_pages}: {change.cause or 'no cause given'}"
+    )
+
+
+class Auditor:
+    """Watches every access on both machines while the world runs."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.violations: list[Violation] = []
+        for machine in world.machines.values():
+            machine.memory.watchers.append(lambda who, rec, m=machine: self._on_access(m, who, rec))
+
+    def _in_guest_ram(self, addr: int, length: int) -> bool:
+        from sim.world import RAM_BASE
+
+        return addr >= RAM_BASE and addr + length <= RAM_BASE + self.world.ram_size
+
+    def _on_access(self, machine: Machine, who: Initiator, rec: AccessRecord) -> None:
+        if not rec.allowed or not (who.component == HOST or who.dma):
+            return
+        if not self._in_guest_ram(rec.addr, rec.length):
+            return
+        memory = machine.memory
+        for start, end, label in memory.labels.runs(rec.addr, rec.length):
+            pfn = start >> PAGE_SHIFT
+            private = memory.ownership.state(self.world.guest_name, pfn) is PageState.OWNED
+            if rec.write:
+                hit = label.kind in GUEST_DATA or (private and label.kind not in KVM_TABLES)
+                how = "wrote"
+                kind = "integrity"
+            else:
+                hit = label.kind is LabelKind.SECRET
+                how = "did-read"
+                kind = "confidentiality"
+            if not hit:
+                continue
+            opened = memory.ownership.last_change(pfn)
+            via = "DMA, no IOMMU in the way" if who.dma else _describe(opened)
+            op = "wrote" if rec.write else "read"
+            self.violations.append(
+                Violation(
+                    kind=kind,
+                    how=how,
+                    machine=machine.name,
+                    proposal=self.world.proposal.name,
+                    time_ms=rec.time / 1000,
+                    actor=rec.actor,
+                    addr=start,
+                    length=end - start,
+                    victim=str(label),
+                    chain=(
+                        f"t={rec.time / 1000:.3f} ms {rec.actor} {op} {rec.length} bytes"
+                        f" at {rec.addr:#x}",
+                        f"page {pfn << PAGE_SHIFT:#x} reachable: {via}",
+                    ),
+                )
+            )
+
+    def _exposures(self) -> list[Violation]:
+        out = []
+        for machine in self.world.machines.values():
+            tracker = machine.exposure
+            for interval in tracker.intervals:
+                end = interval.end
+                out.append(
+                    Violation(
+                        kind="confidentiality",
+                        how="could-read",
+                        machine=machine.name,
+                        proposal=self.world.proposal.name,
+                        time_ms=interval.start / 1000,
+                        end_ms=end / 1000,
+                        actor=f"{machine.name}.host",
+                        addr=interval.addr,
+                        length=interval.length,
+                        victim=f"secret:{interval.secret}",
+                        byte_ms=round(interval.byte_us(tracker.window_end) / 1000, 6),
+                        chain=(
+                            f"secret bytes on a host-readable page from"
+                            f" {interval.start / 1000:.3f} to {end / 1000:.3f} ms"
+                            f" (byte x ms counted up to {tracker.window_end / 1000:g} ms)",
+                            f"opened by {_describe(interval.opened_by)}",
+                        ),
+                    )
+                )
+        return out
+
+    def _trust(self) -> list[Violation]:
+        out = []
+        for machine in self.world.machines.values():
+            labels = machine.memory.labels
+            for change in machine.memory.ownership.history:
+                if not change.cause.startswith("host claim"):
+                    continue
+                addr = change.first_pfn << PAGE_SHIFT
+                length = change.nr_pages << PAGE_SHIFT
+                victims = sorted({str(label) for _, _, label in labels.runs(addr, length)})
+                out.append(
+                    Violation(
+                        kind="trust",
+                        how="unverified-share",
+                        machine=machine.name,
+                        proposal=self.world.proposal.name,
+                        time_ms=change.time / 1000,
+                        actor=f"{machine.name}.lowvisor",
+                        addr=addr,
+                        length=length,
+                        victim=", ".join(victims),
+                        chain=(
+                            f"the host asked EL2 to share page {addr:#x} ({change.cause})",
+                            f"EL2 ran {change.transition.spec.kernel_name} without checking"
+                            " that the page holds an ITS table",
+                        ),
+                    )
+                )
+        return out
+
+    def all(self) -> list[Violation]:
+        found = self._exposures() + self.violations + self._trust()
+        return sorted(found, key=lambda v: (v.time_ms, v.machine, v.kind, v.addr))

@@ -1,0 +1,196 @@
+"""Audit runs and the attack x proposal matrix.
+
+Each cell runs the scenario with one host behaviour under one proposal and compares it
+with the honest run of the same proposal. What the attack adds is what it achieved:
+secret bytes exposed that the honest run never exposed, secret bytes read, guest bytes
+written, unverified shares, a share that outlived the guest's MAPD V=0 for longer, or
+broken translations. Comparing *which* bytes rather than byte x ms keeps the verdict
+free of the timing shifts an attack causes. If it added nothing, the cell says what
+stopped it, from the refusals and faults the attack met.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from sim.audit import Violation
+from sim.proposals import PROPOSALS
+from sim.run import RunResult, collect, simulate
+from sim.scenario import ATTACK_SPECS, Honest, Scenario
+
+ATTACK_DEFAULTS = {cls.model_fields["kind"].annotation.__args__[0]: cls for cls in ATTACK_SPECS}
+WINDOW_TOLERANCE_MS = 0.1  # a share outliving MAPD V=0 by less is processing time
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AuditSummary(_Model):
+    could_read_peak_bytes: int
+    could_read_byte_ms: float
+    did_read_bytes: int  # distinct secret bytes read
+    corrupted_bytes: int  # distinct guest bytes written
+    unverified_shares: int
+    post_unmap_share_ms: float  # longest a page shared for an ITT outlived its MAPD V=0
+    translations_preserved: bool
+    stage2_faults: int
+    blocked: list[str]
+
+
+class AuditRun(_Model):
+    scenario: str
+    proposal: str
+    behaviours: list[str]
+    summary: AuditSummary
+    violations: list[Violation]
+    result: RunResult
+
+
+class Cell(_Model):
+    attack: str
+    proposal: str
+    outcome: Literal["unprotected", "succeeded", "availability", "blocked"]
+    why: str
+    bytes: int = 0
+    byte_ms: float = 0.0
+    duration_ms: float = 0.0
+
+
+def _distinct_bytes(violations: list[Violation], how: str) -> int:
+    spans = {(v.machine, v.addr, v.length) for v in violations if v.how == how}
+    return sum(length for _, _, length in spans)
+
+
+def post_unmap_share_ms(world) -> float:
+    """How long a page shared for an ITT (not by the driver) stayed shared after the
+    guest sent MAPD V=0 for its device: until EL2 or the guest unshared it, the VM left
+    the machine, or the run ended."""
+    from sim.memory.ownership import Transition
+
+    closing = {
+        Transition.GUEST_UNSHARE_HOST,
+        Transition.HOST_RECLAIM_PAGE,
+        Transition.HOST_RECLAIM_SHARED_PAGE,
+    }
+    longest = 0.0
+    for t0, machine_name, pfns in world.guest.unmaps:
+        machine = world.machines[machine_name]
+        ownership = machine.memory.ownership
+        for pfn in pfns:
+            if pfn in world.guest.driver_shared:
+                continue
+            covering = [
+                c for c in ownership.history if c.first_pfn <= pfn < c.first_pfn + c.nr_pages
+            ]
+            before = [c for c in covering if c.time <= t0]
+            if not before or before[-1].transition is not Transition.GUEST_SHARE_HOST:
+                continue  # not shared with the host when the guest unmapped the device
+            after = [c for c in covering if c.time >= t0 and c.transition in closing]
+            end = after[0].time if after else world.env.now
+            longest = max(longest, (end - t0) / 1000)
+    return round(longest, 6)
+
+
+def audit_run(scenario: Scenario, proposal: str) -> AuditRun:
+    world = simulate(scenario, proposal)
+    violations = world.auditor.all()
+    result = collect(world)
+    blocked = [b for m in world.machines.values() for h in m.host.behaviours for b in h.blocked]
+    blocked += [r for m in world.machines.values() for r in m.lowvisor.refusals]
+    summary = AuditSummary(
+        could_read_peak_bytes=result.exposure.peak_exposed_bytes,
+        could_read_byte_ms=round(sum(v.byte_ms for v in violations if v.how == "could-read"), 6),
+        did_read_bytes=_distinct_bytes(violations, "did-read"),
+        corrupted_bytes=_distinct_bytes(violations, "wrote"),
+        unverified_shares=sum(1 for v in violations if v.kind == "trust"),
+        post_unmap_share_ms=post_unmap_share_ms(world),
+        translations_preserved=result.correctness.translations_preserved
+        and not result.correctness.its_errors,
+        stage2_faults=result.correctness.stage2_faults,
+        blocked=list(dict.fromkeys(blocked)),
+    )
+    return AuditRun(
+        scenario=scenario.name,
+        proposal=proposal,
+        behaviours=[b.kind for b in scenario.host.behaviours],
+        summary=summary,
+        violations=violations,
+        result=result,
+    )
+
+
+def with_attack(scenario: Scenario, attack: str | None) -> Scenario:
+    behaviours = [Honest() if attack is None else ATTACK_DEFAULTS[attack](kind=attack)]
+    host = scenario.host.model_copy(update={"behaviours": behaviours})
+    return scenario.model_copy(update={"host": host})
+
+
+def cell(attack: str, base: AuditRun, run: AuditRun) -> Cell:
+    if not PROPOSALS[run.proposal].protected:
+        return Cell(
+            attack=attack,
+            proposal=run.proposal,
+            outcome="unprotected",
+            why="a non-protected VM: the host reads and writes all guest memory anyway",
+        )
+    b, a = base.summary, run.summary
+
+    def spans(r: AuditRun, how: str) -> set[tuple]:
+        return {(v.machine, v.addr, v.length, v.victim) for v in r.violations if v.how == how}
+
+    exposed = spans(run, "could-read") - spans(base, "could-read")
+    read = spans(run, "did-read") - spans(base, "did-read")
+    wrote = spans(run, "wrote") - spans(base, "wrote")
+    trust = a.unverified_shares - b.unverified_shares
+    window = a.post_unmap_share_ms - b.post_unmap_share_ms
+    parts = []
+    if read:
+        parts.append(f"read {sum(s[2] for s in read)} secret B")
+    if wrote:
+        parts.append(f"corrupted {sum(s[2] for s in wrote)} B")
+    if exposed:
+        parts.append(f"exposed {sum(s[2] for s in exposed)} more secret B")
+    if trust > 0:
+        parts.append(f"{trust} unverified shares")
+    if window > WINDOW_TOLERANCE_MS:
+        parts.append(f"an ITT share outlived MAPD V=0 by {a.post_unmap_share_ms:,.1f} ms")
+    if parts:
+        new = [v for v in run.violations if v not in set(base.violations)]
+        start = min((v.time_ms for v in new), default=0.0)
+        end = max((v.end_ms or v.time_ms for v in new), default=0.0)
+        return Cell(
+            attack=attack,
+            proposal=run.proposal,
+            outcome="succeeded",
+            why=", ".join(parts),
+            bytes=sum(s[2] for s in read | wrote | exposed),
+            byte_ms=round(max(a.could_read_byte_ms - b.could_read_byte_ms, 0.0), 6),
+            duration_ms=round(max(end - start, window, 0.0), 6),
+        )
+    if b.translations_preserved and not a.translations_preserved:
+        return Cell(
+            attack=attack,
+            proposal=run.proposal,
+            outcome="availability",
+            why="translations broken on the destination (the host can always deny service)",
+        )
+    faults = a.stage2_faults - b.stage2_faults
+    why = a.blocked[0] if a.blocked else (f"{faults} stage-2 faults" if faults > 0 else "no effect")
+    return Cell(attack=attack, proposal=run.proposal, outcome="blocked", why=why)
+
+
+def attack_matrix(
+    scenario: Scenario, proposals: list[str], attacks: list[str]
+) -> tuple[list[Cell], list[AuditRun]]:
+    cells, runs = [], []
+    for proposal in proposals:
+        base = audit_run(with_attack(scenario, None), proposal)
+        runs.append(base)
+        for attack in attacks:
+            run = audit_run(with_attack(scenario, attack), proposal)
+            runs.append(run)
+            cells.append(cell(attack, base, run))
+    return cells, runs
