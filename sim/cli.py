@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sim.commands import bench, compare, its_save, run, sweep
+from sim.commands import audit, bench, compare, its_save, run, sweep
 
-COMMANDS = (compare, run, its_save, sweep, bench)
+COMMANDS = (compare, run, audit, sweep, bench, its_save)
 EXAMPLES = """\
 examples:
   pkvm-sim compare                          # every bundled scenario, report in reports/

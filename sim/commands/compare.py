@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -23,8 +24,11 @@ def register(sub) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from sim.matrix import attack_matrix
+    from sim.proposals import PROPOSALS
     from sim.report.charts import write_charts
     from sim.report.markdown import render
+    from sim.scenario import ATTACKS
 
     paths = args.scenarios or bundled_scenarios()
     if not paths:
@@ -32,11 +36,17 @@ def main(args: argparse.Namespace) -> int:
         return 2
     scenarios = load_all(paths)
     results = run_all(scenarios)
+    matrices = {
+        s.name: attack_matrix(s, [p for p in s.proposals if PROPOSALS[p].protected], ATTACKS)[0]
+        for s in scenarios
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     charts = write_charts(results, out)
     (out / "results.json").write_text(dump(results) + "\n")
-    (out / "report.md").write_text(render(scenarios, results, charts))
+    cells = [c.model_dump(mode="json") for cs in matrices.values() for c in cs]
+    (out / "matrix.json").write_text(json.dumps(cells, indent=2, sort_keys=True) + "\n")
+    (out / "report.md").write_text(render(scenarios, results, charts, matrices))
     print(f"compared {len(scenarios)} scenarios x their proposals: {len(results)} runs")
     print(f"wrote {out / 'report.md'}, {out / 'results.json'} and {len(charts)} charts")
     return 0

@@ -42,7 +42,32 @@ def _table(rows: list[RunResult]) -> list[str]:
     return lines
 
 
-def render(scenarios: list[Scenario], results: list[RunResult], charts: list[Path]) -> str:
+def _cell(c) -> str:
+    if c.outcome == "succeeded":
+        return f"**succeeded**: {c.why}"
+    if c.outcome == "blocked":
+        return f"blocked: {c.why}"
+    return c.outcome
+
+
+def _matrix(cells) -> list[str]:
+    proposals = list(dict.fromkeys(c.proposal for c in cells))
+    attacks = list(dict.fromkeys(c.attack for c in cells))
+    by = {(c.attack, c.proposal): c for c in cells}
+    lines = ["| attack | " + " | ".join(f"`{p}`" for p in proposals) + " |"]
+    lines.append("|---|" + "---|" * len(proposals))
+    for attack in attacks:
+        row = [_cell(by[attack, p]) for p in proposals]
+        lines.append(f"| `{attack}` | " + " | ".join(row) + " |")
+    return lines
+
+
+def render(
+    scenarios: list[Scenario],
+    results: list[RunResult],
+    charts: list[Path],
+    matrices: dict[str, list] | None = None,
+) -> str:
     out = [
         "# pkvm-sim: vGIC ITS migration proposals compared",
         "",
@@ -85,6 +110,15 @@ def render(scenarios: list[Scenario], results: list[RunResult], charts: list[Pat
         for r in broken:
             out += ["", f"`{r.proposal}` broke the ITS:"]
             out += [f"- {line}" for line in r.correctness.its_errors + r.correctness.mismatches]
+        if matrices and matrices.get(scenario.name):
+            out += [
+                "",
+                "Each host behaviour against each protected proposal, compared with the honest",
+                "run (`trusted-host` has no protection to attack; `pkvm-sim audit` shows the",
+                "violations and their chains):",
+                "",
+            ]
+            out += _matrix(matrices[scenario.name])
         out.append("")
     out += ["## Charts", ""]
     out += [f"![{path.stem}]({path.name})" for path in charts]
