@@ -6,6 +6,7 @@ proposal says. Every guest-memory access it makes goes through the access check.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Generator
 from typing import TYPE_CHECKING
 
@@ -112,6 +113,7 @@ class Host:
             return
         rng = world.rng(f"{self.machine.name}.msi")
         total = sum(d.rate_hz for d in devices)
+        cum_weights = list(itertools.accumulate(d.rate_hz for d in devices))
         end = world.scenario.workload.duration_ms * 1000.0
         while True:
             yield env.timeout(rng.expovariate(total / 1e6))
@@ -119,7 +121,7 @@ class Host:
                 return
             if world.paused or world.guest.machine is not self.machine:
                 continue  # backends are quiesced while the VM is paused or elsewhere
-            device = rng.choices(devices, weights=[d.rate_hz for d in devices])[0]
+            device = rng.choices(devices, cum_weights=cum_weights)[0]
             vector = rng.randrange(device.vectors)
             if world.guest.is_mapped(device.name):
                 yield from self.inject_msi(device.device_id, vector)

@@ -44,7 +44,7 @@ def main(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     charts = write_charts(results, out)
     (out / "results.json").write_text(dump(results) + "\n")
-    cells = [c.model_dump(mode="json") for cs in matrices.values() for c in cs]
+    cells = {name: [c.model_dump(mode="json") for c in cs] for name, cs in matrices.items()}
     (out / "matrix.json").write_text(json.dumps(cells, indent=2, sort_keys=True) + "\n")
     (out / "report.md").write_text(render(scenarios, results, charts, matrices))
     print(f"compared {len(scenarios)} scenarios x their proposals: {len(results)} runs")

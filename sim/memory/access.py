@@ -122,6 +122,14 @@ class MemorySystem:
                 if not domain.allows(p, write):
                     return p, f"not mapped {'writable' if write else 'readable'} in the IOMMU"
             return None
+        first = addr >> PAGE_SHIFT
+        if length and (addr + length - 1) >> PAGE_SHIFT == first:  # the common case
+            state = self.ownership.state(who.component, first)
+            return (
+                None
+                if state.accessible
+                else (first, f"{who.component} stage-2 state is {state.value}")
+            )
         span = page_span(addr, length)
         for start, _end, state in self.ownership.runs(who.component, span.start, len(span)):
             if not state.accessible:

@@ -21,6 +21,11 @@ def test_compare_writes_report_charts_and_json_matching_the_committed_example(tm
         assert (out / chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({chart})" in report
     assert "DEFAULT_MIGRATE_SET_DOWNTIME" in report  # cost sources are in the report
+    matrix = json.loads((out / "matrix.json").read_text())
+    assert set(matrix) == names
+    assert all(len(cells) == 5 * 11 for cells in matrix.values())  # protected x attacks
+    assert (out / "matrix.json").read_text() == (ROOT / "reports" / "matrix.json").read_text()
+    assert "| `forge-queued-mapd` |" in report
     # The example under reports/ is what this command produces, byte for byte.
     assert (out / "results.json").read_text() == (ROOT / "reports" / "results.json").read_text()
     assert report == (ROOT / "reports" / "report.md").read_text()
