@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sim.commands import audit, bench, compare, its_save, run, sweep
+from sim.commands import audit, bench, compare, its_save, run, scenarios, sweep
 
-COMMANDS = (compare, run, audit, sweep, bench, its_save)
+COMMANDS = (compare, run, audit, scenarios, sweep, bench, its_save)
 EXAMPLES = """\
 examples:
   pkvm-sim compare                          # every bundled scenario, report in reports/
@@ -38,7 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     check = getattr(args, "check", None)
     if check is not None:
         check(parser, args)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except BrokenPipeError:  # e.g. piped into head
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

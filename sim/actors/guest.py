@@ -215,7 +215,14 @@ class Guest:
     def _alloc_itt(self, dev: GuestDevice, nr_ites: int) -> Generator:
         size = max(nr_ites * 8, ITS_ITT_ALIGN)
         label = Label(LabelKind.ITT, f"dev{dev.spec.device_id:#x}")
-        if self.spec.allocator == "linux-kzalloc":
+        if self.spec.allocator == "linux-kzalloc" and size + ITS_ITT_ALIGN - 1 > 2 * PAGE_SIZE:
+            # kmalloc_large(): beyond the biggest kmalloc cache kzalloc takes whole pages.
+            request = size + ITS_ITT_ALIGN - 1
+            held = -(-request // PAGE_SIZE) * PAGE_SIZE
+            itt = self.pages.alloc(held)
+            self.machine.memory.labels.set(itt, size, label)
+            dev.itt_object = (itt, held)
+        elif self.spec.allocator == "linux-kzalloc":
             request = size + ITS_ITT_ALIGN - 1
             cache = self.kmalloc.get(kmalloc_size_class(request))
             if cache is None:
@@ -278,7 +285,9 @@ class Guest:
         self.unmaps.append((unmapped_at, self.machine.name, range(first, end)))
         yield from self.world.proposal.on_itt_free(self, dev.itt_addr, dev.itt_size)
         obj, obj_size = dev.itt_object
-        if self.spec.allocator == "linux-kzalloc":
+        if self.spec.allocator == "linux-kzalloc" and obj_size >= PAGE_SIZE:
+            self.machine.memory.labels.clear(obj, obj_size)  # pages back to the allocator
+        elif self.spec.allocator == "linux-kzalloc":
             # kfree(); the slot is soon someone else's kmalloc: reuse.
             cache = self.kmalloc[obj_size]
             cache.put_kernel_object(obj, f"kmalloc-{obj_size}@{obj:#x} (reused)")

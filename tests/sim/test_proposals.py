@@ -10,6 +10,12 @@ from sim.scenario import ALL_PROPOSALS, load_scenario
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
 BUNDLED = sorted(SCENARIOS.glob("*.yaml"))
+# Scenarios whose host is honest: the claims below are about proposals, not attacks.
+HONEST = {
+    load_scenario(p).name
+    for p in BUNDLED
+    if all(b.kind == "honest" for b in load_scenario(p).host.behaviours)
+}
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +28,8 @@ def results():
     return out
 
 
-def test_at_least_four_bundled_scenarios_each_with_its_question():
-    assert len(BUNDLED) >= 4
+def test_at_least_eight_bundled_scenarios_each_with_its_question():
+    assert len(BUNDLED) >= 8 and len(HONEST) >= 4
     for path in BUNDLED:
         first = path.read_text().splitlines()[0]
         assert first.startswith("# Question:"), path
@@ -72,6 +78,8 @@ def test_enlightened_guest_leaks_co_located_secrets_only_with_kzalloc(results):
 
 def test_every_proposal_keeps_every_translation_and_delivers_after_resume(results):
     for key, r in results.items():
+        if key[0] not in HONEST:
+            continue
         c = r.correctness
         assert c.expected_translations > 0, key
         assert c.ok_before_migration == c.expected_translations, key
@@ -88,8 +96,7 @@ def test_trusted_host_has_the_lowest_its_downtime_of_the_guest_memory_abi(result
     finding, not an assumption); its stream is always the smaller one.
     """
     abi = ("share-host-claims", "share-enlightened-guest", "share-cmdq-snoop", "iommu-gated-its")
-    for path in BUNDLED:
-        name = load_scenario(path).name
+    for name in sorted(HONEST):
         floor = results[name, "trusted-host"].costs
         for proposal in abi:
             assert results[name, proposal].costs.its_downtime_ms > floor.its_downtime_ms
@@ -100,6 +107,8 @@ def test_trusted_host_has_the_lowest_its_downtime_of_the_guest_memory_abi(result
 
 def test_trusted_host_exposes_every_secret_and_protected_ones_do_not_by_default(results):
     for (name, proposal), r in results.items():
+        if name not in HONEST:
+            continue
         if proposal == "trusted-host":
             assert r.exposure.peak_exposed_bytes == r.exposure.secret_bytes > 0
         if name == "shared-pool-dense-secrets" and proposal != "trusted-host":

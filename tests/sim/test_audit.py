@@ -1,0 +1,919 @@
+"""Soundness of the audit: seeded violations are found with the right bytes, and honest
+runs of proposals whose design allows no violation report none.
+
+The expected bytes never come from the auditor. A recorder hooked into the same world
+(`Truth`) keeps its own copy of what happened, straight from the model's ground truth:
+every allowed host or DMA access with the labels and page states it met at that instant
+(labels on the source are cleared at teardown, so they have to be caught live), and a
+sampler that, every quarter millisecond, lists the secret bytes lying on host-readable
+pages. The audit's report is then compared with that record byte for byte.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import sim.run
+from sim.audit import Violation
+from sim.its.tables import ITE
+from sim.matrix import AuditRun, audit_run
+from sim.memory.access import Initiator, Stage2Fault
+from sim.memory.labels import Label, LabelKind
+from sim.memory.ownership import HOST, PageState, Transition
+from sim.memory.physmem import PAGE_SHIFT, PAGE_SIZE
+from sim.run import simulate
+from sim.scenario import Scenario
+from sim.world import GUEST, RAM_BASE
+
+ITS_STRUCTURES = {
+    LabelKind.DEVICE_TABLE,
+    LabelKind.DEVICE_TABLE_L2,
+    LabelKind.COLLECTION_TABLE,
+    LabelKind.CMDQ,
+    LabelKind.ITT,
+    LabelKind.PROP_TABLE,
+    LabelKind.PEND_TABLE,
+}
+GUEST_DATA = {LabelKind.SECRET, LabelKind.KERNEL}
+SAMPLE_US = 250.0
+SAMPLE_PHASE_US = 0.0137  # off the grid of event times, so no sample ties with an event
+
+Spans = list[tuple[int, int]]  # sorted, merged [start, end) byte ranges
+
+
+# ---- building scenarios --------------------------------------------------------------
+
+
+def scenario(
+    allocator: str = "linux-kzalloc",
+    behaviours: list[dict] | None = None,
+    churn: bool = False,
+    seed: int = 5,
+    devices: list[dict] | None = None,
+    duration_ms: float = 30.0,
+    migrate_ms: float = 10.0,
+    secret_density: float = 1.0,
+    moves_per_s: float = 50.0,
+    vcpus: int = 2,
+) -> Scenario:
+    """A small protected VM: 2-3 devices, 30 ms, migrated at 10 ms, every neighbour a
+    secret (``secret_density=1``) unless told otherwise."""
+    devices = devices or [
+        {"name": "net", "device_id": 0x08, "vectors": 3, "rate_hz": 1000},
+        {"name": "blk", "device_id": 0x09, "vectors": 2, "rate_hz": 500},
+        {"name": "nvme", "device_id": 0x10, "vectors": 5, "rate_hz": 500},
+    ]
+    events = []
+    if churn:
+        events = [
+            {"at_ms": 3, "device": devices[-1]["name"], "action": "remove"},
+            {"at_ms": 20, "device": devices[-1]["name"], "action": "add"},
+        ]
+    return Scenario.model_validate(
+        {
+            "name": "mutation",
+            "question": "is every seeded violation found?",
+            "seed": seed,
+            "guest": {
+                "ram_mib": 256,
+                "vcpus": vcpus,
+                "allocator": allocator,
+                "secret_density": secret_density,
+            },
+            "devices": devices,
+            "workload": {
+                "duration_ms": duration_ms,
+                "affinity_moves_per_s": moves_per_s,
+                "churn": events,
+            },
+            "migration": {"at_ms": migrate_ms},
+            "host": {"behaviours": behaviours or [{"kind": "honest"}]},
+        }
+    )
+
+
+# ---- byte ranges -----------------------------------------------------------------------
+
+
+def merge(spans) -> Spans:
+    out: Spans = []
+    for start, end in sorted(spans):
+        if end <= start:
+            continue
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((start, end))
+    return out
+
+
+def size(spans: Spans) -> int:
+    return sum(end - start for start, end in spans)
+
+
+def by_machine(items) -> dict[str, Spans]:
+    """{machine: merged spans} from (machine, start, end) triples."""
+    out: dict[str, list] = {}
+    for machine, start, end in items:
+        out.setdefault(machine, []).append((start, end))
+    return {m: merge(s) for m, s in out.items() if merge(s)}
+
+
+def violation_spans(violations: list[Violation], how: str) -> dict[str, Spans]:
+    return by_machine((v.machine, v.addr, v.addr + v.length) for v in violations if v.how == how)
+
+
+# ---- the independent record -------------------------------------------------------------
+
+
+@dataclass
+class Hit:
+    machine: str
+    time_us: float
+    actor: str
+    start: int
+    end: int
+    label: Label
+
+
+@dataclass
+class Truth:
+    """What the world's ground truth says happened, recorded beside the auditor."""
+
+    world: object = None
+    reads: list[Hit] = field(default_factory=list)  # secret bytes a host/DMA read got
+    writes: list[Hit] = field(default_factory=list)  # guest bytes a host/DMA write hit
+    accesses: list[tuple[str, object, object]] = field(default_factory=list)
+    samples: list[tuple[float, str, Spans]] = field(default_factory=list)
+    extra: list[Callable] = field(default_factory=list)  # seeding processes to start
+
+    def install(self, world) -> None:
+        self.world = world
+        for machine in world.machines.values():
+            machine.memory.watchers.append(
+                lambda who, rec, m=machine: self._on_access(m, who, rec)
+            )
+        world.env.process(self._sample())
+        for seed in self.extra:
+            world.env.process(seed(world))
+
+    def _on_access(self, machine, who: Initiator, rec) -> None:
+        self.accesses.append((machine.name, who, rec))
+        if not rec.allowed or not (who.component == HOST or who.dma):
+            return
+        lo = max(rec.addr, RAM_BASE)
+        hi = min(rec.addr + rec.length, RAM_BASE + self.world.ram_size)
+        memory = machine.memory
+        for start, end, label in memory.labels.runs(lo, max(0, hi - lo)):
+            for pfn in range(start >> PAGE_SHIFT, ((end - 1) >> PAGE_SHIFT) + 1):
+                s = max(start, pfn << PAGE_SHIFT)
+                e = min(end, (pfn + 1) << PAGE_SHIFT)
+                hit = Hit(machine.name, rec.time, rec.actor, s, e, label)
+                if not rec.write:
+                    if label.kind is LabelKind.SECRET:
+                        self.reads.append(hit)
+                    continue
+                private = memory.ownership.state(GUEST, pfn) is PageState.OWNED
+                consented = (
+                    who.dma
+                    and label.kind in ITS_STRUCTURES
+                    and who.name in memory.iommu
+                    and memory.iommu[who.name].allows(pfn, write=True)
+                )
+                if label.kind in GUEST_DATA or (private and not consented):
+                    self.writes.append(hit)
+
+    def exposed_now(self, machine) -> Spans:
+        """Secret bytes on pages the host's stage-2 reaches, right now."""
+        ownership = machine.memory.ownership
+        out = []
+        for start, end, label in machine.memory.labels.labelled():
+            if label.kind is not LabelKind.SECRET:
+                continue
+            for pfn in range(start >> PAGE_SHIFT, ((end - 1) >> PAGE_SHIFT) + 1):
+                if ownership.state(HOST, pfn).accessible:
+                    out.append((max(start, pfn << PAGE_SHIFT), min(end, (pfn + 1) << PAGE_SHIFT)))
+        return merge(out)
+
+    def _sample(self) -> Generator:
+        env = self.world.env
+        end = self.world.scenario.workload.duration_ms * 1000.0
+        yield env.timeout(SAMPLE_PHASE_US)
+        while env.now < end:
+            for machine in self.world.machines.values():
+                self.samples.append((env.now, machine.name, self.exposed_now(machine)))
+            yield env.timeout(SAMPLE_US)
+
+    def spans(self, hits: list[Hit]) -> dict[str, Spans]:
+        return by_machine((h.machine, h.start, h.end) for h in hits)
+
+
+@contextlib.contextmanager
+def recording(truth: Truth) -> Iterator[Truth]:
+    """Hook ``truth`` into the next world ``simulate`` builds, right after its auditor
+    (same place: after the host behaviours are installed, before anything runs)."""
+    real = sim.run.Auditor
+
+    def auditor(world):
+        made = real(world)
+        truth.install(world)
+        return made
+
+    sim.run.Auditor = auditor
+    try:
+        yield truth
+    finally:
+        sim.run.Auditor = real
+
+
+def audited(scen: Scenario, proposal: str, *seeds: Callable) -> tuple[AuditRun, Truth]:
+    truth = Truth(extra=list(seeds))
+    with recording(truth):
+        run = audit_run(scen, proposal)
+    return run, truth
+
+
+# ---- what must hold of every audited run -------------------------------------------------
+
+
+def check_well_formed(run: AuditRun) -> None:
+    for v in run.violations:
+        assert v.chain and all(step for step in v.chain), v
+        assert v.victim, v
+        assert v.length > 0, v
+        assert RAM_BASE <= v.addr and v.addr + v.length <= RAM_BASE + (256 << 20), v
+        assert v.proposal == run.proposal
+        if v.kind == "confidentiality":
+            assert v.victim.startswith("secret:"), v
+
+
+def check_reads(run: AuditRun, truth: Truth) -> None:
+    """did-read: exactly the secret bytes host or DMA reads were allowed to get."""
+    assert violation_spans(run.violations, "did-read") == truth.spans(truth.reads)
+    for v in (v for v in run.violations if v.how == "did-read"):
+        matching = [
+            h
+            for h in truth.reads
+            if h.machine == v.machine
+            and h.actor == v.actor
+            and h.time_us / 1000 == v.time_ms
+            and h.start <= v.addr
+            and v.addr + v.length <= h.end
+        ]
+        assert matching, v
+        assert v.victim == str(matching[0].label)
+    distinct = sum(size(s) for s in truth.spans(truth.reads).values())
+    assert run.summary.did_read_bytes == distinct
+
+
+def check_writes(run: AuditRun, truth: Truth) -> None:
+    """wrote: exactly the guest bytes host or DMA writes hit (guest data, or a page the
+    guest never shared), nothing else."""
+    assert violation_spans(run.violations, "wrote") == truth.spans(truth.writes)
+    for v in (v for v in run.violations if v.how == "wrote"):
+        assert any(
+            h.machine == v.machine
+            and h.actor == v.actor
+            and h.time_us / 1000 == v.time_ms
+            and h.start <= v.addr
+            and v.addr + v.length <= h.end
+            and str(h.label) == v.victim
+            for h in truth.writes
+        ), v
+    distinct = sum(size(s) for s in truth.spans(truth.writes).values())
+    assert run.summary.corrupted_bytes == distinct
+
+
+def check_exposure(run: AuditRun, truth: Truth) -> None:
+    """could-read: at every sample, the open intervals are exactly the secret bytes on
+    host-readable pages; and they are the exposure tracker's intervals, one for one."""
+    could = [v for v in run.violations if v.how == "could-read"]
+    for t_us, machine, exposed in truth.samples:
+        open_now = merge(
+            (v.addr, v.addr + v.length)
+            for v in could
+            if v.machine == machine and v.time_ms * 1000 <= t_us < v.end_ms * 1000
+        )
+        assert open_now == exposed, (machine, t_us)
+    world = truth.world
+    tracked = sorted(
+        (name, i.addr, i.length, i.start / 1000, i.end / 1000)
+        for name, m in world.machines.items()
+        for i in m.exposure.intervals
+    )
+    reported = sorted((v.machine, v.addr, v.length, v.time_ms, v.end_ms) for v in could)
+    assert reported == tracked
+    peak = max((size(s) for _, _, s in truth.samples), default=0)
+    assert run.summary.could_read_peak_bytes >= peak
+
+
+def host_claims(truth: Truth, shares_only: bool = False) -> list[tuple]:
+    """Ownership changes EL2 made on a host claim (cause "host claim..."), as
+    (machine, addr, length, time_ms); ``shares_only``: just those that shared a page."""
+    return sorted(
+        (name, c.first_pfn << PAGE_SHIFT, c.nr_pages << PAGE_SHIFT, c.time / 1000)
+        for name, m in truth.world.machines.items()
+        for c in m.memory.ownership.history
+        if c.cause.startswith("host claim")
+        and (not shares_only or c.transition is Transition.GUEST_SHARE_HOST)
+    )
+
+
+def check_trust(run: AuditRun, truth: Truth) -> None:
+    """unverified-share: every page EL2 shared on a host claim is reported, same page and
+    time, and nothing is reported that was not a host-claim ownership change. (Whether a
+    *release* of a claim counts is `test_releasing_a_claim_is_not_an_unverified_share`.)"""
+    trust = [v for v in run.violations if v.kind == "trust"]
+    reported = sorted((v.machine, v.addr, v.length, v.time_ms) for v in trust)
+    shares = host_claims(truth, shares_only=True)
+    assert set(shares) <= set(reported)
+    assert set(reported) <= set(host_claims(truth))
+    assert len(reported) == len(set(reported))
+    assert run.summary.unverified_shares == len(trust) >= len(shares)
+    assert {v.how for v in trust} <= {"unverified-share"}
+
+
+def check_all(run: AuditRun, truth: Truth) -> None:
+    check_well_formed(run)
+    check_reads(run, truth)
+    check_writes(run, truth)
+    check_exposure(run, truth)
+    check_trust(run, truth)
+
+
+# ---- the mutation corpus: each kind under each proposal where it can occur ---------------
+
+KZ, POOL = "linux-kzalloc", "linux-shared-pool"
+CORPUS = [
+    # (id, allocator, proposal, behaviour, churn, what must be found, attack actor)
+    # could-read: secret bytes on host-readable pages
+    ("could/trusted", POOL, "trusted-host", "honest", False, {"could-read"}, None),
+    ("could/claims-kz", KZ, "share-host-claims", "honest", False, {"could-read"}, None),
+    ("could/enlight-kz", KZ, "share-enlightened-guest", "honest", False, {"could-read"}, None),
+    ("could/snoop-kz", KZ, "share-cmdq-snoop", "honest", False, {"could-read"}, None),
+    # did-read: a host read that got secret bytes
+    ("read/trusted-kz", KZ, "trusted-host", "read-everything", False, {"did-read"}, "attack"),
+    ("read/claims-kz", KZ, "share-host-claims", "read-everything", False, {"did-read"}, "attack"),
+    (
+        "read/enlight-kz",
+        KZ,
+        "share-enlightened-guest",
+        "read-everything",
+        False,
+        {"did-read"},
+        "attack",
+    ),
+    ("read/snoop-kz", KZ, "share-cmdq-snoop", "read-everything", False, {"did-read"}, "attack"),
+    (
+        "read/claims-secret-itt",
+        POOL,
+        "share-host-claims",
+        "secret-page-as-itt",
+        False,
+        {"did-read", "could-read", "unverified-share"},
+        "attack",
+    ),
+    (
+        "read/claims-oversized-kz",
+        KZ,
+        "share-host-claims",
+        "oversized-itt",
+        False,
+        {"did-read", "unverified-share"},
+        "attack",
+    ),
+    (
+        "read/snoop-forge",
+        POOL,
+        "share-cmdq-snoop",
+        "forge-queued-mapd",
+        False,
+        {"did-read", "could-read", "wrote"},
+        "attack",
+    ),
+    (
+        "read/snoop-stale-kz",
+        KZ,
+        "share-cmdq-snoop",
+        "keep-stale-share",
+        True,
+        {"did-read"},
+        None,
+    ),
+    # wrote by the host CPU: guest data overwritten
+    (
+        "write/trusted-kz",
+        KZ,
+        "trusted-host",
+        "write-outside-entries",
+        False,
+        {"wrote"},
+        "attack",
+    ),
+    (
+        "write/claims-kz",
+        KZ,
+        "share-host-claims",
+        "write-outside-entries",
+        False,
+        {"wrote"},
+        "attack",
+    ),
+    (
+        "write/enlight-kz",
+        KZ,
+        "share-enlightened-guest",
+        "write-outside-entries",
+        False,
+        {"wrote"},
+        "attack",
+    ),
+    (
+        "write/snoop-kz",
+        KZ,
+        "share-cmdq-snoop",
+        "write-outside-entries",
+        False,
+        {"wrote"},
+        "attack",
+    ),
+    ("write/claims-stale-kz", KZ, "share-host-claims", "keep-stale-share", True, {"wrote"}, None),
+    (
+        "write/claims-replay-kz",
+        KZ,
+        "share-host-claims",
+        "replay-stale-mapd",
+        True,
+        {"wrote"},
+        None,
+    ),
+    # wrote by DMA: the physical ITS writes an ITE over a secret, under every proposal
+    ("dma/trusted", POOL, "trusted-host", "its-dma", False, {"wrote"}, "its-hw"),
+    ("dma/claims", POOL, "share-host-claims", "its-dma", False, {"wrote"}, "its-hw"),
+    ("dma/enlight", POOL, "share-enlightened-guest", "its-dma", False, {"wrote"}, "its-hw"),
+    ("dma/snoop", POOL, "share-cmdq-snoop", "its-dma", False, {"wrote"}, "its-hw"),
+    ("dma/userspace", POOL, "userspace-serialization", "its-dma", False, {"wrote"}, "its-hw"),
+    ("dma/userspace-kz", KZ, "userspace-serialization", "its-dma", False, {"wrote"}, "its-hw"),
+    # unverified-share: EL2 shared a page on the host's word
+    ("trust/claims-kz", KZ, "share-host-claims", "honest", False, {"unverified-share"}, None),
+    (
+        "trust/claims-secret-kz",
+        KZ,
+        "share-host-claims",
+        "secret-page-as-itt",
+        False,
+        {"unverified-share", "did-read"},
+        "attack",
+    ),
+    (
+        "trust/claims-delay-kz",
+        KZ,
+        "share-host-claims",
+        "delay-commands",
+        True,
+        {"unverified-share"},
+        None,
+    ),
+]
+
+
+def test_the_corpus_covers_every_kind_under_every_proposal_where_it_can_occur():
+    assert len(CORPUS) >= 20
+    covered = {(how, case[2]) for case in CORPUS for how in case[5]}
+    protected_shares = ("share-host-claims", "share-enlightened-guest", "share-cmdq-snoop")
+    for proposal in ("trusted-host", *protected_shares):
+        assert ("could-read", proposal) in covered
+        assert ("did-read", proposal) in covered
+        assert ("wrote", proposal) in covered
+    assert ("wrote", "userspace-serialization") in covered
+    assert ("unverified-share", "share-host-claims") in covered
+    dma = {case[2] for case in CORPUS if case[6] == "its-hw"}
+    assert dma == {
+        "trusted-host",
+        "share-host-claims",
+        "share-enlightened-guest",
+        "share-cmdq-snoop",
+        "userspace-serialization",
+    }
+
+
+@pytest.mark.parametrize(
+    ("allocator", "proposal", "behaviour", "churn", "expected", "actor"),
+    [pytest.param(*case[1:], id=case[0]) for case in CORPUS],
+)
+def test_mutation_is_detected_with_the_right_bytes(
+    allocator, proposal, behaviour, churn, expected, actor
+):
+    run, truth = audited(scenario(allocator, [{"kind": behaviour}], churn=churn), proposal)
+    found = {v.how for v in run.violations}
+    assert expected <= found, (expected, found)
+    check_all(run, truth)
+    if actor is not None:
+        hows = expected & {"did-read", "wrote"}
+        assert any(v.actor.endswith(actor) for v in run.violations if v.how in hows)
+
+
+def test_write_outside_entries_reports_the_bytes_that_now_hold_its_pattern():
+    """The reported ranges hold the attacker's pattern in physical memory: the report
+    points at real bytes."""
+    pattern = 0x5A
+    behaviours = [{"kind": "write-outside-entries", "pattern": pattern}]
+    run, truth = audited(scenario(KZ, behaviours), "share-enlightened-guest")
+    wrote = [v for v in run.violations if v.how == "wrote"]
+    assert wrote
+    for v in wrote:
+        memory = truth.world.machines[v.machine].memory
+        assert memory._pages.read(v.addr, v.length) == bytes([pattern]) * v.length, v
+        assert v.victim.split(":")[0] in {"secret", "kernel-data"}
+    check_all(run, truth)
+
+
+def test_its_dma_reports_the_ite_the_physical_its_wrote_over_a_secret():
+    run, truth = audited(scenario(POOL, [{"kind": "its-dma"}]), "share-enlightened-guest")
+    world = truth.world
+    src = world.machines["src"]
+    dma_writes = [r for r in src.memory.log if r.actor == "src.its-hw" and r.write and r.allowed]
+    assert len(dma_writes) == 1
+    rec = dma_writes[0]
+    (v,) = [v for v in run.violations if v.how == "wrote"]
+    assert (v.machine, v.actor, v.addr, v.length) == ("src", "src.its-hw", rec.addr, 8)
+    assert v.victim.startswith("secret:")
+    assert "DMA" in v.chain[1]
+    # The destination holds the migrated copy of the page: the ITE is really there.
+    itt, _ = src.its_hw.itts[0xFFFF]
+    entry = ITE(0, 8192, 0).encode().to_bytes(8, "little")
+    assert world.dst.memory._pages.read(rec.addr, 8) == entry
+    assert str(world.dst.memory.labels.at(rec.addr)) == v.victim
+    assert itt <= rec.addr < itt + 256
+
+
+# ---- violations seeded by hand: a process of our own acting as the host or a DMA master ---
+
+SEED_AT_US = 6000.0  # after boot, before the migration at 10 ms
+
+
+def host_readable_secret(machine) -> tuple[int, int, Label]:
+    for start, end, label in machine.memory.labels.labelled():
+        if label.kind is LabelKind.SECRET and machine.memory.ownership.state(
+            HOST, start >> PAGE_SHIFT
+        ).accessible:
+            return start, end, label
+    raise AssertionError("no host-readable secret to seed with")
+
+
+def private_run(machine, kind: LabelKind) -> tuple[int, int, Label]:
+    for start, end, label in machine.memory.labels.labelled():
+        if label.kind is kind and machine.memory.ownership.state(
+            GUEST, start >> PAGE_SHIFT
+        ) is PageState.OWNED:
+            return start, end, label
+    raise AssertionError(f"no guest-private {kind} to seed with")
+
+
+class Seeded:
+    """A seeding process and what it did, for the test to compare with the report."""
+
+    def __init__(self, body) -> None:
+        self.body = body
+        self.done: list[tuple] = []
+        self.faults: list[Stage2Fault] = []
+
+    def __call__(self, world) -> Generator:
+        yield world.env.timeout(SEED_AT_US)
+        try:
+            yield from self.body(self, world)
+        except Stage2Fault as fault:
+            self.faults.append(fault)
+
+
+def _read_part_of_a_secret(seed: Seeded, world) -> Generator:
+    src = world.src
+    start, _end, label = host_readable_secret(src)
+    who = Initiator("src.host.attack", HOST)
+    src.memory.read(who, start + 16, 32)
+    seed.done.append(("src", start + 16, 32, str(label)))
+    yield from ()
+
+
+def test_seeded_host_read_of_part_of_a_secret_is_reported_exactly():
+    seed = Seeded(_read_part_of_a_secret)
+    run, truth = audited(scenario(KZ), "share-enlightened-guest", seed)
+    ((machine, addr, length, victim),) = seed.done
+    did = [v for v in run.violations if v.how == "did-read"]
+    assert [(v.machine, v.actor, v.addr, v.length, v.victim, v.time_ms) for v in did] == [
+        (machine, "src.host.attack", addr, length, victim, SEED_AT_US / 1000)
+    ]
+    assert run.summary.did_read_bytes == 32
+    check_all(run, truth)
+
+
+def _read_across_a_secret_edge(seed: Seeded, world) -> Generator:
+    src = world.src
+    start, end, label = host_readable_secret(src)
+    who = Initiator("src.host.attack", HOST)
+    # From 8 bytes before the secret to 8 bytes after it: only the secret is reported.
+    lo = max(start - 8, start & ~(PAGE_SIZE - 1))
+    hi = min(end + 8, (start | (PAGE_SIZE - 1)) + 1)
+    # Ground truth: the secret runs the range covers (the neighbours may be secrets too).
+    for s, e, lab in src.memory.labels.runs(lo, hi - lo):
+        if lab.kind is LabelKind.SECRET:
+            seed.done.append(("src", s, e - s, str(lab)))
+    assert ("src", start, min(end, hi) - start, str(label)) in seed.done
+    src.memory.read(who, lo, hi - lo)
+    yield from ()
+
+
+def test_seeded_read_straddling_a_secret_reports_only_the_secret_bytes():
+    seed = Seeded(_read_across_a_secret_edge)
+    run, truth = audited(scenario(KZ), "share-cmdq-snoop", seed)
+    did = [(v.machine, v.addr, v.length, v.victim) for v in run.violations if v.how == "did-read"]
+    assert did == seed.done
+    assert run.summary.did_read_bytes == sum(d[2] for d in seed.done)
+    check_all(run, truth)
+
+
+def _read_a_private_secret(seed: Seeded, world) -> Generator:
+    start, _end, _label = private_run(world.src, LabelKind.SECRET)
+    world.src.memory.read(Initiator("src.host.attack", HOST), start, 16)
+    yield from ()
+
+
+@pytest.mark.parametrize(
+    "proposal",
+    ["share-host-claims", "share-enlightened-guest", "share-cmdq-snoop", "userspace-serialization"],
+)
+def test_seeded_read_of_a_private_secret_faults_and_is_no_violation(proposal):
+    seed = Seeded(_read_a_private_secret)
+    run, truth = audited(scenario(KZ), proposal, seed)
+    assert len(seed.faults) == 1
+    assert not [v for v in run.violations if v.how == "did-read"]
+    check_all(run, truth)
+
+
+def _dma_write_over(kind: LabelKind, length: int = 8):
+    def body(seed: Seeded, world) -> Generator:
+        src = world.src
+        start, _end, label = private_run(src, kind)
+        addr = start + 8
+        seed.done.append(("src", addr, length, str(label)))
+        src.memory.write(src.its_hw.initiator, addr, b"\xee" * length)
+        yield from ()
+
+    return body
+
+
+@pytest.mark.parametrize(
+    "proposal",
+    [
+        "trusted-host",
+        "share-host-claims",
+        "share-enlightened-guest",
+        "share-cmdq-snoop",
+        "userspace-serialization",
+        "iommu-gated-its",
+    ],
+)
+def test_seeded_its_dma_write_over_a_secret_is_reported_unless_an_iommu_stops_it(proposal):
+    kind = LabelKind.SECRET
+    if proposal == "trusted-host":  # no page is private: aim at a secret anyway
+        def body(seed, world):
+            src = world.src
+            start = next(
+                s for s, _e, lab in src.memory.labels.labelled() if lab.kind is LabelKind.SECRET
+            )
+            seed.done.append(("src", start + 8, 8, str(src.memory.labels.at(start))))
+            src.memory.write(src.its_hw.initiator, start + 8, b"\xee" * 8)
+            yield from ()
+    else:
+        body = _dma_write_over(kind)
+    seed = Seeded(body)
+    run, truth = audited(scenario(POOL), proposal, seed)
+    wrote = [(v.machine, v.actor, v.addr, v.length, v.victim) for v in run.violations
+             if v.how == "wrote"]
+    if proposal == "iommu-gated-its":
+        assert len(seed.faults) == 1 and "IOMMU" in seed.faults[0].reason
+        assert wrote == []
+    else:
+        ((machine, addr, length, victim),) = seed.done
+        assert seed.faults == []
+        assert wrote == [(machine, "src.its-hw", addr, length, victim)]
+        assert victim.startswith("secret:")
+    check_all(run, truth)
+
+
+def _dma_write_free_private_page(seed: Seeded, world) -> Generator:
+    src = world.src
+    # High in guest RAM: nothing is ever allocated there, the page is private and free.
+    addr = RAM_BASE + world.ram_size - 2 * PAGE_SIZE + 0x40
+    assert src.memory.labels.at(addr).kind is LabelKind.FREE
+    assert src.memory.ownership.state(GUEST, addr >> PAGE_SHIFT) is PageState.OWNED
+    rogue = Initiator("src.rogue-dma", HOST, dma=True)
+    src.memory.write(rogue, addr, b"\x11" * 24)
+    seed.done.append(("src", addr, 24, "free"))
+    yield from ()
+
+
+def test_seeded_dma_write_to_a_never_shared_free_page_is_reported():
+    seed = Seeded(_dma_write_free_private_page)
+    run, truth = audited(scenario(POOL), "userspace-serialization", seed)
+    wrote = [(v.machine, v.actor, v.addr, v.length, v.victim) for v in run.violations
+             if v.how == "wrote"]
+    ((machine, addr, length, victim),) = seed.done
+    assert wrote == [(machine, "src.rogue-dma", addr, length, victim)]
+    check_all(run, truth)
+
+
+def _host_claims_a_secret_page(seed: Seeded, world) -> Generator:
+    src = world.src
+    start, _end, label = private_run(src, LabelKind.SECRET)
+    pfn = start >> PAGE_SHIFT
+    ok = yield from src.lowvisor.host_share_guest_page(pfn, "host claim: seeded")
+    seed.done.append((ok, pfn, world.env.now))
+
+
+@pytest.mark.parametrize(
+    "proposal", ["share-host-claims", "share-enlightened-guest", "userspace-serialization"]
+)
+def test_seeded_host_claim_is_an_unverified_share_only_where_el2_takes_claims(proposal):
+    seed = Seeded(_host_claims_a_secret_page)
+    run, truth = audited(scenario(POOL), proposal, seed)
+    ((ok, pfn, when),) = seed.done
+    trust = [v for v in run.violations if v.how == "unverified-share" and v.machine == "src"]
+    if proposal != "share-host-claims":
+        assert not ok and trust == []
+        assert not [v for v in run.violations if v.how == "could-read"]
+    else:
+        assert ok
+        (change,) = [
+            c
+            for c in truth.world.src.memory.ownership.history
+            if c.cause == "host claim: seeded"
+        ]
+        assert change.first_pfn == pfn and SEED_AT_US <= change.time <= when
+        (v,) = [v for v in trust if v.addr == pfn << PAGE_SHIFT]
+        assert (v.length, v.time_ms) == (PAGE_SIZE, change.time / 1000)
+        when = change.time
+        assert "secret:" in v.victim
+        # From that moment the page's secrets are host-readable (could-read).
+        opened = [
+            c
+            for c in run.violations
+            if c.how == "could-read"
+            and c.machine == "src"
+            and c.addr >> PAGE_SHIFT == pfn
+            and c.time_ms == when / 1000
+        ]
+        assert opened and all("host claim: seeded" in c.chain[1] for c in opened)
+    check_all(run, truth)
+
+
+# ---- seeded edge cases the audit must not miss ---------------------------------------------
+
+
+def _overlapping_partial_reads(seed: Seeded, world) -> Generator:
+    src = world.src
+    start, end, _label = host_readable_secret(src)
+    assert end - start >= 96
+    who = Initiator("src.host.attack", HOST)
+    src.memory.read(who, start, 64)
+    yield world.env.timeout(1.0)
+    src.memory.read(who, start + 32, 64)
+    seed.done.append(("src", start, 96))
+
+
+def test_did_read_bytes_counts_distinct_bytes_when_reads_overlap():
+    """Two reads of one secret, [0, 64) and [32, 96): 96 distinct secret bytes were read.
+
+    The summary documents ``did_read_bytes`` as "distinct secret bytes read"."""
+    seed = Seeded(_overlapping_partial_reads)
+    run, truth = audited(scenario(KZ), "share-enlightened-guest", seed)
+    assert seed.done
+    assert violation_spans(run.violations, "did-read") == {"src": [(seed.done[0][1],
+                                                                     seed.done[0][1] + 96)]}
+    assert run.summary.did_read_bytes == 96
+
+
+def _dma_write_to_a_private_itt(seed: Seeded, world) -> Generator:
+    src = world.src
+    start, _end, label = private_run(src, LabelKind.ITT)
+    seed.done.append(("src", start, 8, str(label)))
+    src.memory.write(src.its_hw.initiator, start, b"\xee" * 8)
+    yield from ()
+
+
+def test_dma_write_to_an_itt_on_a_never_shared_page_is_reported():
+    """kzalloc'd ITTs under userspace-serialization sit on guest-private slab pages that
+    nothing maps for the ITS. The physical ITS (no IOMMU) writing one is a DMA write to
+    "a page the guest never shared", an integrity violation by the audit's definition."""
+    seed = Seeded(_dma_write_to_a_private_itt)
+    run, truth = audited(scenario(KZ), "userspace-serialization", seed)
+    ((machine, addr, length, victim),) = seed.done
+    assert seed.faults == []
+    wrote = [(v.machine, v.addr, v.length, v.victim) for v in run.violations if v.how == "wrote"]
+    assert wrote == [(machine, addr, length, victim)]
+
+
+def _dma_write_across_the_start_of_guest_ram(seed: Seeded, world) -> Generator:
+    src = world.src
+    assert src.memory.ownership.state(GUEST, RAM_BASE >> PAGE_SHIFT) is PageState.OWNED
+    rogue = Initiator("src.rogue-dma", HOST, dma=True)
+    src.memory.write(rogue, RAM_BASE - 8, b"\x22" * 16)  # 8 host bytes, 8 guest bytes
+    seed.done.append(("src", RAM_BASE, 8))
+    yield from ()
+
+
+def test_dma_write_straddling_the_start_of_guest_ram_is_reported():
+    """A DMA write that covers host memory and the guest's first (private) page puts 8
+    bytes into a page the guest never shared."""
+    seed = Seeded(_dma_write_across_the_start_of_guest_ram)
+    run, truth = audited(scenario(POOL), "userspace-serialization", seed)
+    assert seed.done and seed.faults == []
+    wrote = [(v.machine, v.addr, v.length) for v in run.violations if v.how == "wrote"]
+    assert wrote == [seed.done[0]]
+
+
+# ---- hypothesis: honest runs of proposals whose design allows no violation -----------------
+
+NO_VIOLATION_BY_DESIGN = {
+    "linux-shared-pool": [
+        "userspace-serialization",
+        "iommu-gated-its",
+        "share-enlightened-guest",
+        "share-cmdq-snoop",
+    ],
+    "linux-kzalloc": ["userspace-serialization", "iommu-gated-its"],
+}
+
+
+@st.composite
+def honest_scenarios(draw, allocator: str) -> Scenario:
+    n = draw(st.integers(1, 3))
+    ids = draw(st.lists(st.integers(0, 0x3FFF), min_size=n, max_size=n, unique=True))
+    devices = [
+        {
+            "name": f"dev{i}",
+            "device_id": dev_id,
+            "vectors": draw(st.integers(1, 20)),
+            "rate_hz": draw(st.sampled_from([0.0, 200.0, 2000.0])),
+        }
+        for i, dev_id in enumerate(ids)
+    ]
+    churn = []
+    if draw(st.booleans()):
+        for _ in range(draw(st.integers(1, 3))):
+            churn.append(
+                {
+                    "at_ms": draw(st.floats(0.0, 29.0)),
+                    "device": draw(st.sampled_from(devices))["name"],
+                    "action": draw(st.sampled_from(["remove", "add"])),
+                }
+            )
+    return Scenario.model_validate(
+        {
+            "name": "honest",
+            "question": "does an honest run stay clean?",
+            "seed": draw(st.integers(0, 2**16)),
+            "guest": {
+                "ram_mib": 256,
+                "vcpus": draw(st.integers(1, 4)),
+                "allocator": allocator,
+                "secret_density": draw(st.sampled_from([0.25, 1.0])),
+                "two_level_device_table": draw(st.booleans()),
+            },
+            "devices": devices,
+            "workload": {
+                "duration_ms": 30.0,
+                "affinity_moves_per_s": draw(st.sampled_from([0.0, 100.0])),
+                "churn": churn,
+            },
+            "migration": {"at_ms": draw(st.floats(2.0, 25.0))},
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("allocator", "proposal"),
+    [(a, p) for a, ps in NO_VIOLATION_BY_DESIGN.items() for p in ps],
+)
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_random_honest_runs_report_no_violation(allocator, proposal, data):
+    scen = data.draw(honest_scenarios(allocator))
+    run = audit_run(scen, proposal)
+    assert run.violations == []
+    s = run.summary
+    assert (s.could_read_peak_bytes, s.did_read_bytes, s.corrupted_bytes) == (0, 0, 0)
+    assert s.unverified_shares == 0
+
+
+def test_honest_run_has_secrets_to_lose():
+    """The zero above is not for want of secrets: the same guest exposes plenty without
+    protection."""
+    world = simulate(scenario(POOL), "trusted-host")
+    assert any(m.exposure.intervals for m in world.machines.values())
