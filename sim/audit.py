@@ -6,8 +6,9 @@ Three kinds, all read off what happened in a run:
   tracker, with its duration) or *did* read (an allowed host or DMA read in the access
   log that overlapped it);
 - integrity: a guest byte the host or a DMA master wrote that is guest data (labelled
-  secret or kernel data), or that sits on a page the guest never shared (only DMA can);
-  ITS structures the guest shared and free bytes are the guest's accepted risk;
+  secret or kernel data), or that sits on a private page the writer's IOMMU domain does
+  not grant (only DMA can); ITS structures the guest shared or granted, and free bytes
+  there, are the guest's accepted risk;
 - trust: an ownership change EL2 made on the host's word alone (a host claim).
 
 Each violation names time, actor, address range, victim label, proposal and the chain
@@ -22,20 +23,13 @@ from pydantic import BaseModel, ConfigDict
 
 from sim.memory.access import AccessRecord, Initiator
 from sim.memory.labels import LabelKind
-from sim.memory.ownership import HOST, OwnershipChange, PageState
+from sim.memory.ownership import HOST, OwnershipChange, PageState, Transition
 from sim.memory.physmem import PAGE_SHIFT
 
 if TYPE_CHECKING:
     from sim.world import Machine, World
 
 GUEST_DATA = {LabelKind.SECRET, LabelKind.KERNEL}
-KVM_TABLES = {
-    LabelKind.DEVICE_TABLE,
-    LabelKind.DEVICE_TABLE_L2,
-    LabelKind.COLLECTION_TABLE,
-    LabelKind.ITT,
-    LabelKind.PEND_TABLE,
-}
 
 
 class Violation(BaseModel):
@@ -70,54 +64,97 @@ class Auditor:
     def __init__(self, world: World) -> None:
         self.world = world
         self.violations: list[Violation] = []
+        self.claims: list[Violation] = []
         for machine in world.machines.values():
             machine.memory.watchers.append(lambda who, rec, m=machine: self._on_access(m, who, rec))
+            machine.memory.ownership.watchers.append(
+                lambda pfn, nr, done, m=machine: done and self._on_change(m)
+            )
 
-    def _in_guest_ram(self, addr: int, length: int) -> bool:
+    def _ram(self) -> tuple[int, int]:
         from sim.world import RAM_BASE
 
-        return addr >= RAM_BASE and addr + length <= RAM_BASE + self.world.ram_size
+        return RAM_BASE, RAM_BASE + self.world.ram_size
 
     def _on_access(self, machine: Machine, who: Initiator, rec: AccessRecord) -> None:
         if not rec.allowed or not (who.component == HOST or who.dma):
             return
-        if not self._in_guest_ram(rec.addr, rec.length):
+        lo, hi = self._ram()
+        first, last = max(rec.addr, lo), min(rec.addr + rec.length, hi)  # the guest's part
+        if first >= last:
             return
         memory = machine.memory
-        for start, end, label in memory.labels.runs(rec.addr, rec.length):
-            pfn = start >> PAGE_SHIFT
+        domain = memory.iommu.get(who.name) if who.dma else None
+        for pfn in range(first >> PAGE_SHIFT, ((last - 1) >> PAGE_SHIFT) + 1):
+            page_lo = max(first, pfn << PAGE_SHIFT)
+            page_hi = min(last, (pfn + 1) << PAGE_SHIFT)
             private = memory.ownership.state(self.world.guest_name, pfn) is PageState.OWNED
-            if rec.write:
-                hit = label.kind in GUEST_DATA or (private and label.kind not in KVM_TABLES)
-                how = "wrote"
-                kind = "integrity"
-            else:
-                hit = label.kind is LabelKind.SECRET
-                how = "did-read"
-                kind = "confidentiality"
-            if not hit:
-                continue
-            opened = memory.ownership.last_change(pfn)
-            via = "DMA, no IOMMU in the way" if who.dma else _describe(opened)
-            op = "wrote" if rec.write else "read"
-            self.violations.append(
-                Violation(
-                    kind=kind,
-                    how=how,
-                    machine=machine.name,
-                    proposal=self.world.proposal.name,
-                    time_ms=rec.time / 1000,
-                    actor=rec.actor,
-                    addr=start,
-                    length=end - start,
-                    victim=str(label),
-                    chain=(
-                        f"t={rec.time / 1000:.3f} ms {rec.actor} {op} {rec.length} bytes"
-                        f" at {rec.addr:#x}",
-                        f"page {pfn << PAGE_SHIFT:#x} reachable: {via}",
-                    ),
-                )
+            # A DMA master may touch a private page only where its IOMMU domain grants it.
+            granted = domain is not None and domain.allows(pfn, rec.write)
+            for start, end, label in memory.labels.runs(page_lo, page_hi - page_lo):
+                if rec.write:
+                    hit = label.kind in GUEST_DATA or (private and not granted)
+                else:
+                    hit = label.kind is LabelKind.SECRET
+                if hit:
+                    self._record(machine, who, rec, start, end, str(label), pfn, private)
+
+    def _record(self, machine, who, rec, start, end, victim, pfn, private) -> None:
+        if who.dma:
+            via = "DMA, IOMMU grants it" if machine.memory.iommu.get(who.name) else "DMA, no IOMMU"
+        elif private:
+            via = "the page is private"  # cannot happen through a stage-2; kept for clarity
+        else:
+            via = _describe(machine.memory.ownership.last_change(pfn))
+        op = "wrote" if rec.write else "read"
+        self.violations.append(
+            Violation(
+                kind="integrity" if rec.write else "confidentiality",
+                how="wrote" if rec.write else "did-read",
+                machine=machine.name,
+                proposal=self.world.proposal.name,
+                time_ms=rec.time / 1000,
+                actor=rec.actor,
+                addr=start,
+                length=end - start,
+                victim=victim,
+                chain=(
+                    f"t={rec.time / 1000:.3f} ms {rec.actor} {op} {rec.length} bytes"
+                    f" at {rec.addr:#x}",
+                    f"page {pfn << PAGE_SHIFT:#x} reachable: {via}",
+                ),
             )
+        )
+
+    def _on_change(self, machine: Machine) -> None:
+        """A host claim EL2 just honoured: a trust violation, with what the page held."""
+        change = machine.memory.ownership.history[-1]
+        if change.transition is not Transition.GUEST_SHARE_HOST:
+            return
+        if not change.cause.startswith("host claim"):
+            return
+        addr = change.first_pfn << PAGE_SHIFT
+        length = change.nr_pages << PAGE_SHIFT
+        labels = machine.memory.labels
+        victims = sorted({str(label) for _, _, label in labels.runs(addr, length)})
+        self.claims.append(
+            Violation(
+                kind="trust",
+                how="unverified-share",
+                machine=machine.name,
+                proposal=self.world.proposal.name,
+                time_ms=change.time / 1000,
+                actor=f"{machine.name}.lowvisor",
+                addr=addr,
+                length=length,
+                victim=", ".join(victims),
+                chain=(
+                    f"the host asked EL2 to share page {addr:#x} ({change.cause})",
+                    f"EL2 ran {change.transition.spec.kernel_name} without checking"
+                    " that the page holds an ITS table",
+                ),
+            )
+        )
 
     def _exposures(self) -> list[Violation]:
         out = []
@@ -148,36 +185,6 @@ class Auditor:
                 )
         return out
 
-    def _trust(self) -> list[Violation]:
-        out = []
-        for machine in self.world.machines.values():
-            labels = machine.memory.labels
-            for change in machine.memory.ownership.history:
-                if not change.cause.startswith("host claim"):
-                    continue
-                addr = change.first_pfn << PAGE_SHIFT
-                length = change.nr_pages << PAGE_SHIFT
-                victims = sorted({str(label) for _, _, label in labels.runs(addr, length)})
-                out.append(
-                    Violation(
-                        kind="trust",
-                        how="unverified-share",
-                        machine=machine.name,
-                        proposal=self.world.proposal.name,
-                        time_ms=change.time / 1000,
-                        actor=f"{machine.name}.lowvisor",
-                        addr=addr,
-                        length=length,
-                        victim=", ".join(victims),
-                        chain=(
-                            f"the host asked EL2 to share page {addr:#x} ({change.cause})",
-                            f"EL2 ran {change.transition.spec.kernel_name} without checking"
-                            " that the page holds an ITS table",
-                        ),
-                    )
-                )
-        return out
-
     def all(self) -> list[Violation]:
-        found = self._exposures() + self.violations + self._trust()
+        found = self._exposures() + self.violations + self.claims
         return sorted(found, key=lambda v: (v.time_ms, v.machine, v.kind, v.addr))

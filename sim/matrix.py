@@ -11,11 +11,13 @@ stopped it, from the refusals and faults the attack met.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from sim.audit import Violation
+from sim.memory.intervals import IntervalMap
 from sim.proposals import PROPOSALS
 from sim.run import RunResult, collect, simulate
 from sim.scenario import ATTACK_SPECS, Honest, Scenario
@@ -59,9 +61,30 @@ class Cell(_Model):
     duration_ms: float = 0.0
 
 
+def _coverage(violations: list[Violation], how: str) -> dict[str, IntervalMap[bool]]:
+    """The bytes the ``how`` violations cover, per machine."""
+    out: dict[str, IntervalMap[bool]] = {}
+    for v in violations:
+        if v.how == how:
+            out.setdefault(v.machine, IntervalMap(False)).assign(v.addr, v.addr + v.length, True)
+    return out
+
+
+def _count(coverage: dict[str, IntervalMap[bool]], minus=None) -> int:
+    """Bytes covered, less those ``minus`` covers on the same machine."""
+    total = 0
+    for machine, covered in coverage.items():
+        other = (minus or {}).get(machine)
+        for start, end, _ in covered.intervals():
+            if other is None:
+                total += end - start
+            else:
+                total += sum(e - s for s, e, hit in other.runs(start, end) if not hit)
+    return total
+
+
 def _distinct_bytes(violations: list[Violation], how: str) -> int:
-    spans = {(v.machine, v.addr, v.length) for v in violations if v.how == how}
-    return sum(length for _, _, length in spans)
+    return _count(_coverage(violations, how))
 
 
 def post_unmap_share_ms(world) -> float:
@@ -142,15 +165,15 @@ def cell(attack: str, base: AuditRun, run: AuditRun) -> Cell:
         return {(v.machine, v.addr, v.length, v.victim) for v in r.violations if v.how == how}
 
     exposed = spans(run, "could-read") - spans(base, "could-read")
-    read = spans(run, "did-read") - spans(base, "did-read")
-    wrote = spans(run, "wrote") - spans(base, "wrote")
+    read = _count(_coverage(run.violations, "did-read"), _coverage(base.violations, "did-read"))
+    wrote = _count(_coverage(run.violations, "wrote"), _coverage(base.violations, "wrote"))
     trust = a.unverified_shares - b.unverified_shares
     window = a.post_unmap_share_ms - b.post_unmap_share_ms
     parts = []
     if read:
-        parts.append(f"read {sum(s[2] for s in read)} secret B")
+        parts.append(f"read {read} secret B")
     if wrote:
-        parts.append(f"corrupted {sum(s[2] for s in wrote)} B")
+        parts.append(f"corrupted {wrote} B")
     if exposed:
         parts.append(f"exposed {sum(s[2] for s in exposed)} more secret B")
     if trust > 0:
@@ -166,7 +189,7 @@ def cell(attack: str, base: AuditRun, run: AuditRun) -> Cell:
             proposal=run.proposal,
             outcome="succeeded",
             why=", ".join(parts),
-            bytes=sum(s[2] for s in read | wrote | exposed),
+            bytes=read + wrote + sum(s[2] for s in exposed),
             byte_ms=round(max(a.could_read_byte_ms - b.could_read_byte_ms, 0.0), 6),
             duration_ms=round(max(end - start, window, 0.0), 6),
         )
@@ -183,14 +206,20 @@ def cell(attack: str, base: AuditRun, run: AuditRun) -> Cell:
 
 
 def attack_matrix(
-    scenario: Scenario, proposals: list[str], attacks: list[str]
+    scenario: Scenario,
+    proposals: list[str],
+    attacks: list[str],
+    advance: Callable[[], None] = lambda: None,
 ) -> tuple[list[Cell], list[AuditRun]]:
+    """Honest run plus one run per attack, for each proposal; ``advance`` after each."""
     cells, runs = [], []
     for proposal in proposals:
         base = audit_run(with_attack(scenario, None), proposal)
         runs.append(base)
+        advance()
         for attack in attacks:
             run = audit_run(with_attack(scenario, attack), proposal)
             runs.append(run)
             cells.append(cell(attack, base, run))
+            advance()
     return cells, runs

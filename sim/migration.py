@@ -53,6 +53,26 @@ def _pages_written(machine: Machine, since: float, actors: set[str]) -> int:
     return len(pages)
 
 
+def memory_map(world: World, machine: Machine) -> list:
+    """Every guest page that holds something, with its labels and host reachability."""
+    from sim.memory.ownership import HOST
+    from sim.world import RAM_BASE, PageView
+
+    labels = machine.memory.labels
+    state = machine.memory.ownership.state
+    pages: dict[int, dict[str, int]] = {}
+    for start, end, label in labels.runs(RAM_BASE, world.ram_size):
+        if label.kind == "free":
+            continue
+        for pfn in range(start >> PAGE_SHIFT, ((end - 1) >> PAGE_SHIFT) + 1):
+            lo, hi = max(start, pfn << PAGE_SHIFT), min(end, (pfn + 1) << PAGE_SHIFT)
+            kinds = pages.setdefault(pfn, {})
+            kinds[str(label.kind)] = kinds.get(str(label.kind), 0) + hi - lo
+    return [
+        PageView(pfn, kinds, state(HOST, pfn).accessible) for pfn, kinds in sorted(pages.items())
+    ]
+
+
 def migrate(world: World, correctness: Correctness) -> Generator:
     env = world.env
     costs = world.costs
@@ -68,18 +88,27 @@ def migrate(world: World, correctness: Correctness) -> Generator:
 
         for behaviour in src.host.behaviours:
             yield from behaviour.before_save()
+        world.memory_map = memory_map(world, src)
+        phase = env.now
         payload = yield from world.proposal.save(world)
+        world.span("migration", "save", phase)
         for behaviour in src.host.behaviours:
             yield from behaviour.after_save(payload)
         its_actors = {src.host.its.kvm.who.name}
         dirtied = _pages_written(src, start, its_actors)
         stream = dirtied * PAGE_SIZE + len(payload.blob)
         world.ledger.stream_bytes += stream
+        phase = env.now
         yield env.timeout(stream * 8 / (costs.network_gbps * 1e3))
+        world.span("migration", "transfer", phase)
 
+        phase = env.now
         yield from dst.lowvisor.import_guest(src)
+        world.span("migration", "import guest pages", phase)
         world.guest.moved_to(dst)
+        phase = env.now
         yield from world.proposal.restore(world, payload)
+        world.span("migration", "restore", phase)
         world.ledger.its_downtime_us = env.now - start
 
         yield env.timeout(costs.other_downtime_ms * 1000.0)

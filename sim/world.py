@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import simpy
 
@@ -31,6 +31,21 @@ if TYPE_CHECKING:
 GUEST = "pvm"  # the guest's pKVM component name on both machines
 RAM_BASE = 0x4000_0000  # QEMU virt
 VMM_BUFFER_BASE = 0x20_0000_0000  # host memory for VMM buffers, far from guest RAM
+
+
+class Span(NamedTuple):
+    start: float  # us
+    end: float
+    lane: str  # actor name, or "migration" for the VMM's phases
+    what: str
+
+
+class PageView(NamedTuple):
+    """One guest page at the migration pause: what it holds, who can reach it."""
+
+    pfn: int
+    labels: dict[str, int]  # label kind -> bytes on the page
+    host_can_reach: bool
 
 
 @dataclass
@@ -79,6 +94,8 @@ class World:
         self.resumed = self.env.event()
         self.vcpus = simpy.Resource(self.env, capacity=1)  # held while the guest runs a step
         self.its_errors: list[str] = []
+        self.trace: list[Span] = []  # who did what when, for the timeline
+        self.memory_map: list[PageView] = []  # the guest's pages at the pause
         self.correctness = Correctness()
 
     @property
@@ -96,7 +113,13 @@ class World:
     def charge(self, actor: str, us: float) -> simpy.Timeout:
         """Account ``us`` of CPU time to ``actor`` and take that long."""
         self.ledger.cpu_us[actor] += us
+        if us > 0:
+            self.trace.append(Span(self.env.now, self.env.now + us, actor, "cpu"))
         return self.env.timeout(us)
+
+    def span(self, lane: str, what: str, start: float) -> None:
+        """Record that ``lane`` spent ``[start, now)`` on ``what`` (the event trace)."""
+        self.trace.append(Span(start, self.env.now, lane, what))
 
 
 @dataclass

@@ -63,26 +63,31 @@ def _print_run(run) -> None:
 
 
 def print_matrix(cells) -> None:
+    from sim.commands.console import table
+
     proposals = list(dict.fromkeys(c.proposal for c in cells))
     attacks = list(dict.fromkeys(c.attack for c in cells))
     by = {(c.attack, c.proposal): c for c in cells}
-    width = max(len(a) for a in attacks)
-    print("\nattack x proposal (succeeded: what it got; blocked: by what)")
-    for proposal in proposals:
-        print(f"\n  {proposal}")
-        for attack in attacks:
-            c = by[attack, proposal]
-            print(f"    {attack:<{width}}  {c.outcome:<12} {c.why}")
+    rows = [
+        [attack] + [f"{by[attack, p].outcome}: {by[attack, p].why}" for p in proposals]
+        for attack in attacks
+    ]
+    print()
+    table(
+        "attack x proposal (succeeded: what it got; blocked: by what)", ["attack", *proposals], rows
+    )
 
 
 def main(args: argparse.Namespace) -> int:
+    from sim.commands.console import progress
     from sim.matrix import attack_matrix, audit_run
 
     (scenario,) = load_all([args.scenario])
     proposals = args.proposal or list(scenario.proposals)
     attacks = list(ATTACKS) if args.attack and "all" in args.attack else args.attack
     if attacks:
-        cells, runs = attack_matrix(scenario, proposals, attacks)
+        with progress(len(proposals) * (len(attacks) + 1), "attacking") as advance:
+            cells, runs = attack_matrix(scenario, proposals, attacks, advance)
     else:
         cells, runs = [], [audit_run(scenario, p) for p in proposals]
     for run in runs:

@@ -29,12 +29,15 @@ def load_all(paths: list[str]) -> list[Scenario]:
 
 
 def run_all(scenarios: list[Scenario], only: list[str] | None = None) -> list[RunResult]:
-    return [
-        run(scenario, proposal)
-        for scenario in scenarios
-        for proposal in scenario.proposals
-        if not only or proposal in only
-    ]
+    from sim.commands.console import progress
+
+    cells = [(s, p) for s in scenarios for p in s.proposals if not only or p in only]
+    results = []
+    with progress(len(cells), "simulating") as advance:
+        for scenario, proposal in cells:
+            results.append(run(scenario, proposal))
+            advance()
+    return results
 
 
 def dump(results: list[RunResult]) -> str:

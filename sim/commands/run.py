@@ -53,10 +53,10 @@ def print_result(result) -> None:
         ("MSI after resume delivered", f"{k.resume_msis_delivered}/{k.resume_msis}"),
         ("stage-2 faults", f"{k.stage2_faults}"),
     ]
+    from sim.commands.console import table
+
     print(f"\n{result.scenario} (seed {result.seed}): {result.proposal}")
-    width = max(len(name) for name, _ in rows)
-    for name, value in rows:
-        print(f"  {name:<{width}}  {value}")
+    table(None, ["metric", "value"], [[name, value] for name, value in rows])
     for line in k.its_errors + k.mismatches:
         print(f"  ! {line}")
 

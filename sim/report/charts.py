@@ -1,6 +1,7 @@
-"""Comparison charts: one style for every chart, readable in print and on screen.
+"""Every chart of the report, in one style, readable in print and on screen.
 
 Figures are built with matplotlib's object API (no pyplot state, no display needed).
+Each chart's caption names the scenario(s) and seed(s) its figures come from.
 """
 
 from __future__ import annotations
@@ -9,7 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib as mpl
+import numpy as np
+from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from sim.run import RunResult
 
@@ -23,6 +27,37 @@ STYLE = {
 }
 # Colour-blind safe (Okabe-Ito), one colour per proposal across every chart.
 COLOURS = ["#000000", "#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7"]
+LABEL_COLOURS = {
+    "secret": "#D55E00",
+    "kernel-data": "#BBBBBB",
+    "its-itt": "#0072B2",
+    "its-device-table": "#009E73",
+    "its-device-table-l2": "#009E73",
+    "its-collection-table": "#009E73",
+    "its-cmdq": "#56B4E9",
+    "lpi-prop-table": "#F0E442",
+    "lpi-pend-table": "#F0E442",
+}
+HEAP_KINDS = {"secret", "kernel-data", "its-itt"}
+STACK_ORDER = [
+    "its-itt",
+    "kernel-data",
+    "secret",
+    *[k for k in LABEL_COLOURS if k not in ("its-itt", "kernel-data", "secret")],
+    "free",
+]
+OUTCOMES = ["blocked", "availability", "succeeded"]
+PHASE_COLOURS = {
+    "save": "#E69F00",
+    "transfer": "#999999",
+    "import guest pages": "#CC79A7",
+    "restore": "#009E73",
+}
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    fig.savefig(path, metadata={"Software": None})
+    return path
 
 
 def _grouped(results: list[RunResult]) -> tuple[list[str], list[str]]:
@@ -31,68 +66,203 @@ def _grouped(results: list[RunResult]) -> tuple[list[str], list[str]]:
     return scenarios, proposals
 
 
-def _bars(ax, results, metric, scenarios, proposals, log: bool) -> None:
-    by = {(r.scenario, r.proposal): metric(r) for r in results}
+def _bars(ax, values: dict, scenarios: list[str], proposals: list[str], log: bool) -> None:
     width = 0.8 / len(proposals)
     for i, proposal in enumerate(proposals):
         xs = [s + (i - (len(proposals) - 1) / 2) * width for s in range(len(scenarios))]
-        ys = [by.get((sc, proposal)) for sc in scenarios]
+        ys = [values.get((sc, proposal)) for sc in scenarios]
         ax.bar(xs, [y or 0 for y in ys], width, label=proposal, color=COLOURS[i % len(COLOURS)])
         for x, y in zip(xs, ys, strict=True):
             if y == 0:  # an empty bar and a missing run must not look alike
-                ax.annotate("0", (x, 0), ha="center", va="bottom", fontsize=6, color="0.4")
-    ax.set_xticks(range(len(scenarios)), scenarios, rotation=12, ha="right")
+                ax.annotate("0", (x, 0), ha="center", va="bottom", fontsize=5, color="0.4")
+    ax.set_xticks(range(len(scenarios)), scenarios, rotation=20, ha="right")
     if log:
         ax.set_yscale("symlog", linthresh=1)
         ax.set_ylim(bottom=0)
 
 
-def chart(
+def bar_chart(
     results: list[RunResult],
     path: Path,
     title: str,
     panels: list[tuple[str, Callable[[RunResult], float], bool]],
+    extra: dict[str, dict] | None = None,
 ) -> Path:
-    """One figure of ``panels`` (label, metric of a result, log scale), bars per proposal."""
+    """Bars per proposal, grouped by scenario; one panel per metric."""
     scenarios, proposals = _grouped(results)
+    seeds = ", ".join(f"{r.scenario} {r.seed}" for r in results if r.proposal == proposals[0])
     with mpl.rc_context(STYLE):
-        fig = Figure(figsize=(8, 2.4 * len(panels) + 1.4), layout="constrained")
+        fig = Figure(figsize=(9, 2.3 * len(panels) + 1.6), layout="constrained")
         axes = fig.subplots(len(panels), 1, squeeze=False, sharex=True)[:, 0]
         for ax, (label, metric, log) in zip(axes, panels, strict=True):
-            _bars(ax, results, metric, scenarios, proposals, log)
+            values = (extra or {}).get(label) or {
+                (r.scenario, r.proposal): metric(r) for r in results
+            }
+            _bars(ax, values, scenarios, proposals, log)
             ax.set_ylabel(label)
-        fig.suptitle(title)
+        fig.suptitle(
+            f"{title}\nscenario seeds: {seeds}; cost model: sim/costs.py defaults", fontsize=8
+        )
         handles, labels = axes[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=7)
-        fig.savefig(path, metadata={"Software": None})
-    return path
+        return _save(fig, path)
 
 
-def write_charts(results: list[RunResult], out: Path) -> list[Path]:
+def matrix_chart(matrices: dict[str, list], path: Path, focus: str) -> Path:
+    """Heat maps: in how many scenarios each attack succeeded, and one scenario in full."""
+    scenarios = list(matrices)
+    cells = [c for cs in matrices.values() for c in cs]
+    attacks = list(dict.fromkeys(c.attack for c in cells))
+    proposals = list(dict.fromkeys(c.proposal for c in cells))
+    wins = np.zeros((len(attacks), len(proposals)))
+    for c in cells:
+        wins[attacks.index(c.attack), proposals.index(c.proposal)] += c.outcome == "succeeded"
+    outcome = np.zeros((len(attacks), len(proposals)))
+    for c in matrices[focus]:
+        outcome[attacks.index(c.attack), proposals.index(c.proposal)] = OUTCOMES.index(c.outcome)
+    with mpl.rc_context({**STYLE, "axes.grid": False}):
+        fig = Figure(figsize=(11, 5.2), layout="constrained")
+        left, right = fig.subplots(1, 2)
+        left.imshow(wins, cmap="Reds", vmin=0, vmax=len(scenarios), aspect="auto")
+        for (i, j), v in np.ndenumerate(wins):
+            left.text(
+                j,
+                i,
+                f"{int(v)}/{len(scenarios)}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if v > len(scenarios) / 2 else "black",
+            )
+        left.set_title(f"attack succeeded in k of the {len(scenarios)} scenarios compared")
+        cmap = ListedColormap(["#E8F3E8", "#F0E442", "#D55E00"])
+        right.imshow(outcome, cmap=cmap, vmin=0, vmax=2, aspect="auto")
+        right.set_title(f"scenario {focus}: outcome per cell")
+        for (i, j), v in np.ndenumerate(outcome):
+            right.text(j, i, OUTCOMES[int(v)], ha="center", va="center", fontsize=6)
+        for ax in (left, right):
+            ax.set_xticks(range(len(proposals)), proposals, rotation=25, ha="right", fontsize=7)
+            ax.set_yticks(range(len(attacks)), attacks, fontsize=7)
+        fig.suptitle("Host behaviours against the protected proposals (honest run as baseline)")
+        return _save(fig, path)
+
+
+def timeline_chart(worlds: dict, path: Path) -> Path:
+    """What each actor did from the pause to the ITS being restored, per proposal."""
+    with mpl.rc_context(STYLE):
+        fig = Figure(figsize=(10, 1.45 * len(worlds) + 1.0), layout="constrained")
+        axes = fig.subplots(len(worlds), 1, squeeze=False)[:, 0]
+        for ax, (proposal, world) in zip(axes, worlds.items(), strict=True):
+            phases = [s for s in world.trace if s.lane == "migration"]
+            start = phases[0].start
+            end = phases[-1].end
+            lanes = ["migration", "src.host", "src.lowvisor", "dst.host", "dst.lowvisor"]
+            for row, lane in enumerate(lanes):
+                for s in world.trace:
+                    if s.lane != lane or s.end < start or s.start > end:
+                        continue
+                    colour = PHASE_COLOURS.get(s.what) if lane == "migration" else COLOURS[row + 1]
+                    ax.broken_barh(
+                        [(s.start - start, max(s.end - s.start, 0.05))],
+                        (row - 0.35, 0.7),
+                        color=colour,
+                    )
+                    if lane == "migration":
+                        ax.text(
+                            (s.start + s.end) / 2 - start,
+                            row,
+                            s.what,
+                            ha="center",
+                            va="center",
+                            fontsize=6,
+                            color="white",
+                        )
+            ax.set_yticks(range(len(lanes)), lanes, fontsize=6)
+            ax.set_ylim(len(lanes) - 0.5, -0.5)
+            ax.set_title(f"{proposal}: ITS part of the downtime, {end - start:.1f} us", fontsize=8)
+        axes[-1].set_xlabel("us since the vCPUs were paused")
+        world = next(iter(worlds.values()))
+        fig.suptitle(
+            f"Migration timeline, scenario {world.scenario.name} (seed {world.scenario.seed})"
+        )
+        return _save(fig, path)
+
+
+def memory_map_chart(worlds: dict, path: Path) -> Path:
+    """The guest's pages at the pause: what each holds; outlined if the host can reach it."""
+    with mpl.rc_context({**STYLE, "axes.grid": False}):
+        fig = Figure(figsize=(10, 0.75 * len(worlds) + 1.6), layout="constrained")
+        axes = fig.subplots(len(worlds), 1, squeeze=False)[:, 0]
+        for ax, (proposal, world) in zip(axes, worlds.items(), strict=True):
+            # Whole ITS tables would drown the picture: show ITT and kernel-heap pages.
+            pages = [p for p in world.memory_map if set(p.labels) & HEAP_KINDS]
+            for x, page in enumerate(pages):
+                y = 0.0  # stacked by what the page holds, ITTs at the bottom
+                for kind in sorted(page.labels, key=STACK_ORDER.index):
+                    height = page.labels[kind] / 4096
+                    colour = LABEL_COLOURS.get(kind, "#FFFFFF")
+                    ax.add_patch(mpl.patches.Rectangle((x, y), 0.85, height, facecolor=colour))
+                    y += height
+                if page.host_can_reach:
+                    ax.add_patch(mpl.patches.Rectangle((x, 1.08), 0.85, 0.3, facecolor="black"))
+            reachable = sum(p.host_can_reach for p in pages)
+            secret = sum(1 for p in pages if p.host_can_reach and "secret" in p.labels)
+            ax.set_xlim(0, max(len(pages), 1))
+            ax.set_ylim(0, 1.45)
+            ax.set_yticks([])
+            ax.set_xticks([])
+            ax.set_ylabel(proposal, rotation=0, ha="right", va="center", fontsize=7)
+            ax.set_title(
+                f"{reachable} of these {len(pages)} pages host-reachable (black bar),"
+                f" {secret} of them holding a secret",
+                fontsize=7,
+                loc="left",
+            )
+        world = next(iter(worlds.values()))
+        legend = [Patch(color=c, label=k) for k, c in LABEL_COLOURS.items() if "l2" not in k]
+        legend.append(Patch(facecolor="black", label="host can reach (bar above)"))
+        fig.legend(handles=legend, loc="outside lower center", ncols=5, fontsize=6)
+        fig.suptitle(
+            f"Pages holding ITTs or kernel heap at the pause (bars: bytes of each kind"
+            f" on the page), scenario"
+            f" {world.scenario.name} (seed {world.scenario.seed})"
+        )
+        return _save(fig, path)
+
+
+def write_charts(
+    results: list[RunResult], out: Path, matrices: dict[str, list], worlds: dict
+) -> list[Path]:
+    worst = {}
+    for name, cells in matrices.items():
+        for c in cells:
+            key = (name, c.proposal)
+            worst[key] = max(worst.get(key, 0), c.bytes if c.outcome == "succeeded" else 0)
+    focus = next(iter(worlds.values())).scenario.name
     return [
-        chart(
+        bar_chart(
             results,
             out / "exposure.png",
-            "Secret guest bytes the host could read (honest host)",
+            "Secret guest bytes the host could read (honest host) and what attacks got",
             [
-                ("peak bytes (symlog)", lambda r: r.exposure.peak_exposed_bytes, True),
-                ("bytes x ms (symlog)", lambda r: r.exposure.exposed_byte_ms, True),
+                ("peak secret B (symlog)", lambda r: r.exposure.peak_exposed_bytes, True),
+                ("secret B x ms (symlog)", lambda r: r.exposure.exposed_byte_ms, True),
+                ("worst attack: B gained", lambda r: 0, True),
+            ],
+            extra={"worst attack: B gained": worst} if worst else None,
+        ),
+        bar_chart(
+            results,
+            out / "costs.png",
+            "What each proposal costs",
+            [
+                ("ITS downtime (ms)", lambda r: r.costs.its_downtime_ms, False),
+                ("CPU, all actors (ms)", lambda r: sum(r.costs.cpu_us.values()) / 1000, False),
+                ("hypercalls", lambda r: r.costs.hypercalls, True),
+                ("pages shared", lambda r: r.costs.pages_shared, True),
             ],
         ),
-        chart(
-            results,
-            out / "downtime.png",
-            "ITS part of migration downtime",
-            [("ITS downtime (ms)", lambda r: r.costs.its_downtime_ms, False)],
-        ),
-        chart(
-            results,
-            out / "sharing.png",
-            "Hypercalls and guest pages shared with the host",
-            [
-                ("hypercalls", lambda r: r.costs.hypercalls, False),
-                ("pages shared", lambda r: r.costs.pages_shared, False),
-                ("... by the proposal", lambda r: r.costs.pages_shared_by_proposal, False),
-            ],
-        ),
+        matrix_chart(matrices, out / "matrix.png", focus),
+        timeline_chart(worlds, out / "timeline.png"),
+        memory_map_chart(worlds, out / "memory-map.png"),
     ]

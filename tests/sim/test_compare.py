@@ -9,26 +9,30 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_compare_writes_report_charts_and_json_matching_the_committed_example(tmp_path, capsys):
-    out = tmp_path / "reports"
-    assert main(["compare", "--out", str(out)]) == 0
+    assert main(["compare", "--out", str(tmp_path)]) == 0
+    out = tmp_path / "bundled"
+    committed = ROOT / "reports" / "bundled"
     report = (out / "report.md").read_text()
     results = json.loads((out / "results.json").read_text())
     names = {r["scenario"] for r in results}
     assert len(names) >= 4 and len(results) == 6 * len(names)
     for name in names:
         assert f"## Scenario `{name}`" in report
-    for chart in ("exposure.png", "downtime.png", "sharing.png"):
+    for chart in ("exposure.png", "costs.png", "matrix.png", "timeline.png", "memory-map.png"):
         assert (out / chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({chart})" in report
     assert "DEFAULT_MIGRATE_SET_DOWNTIME" in report  # cost sources are in the report
     matrix = json.loads((out / "matrix.json").read_text())
     assert set(matrix) == names
     assert all(len(cells) == 5 * 11 for cells in matrix.values())  # protected x attacks
-    assert (out / "matrix.json").read_text() == (ROOT / "reports" / "matrix.json").read_text()
+    assert (out / "matrix.json").read_text() == (committed / "matrix.json").read_text()
     assert "| `forge-queued-mapd` |" in report
     # The example under reports/ is what this command produces, byte for byte.
-    assert (out / "results.json").read_text() == (ROOT / "reports" / "results.json").read_text()
-    assert report == (ROOT / "reports" / "report.md").read_text()
+    assert (out / "results.json").read_text() == (committed / "results.json").read_text()
+    assert report == (committed / "report.md").read_text()
+    summary = (out / "summary.txt").read_text()
+    assert summary == (committed / "summary.txt").read_text()
+    assert max(len(line) for line in summary.splitlines()) <= 72
 
 
 def test_run_prints_a_table_per_proposal_and_writes_json(tmp_path, capsys):

@@ -1,0 +1,47 @@
+"""A plain-text summary that fits a 72-column mail reply."""
+
+from __future__ import annotations
+
+import textwrap
+
+from sim.run import RunResult
+from sim.scenario import Scenario
+
+WIDTH = 72
+
+
+def render_text(
+    scenarios: list[Scenario], results: list[RunResult], matrices: dict[str, list]
+) -> str:
+    out = [
+        "pkvm-sim: vGIC ITS migration proposals, honest host and under attack",
+        "(simulated; cost model defaults from sim/costs.py unless noted)",
+        "",
+    ]
+    for scenario in scenarios:
+        rows = [r for r in results if r.scenario == scenario.name]
+        out += textwrap.wrap(f"{scenario.name} (seed {scenario.seed}): {scenario.question}", WIDTH)
+        if rows and rows[0].cost_overrides:
+            out += textwrap.wrap(f"  cost overrides: {rows[0].cost_overrides}", WIDTH)
+        out.append(
+            f"  {'proposal':<24}{'secret B':>9}{'ITS ms':>8}{'hcalls':>8}{'shared':>8}{'kept':>6}"
+        )
+        for r in rows:
+            kept = (
+                "yes"
+                if r.correctness.translations_preserved and not r.correctness.its_errors
+                else "NO"
+            )
+            out.append(
+                f"  {r.proposal:<24}{r.exposure.peak_exposed_bytes:>9,}"
+                f"{r.costs.its_downtime_ms:>8.3f}{r.costs.hypercalls:>8,}"
+                f"{r.costs.pages_shared:>8,}{kept:>6}"
+            )
+        cells = matrices.get(scenario.name, [])
+        for proposal in dict.fromkeys(c.proposal for c in cells):
+            won = [c.attack for c in cells if c.proposal == proposal and c.outcome == "succeeded"]
+            line = f"  {proposal} falls to: {', '.join(won) if won else 'none of the attacks'}"
+            out += textwrap.wrap(line, WIDTH, subsequent_indent="    ", break_on_hyphens=False)
+        out.append("")
+    assert all(len(line) <= WIDTH for line in out), "summary wider than 72 columns"
+    return "\n".join(out)
