@@ -7,6 +7,7 @@ the same result.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -156,6 +157,7 @@ ATTACK_SPECS = (
 ATTACKS: tuple[str, ...] = tuple(
     cls.model_fields["kind"].annotation.__args__[0] for cls in ATTACK_SPECS
 )
+BEHAVIOUR_KINDS = frozenset({"honest", *ATTACKS})
 Behaviour = Annotated[Union[(Honest, *ATTACK_SPECS)], Field(discriminator="kind")]
 
 
@@ -183,15 +185,20 @@ class Scenario(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> Scenario:
-        names = [d.name for d in self.devices]
-        ids = [d.device_id for d in self.devices]
-        if len(set(names)) != len(names):
-            raise ValueError("devices: expected unique names")
-        if len(set(ids)) != len(ids):
-            raise ValueError("devices: expected unique device_id values")
-        for event in self.workload.churn:
+        for field in ("name", "device_id"):
+            seen: dict[object, int] = {}
+            for i, device in enumerate(self.devices):
+                value = getattr(device, field)
+                if value in seen:
+                    raise ValueError(
+                        f"devices[{i}].{field}: expected unique values, {value!r} is also"
+                        f" devices[{seen[value]}].{field}"
+                    )
+                seen[value] = i
+        names = {d.name for d in self.devices}
+        for i, event in enumerate(self.workload.churn):
             if event.device not in names:
-                raise ValueError(f"workload.churn: device {event.device!r} is not in devices")
+                raise ValueError(f"workload.churn[{i}].device: {event.device!r} is not in devices")
         if self.migration.at_ms >= self.workload.duration_ms:
             raise ValueError("migration.at_ms: expected a time before workload.duration_ms")
         nr_lpis = sum(d.vectors for d in self.devices)
@@ -230,6 +237,64 @@ def _field_name(loc: tuple[Any, ...]) -> str:
     return out or "(top level)"
 
 
+def _parse_field(text: str) -> tuple[Any, ...]:
+    """``"devices[1].name"`` -> ``("devices", 1, "name")``."""
+    return tuple(
+        int(index) if index else name for name, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", text)
+    )
+
+
+def _path_at_yaml_error(text: str) -> tuple[Any, ...]:
+    """The key path the YAML parser had reached when it failed."""
+    stack: list[list] = []  # ["map", key, expecting_key] or ["seq", index]
+    node_events = (
+        yaml.MappingStartEvent,
+        yaml.SequenceStartEvent,
+        yaml.ScalarEvent,
+        yaml.AliasEvent,
+    )
+    try:
+        for event in yaml.parse(text):
+            if isinstance(event, node_events):
+                top = stack[-1] if stack else None
+                if top is not None and top[0] == "map":
+                    if top[2]:  # this node is a key
+                        top[1] = getattr(event, "value", None)
+                        top[2] = False
+                        continue
+                    top[2] = True  # this node is the value; a key comes next
+                elif top is not None:
+                    top[1] += 1
+                if isinstance(event, yaml.MappingStartEvent):
+                    stack.append(["map", None, True])
+                elif isinstance(event, yaml.SequenceStartEvent):
+                    stack.append(["seq", -1])
+            elif isinstance(event, yaml.MappingEndEvent | yaml.SequenceEndEvent):
+                stack.pop()
+    except yaml.YAMLError:
+        pass
+    return tuple(frame[1] for frame in stack if frame[1] is not None and frame[1] != -1)
+
+
+def _duplicate_key(node: yaml.Node, loc: tuple[Any, ...] = ()) -> tuple | None:
+    """``(loc, line, first_line)`` of the first key given twice in one mapping."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[object, int] = {}
+        for key, value in node.value:
+            if key.value in seen:
+                return (*loc, key.value), key.start_mark.line + 1, seen[key.value]
+            seen[key.value] = key.start_mark.line + 1
+            found = _duplicate_key(value, (*loc, key.value))
+            if found:
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            found = _duplicate_key(item, (*loc, i))
+            if found:
+                return found
+    return None
+
+
 def load_scenario(path: str | Path) -> Scenario:
     """Read and validate a scenario file, or raise :class:`ScenarioError`."""
     path = Path(path)
@@ -244,23 +309,36 @@ def load_scenario(path: str | Path) -> Scenario:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ScenarioError(f"{path}{where}: not valid YAML: {problem}") from None
+        field = _field_name(_path_at_yaml_error(text))
+        raise ScenarioError(f"{path}{where}: {field}: not valid YAML: {problem}") from None
     if not isinstance(data, dict):
-        raise ScenarioError(f"{path}:1: expected a mapping of scenario fields at the top level")
+        line = root.start_mark.line + 1 if root is not None else 1
+        raise ScenarioError(
+            f"{path}:{line}: (top level): expected a mapping of scenario fields, got"
+            f" {'nothing' if data is None else type(data).__name__}"
+        )
+    duplicate = _duplicate_key(root)
+    if duplicate:
+        loc, line, first = duplicate
+        raise ScenarioError(
+            f"{path}:{line}: {_field_name(loc)}: duplicate key, first given on line {first}"
+        )
     try:
         return Scenario.model_validate(data)
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
-        loc = tuple(k for k in err["loc"] if k != "__root__")
+        # Drop pydantic's own location parts: the root marker and union tags
+        # (a host behaviour's kind), which are not keys in the file.
+        loc = tuple(k for k in err["loc"] if k != "__root__" and k not in BEHAVIOUR_KINDS)
         msg = err["msg"].removeprefix("Value error, ")
         if not loc and ": " in msg:
-            # Cross-field checks name their field first: "workload.churn: ...".
+            # Cross-field checks name their field first: "workload.churn[1].device: ...".
             head, msg = msg.split(": ", 1)
-            loc = tuple(head.split("."))
+            loc = _parse_field(head)
         node = _node_at(root, loc) if root is not None else None
         line = node.start_mark.line + 1 if node is not None else 1
         field = _field_name(loc)
         got = ""
-        if "input" in err and not isinstance(err["input"], dict | list):
+        if "input" in err and not isinstance(err["input"], dict | list) and "got" not in msg:
             got = f", got {err['input']!r}"
         raise ScenarioError(f"{path}:{line}: {field}: {msg}{got}") from None

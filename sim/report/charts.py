@@ -6,6 +6,7 @@ Each chart's caption names the scenario(s) and seed(s) its figures come from.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -100,9 +101,8 @@ def bar_chart(
             }
             _bars(ax, values, scenarios, proposals, log)
             ax.set_ylabel(label)
-        fig.suptitle(
-            f"{title}\nscenario seeds: {seeds}; cost model: sim/costs.py defaults", fontsize=8
-        )
+        caption = textwrap.fill(f"scenario seeds: {seeds}; cost model: sim/costs.py defaults", 150)
+        fig.suptitle(f"{title}\n{caption}", fontsize=8)
         handles, labels = axes[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=7)
         return _save(fig, path)

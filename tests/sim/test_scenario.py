@@ -43,8 +43,8 @@ def test_defaults_fill_everything_but_name_question_and_devices(tmp_path):
         (GOOD + "proposals: [share-everything]\n", ":5: proposals[0]: Input should be"),
         (GOOD + "migration: {at_ms: 50}\n", "migration.at_ms: expected a time before"),
         (GOOD.replace("question: does it load?\n", ""), ":1: question: Field required"),
-        ("name: [unclosed\n", ":2: not valid YAML"),
-        ("- a list\n", ":1: expected a mapping of scenario fields"),
+        ("name: [unclosed\n", ":2: name[0]: not valid YAML"),
+        ("- a list\n", ":1: (top level): expected a mapping of scenario fields, got list"),
     ],
 )
 def test_bad_scenarios_get_one_clear_message(tmp_path, text, where):
