@@ -40,3 +40,15 @@ def test_help_has_an_example(capsys):
     with pytest.raises(SystemExit):
         main(["its-save", "--help"])
     assert "example:" in capsys.readouterr().out
+
+
+def test_every_command_help_has_an_example(capsys):
+    from sim.cli import COMMANDS, build_parser
+
+    parser = build_parser()
+    names = [a for a in parser._subparsers._group_actions[0].choices]
+    assert len(names) == len(COMMANDS)
+    for name in names:
+        with pytest.raises(SystemExit):
+            main([name, "--help"])
+        assert "example" in capsys.readouterr().out, name

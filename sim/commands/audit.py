@@ -6,8 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from sim.commands.common import load_all
-from sim.scenario import ALL_PROPOSALS, ATTACKS
+from sim.commands.common import add_scenario_arguments, load_all
+from sim.scenario import ATTACKS
 
 MAX_SHOWN = 12  # violations printed per run; --json has all of them
 
@@ -21,14 +21,7 @@ def register(sub) -> None:
         " --attack its-dma --json audit.json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("scenario", help="scenario YAML file")
-    p.add_argument(
-        "--proposal",
-        action="append",
-        choices=ALL_PROPOSALS,
-        metavar="P",
-        help="only this proposal (repeatable; default: the scenario's list)",
-    )
+    add_scenario_arguments(p)
     p.add_argument(
         "--attack",
         action="append",

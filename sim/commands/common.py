@@ -12,6 +12,20 @@ from sim.scenario import Scenario, ScenarioError, load_scenario
 BUNDLED = Path(__file__).resolve().parents[2] / "scenarios"
 
 
+def add_scenario_arguments(p) -> None:
+    """SCENARIO and --proposal, as `run` and `audit` take them."""
+    from sim.scenario import ALL_PROPOSALS
+
+    p.add_argument("scenario", help="scenario YAML file")
+    p.add_argument(
+        "--proposal",
+        action="append",
+        choices=ALL_PROPOSALS,
+        metavar="P",
+        help="only this proposal (repeatable; default: the scenario's list)",
+    )
+
+
 def bundled_scenarios() -> list[str]:
     return sorted(str(p) for p in BUNDLED.glob("*.yaml"))
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sim.commands.common import dump, load_all, run_all
-from sim.scenario import ALL_PROPOSALS
+from sim.commands.common import add_scenario_arguments, dump, load_all, run_all
 
 
 def register(sub) -> None:
@@ -17,14 +16,7 @@ def register(sub) -> None:
         " --json out.json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("scenario", help="scenario YAML file")
-    p.add_argument(
-        "--proposal",
-        action="append",
-        choices=ALL_PROPOSALS,
-        metavar="P",
-        help="only this proposal (repeatable; default: the scenario's list)",
-    )
+    add_scenario_arguments(p)
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.set_defaults(func=main)
 

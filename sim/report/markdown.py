@@ -103,8 +103,12 @@ def render(
             "",
         ]
         overrides = rows[0].cost_overrides if rows else {}
-        if overrides:
-            out += [f"Cost overrides: {overrides}", ""]
+        model = f"defaults with overrides {overrides}" if overrides else "defaults"
+        out += [
+            f"Scenario `{scenario.name}`, seed {scenario.seed}, cost model: {model}"
+            " (`sim/costs.py`, sources at the end).",
+            "",
+        ]
         out += _table(rows)
         broken = [r for r in rows if r.correctness.mismatches or r.correctness.its_errors]
         for r in broken:
