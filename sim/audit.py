@@ -9,7 +9,8 @@ Three kinds, all read off what happened in a run:
   secret or kernel data), or that sits on a private page the writer's IOMMU domain does
   not grant (only DMA can); ITS structures the guest shared or granted, and free bytes
   there, are the guest's accepted risk;
-- trust: an ownership change EL2 made on the host's word alone (a host claim).
+- trust: an ownership change EL2 made on the host's word alone: a host claim, or a MAPD
+  EL2 parsed from a queue slot the host wrote last.
 
 Each violation names time, actor, address range, victim label, proposal and the chain
 of events behind it: the access, the transition that opened the page, its cause.
@@ -17,10 +18,12 @@ of events behind it: the access, the transition that opened the page, its cause.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from sim.its.regs import ITS_CMD_SIZE
 from sim.memory.access import AccessRecord, Initiator
 from sim.memory.labels import LabelKind
 from sim.memory.ownership import HOST, OwnershipChange, PageState, Transition
@@ -65,6 +68,9 @@ class Auditor:
         self.world = world
         self.violations: list[Violation] = []
         self.claims: list[Violation] = []
+        # Who last wrote each command-queue slot: EL2 acting on a slot the host wrote is
+        # acting on host input, whatever it believes.
+        self.slot_writer: dict[tuple[str, int], str] = {}
         for machine in world.machines.values():
             machine.memory.watchers.append(lambda who, rec, m=machine: self._on_access(m, who, rec))
             machine.memory.ownership.watchers.append(
@@ -77,6 +83,10 @@ class Auditor:
         return RAM_BASE, RAM_BASE + self.world.ram_size
 
     def _on_access(self, machine: Machine, who: Initiator, rec: AccessRecord) -> None:
+        queue_slot = rec.write and rec.allowed and rec.length == ITS_CMD_SIZE
+        if queue_slot and machine.memory.labels.at(rec.addr).kind is LabelKind.CMDQ:
+            writer = rec.actor if who.component == HOST else ""
+            self.slot_writer[machine.name, rec.addr] = writer
         if not rec.allowed or not (who.component == HOST or who.dma):
             return
         lo, hi = self._ram()
@@ -127,12 +137,22 @@ class Auditor:
         )
 
     def _on_change(self, machine: Machine) -> None:
-        """A host claim EL2 just honoured: a trust violation, with what the page held."""
+        """EL2 just shared a page on host input: a host claim, or a queue slot the host
+        wrote. A trust violation, with what the page held at that moment."""
         change = machine.memory.ownership.history[-1]
         if change.transition is not Transition.GUEST_SHARE_HOST:
             return
-        if not change.cause.startswith("host claim"):
-            return
+        if change.cause.startswith("host claim"):
+            why = (
+                f"the host asked EL2 to share page {change.first_pfn << PAGE_SHIFT:#x}"
+                f" ({change.cause})"
+            )
+        else:
+            slot = re.search(r"queue slot (0x[0-9a-f]+)", change.cause)
+            writer = slot and self.slot_writer.get((machine.name, int(slot[1], 16)))
+            if not writer:
+                return
+            why = f"{writer} wrote the queue slot EL2 parsed ({change.cause})"
         addr = change.first_pfn << PAGE_SHIFT
         length = change.nr_pages << PAGE_SHIFT
         labels = machine.memory.labels
@@ -149,7 +169,7 @@ class Auditor:
                 length=length,
                 victim=", ".join(victims),
                 chain=(
-                    f"the host asked EL2 to share page {addr:#x} ({change.cause})",
+                    why,
                     f"EL2 ran {change.transition.spec.kernel_name} without checking"
                     " that the page holds an ITS table",
                 ),

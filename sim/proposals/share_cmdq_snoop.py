@@ -62,7 +62,8 @@ class ShareCmdqSnoop(Proposal):
         lowvisor = machine.lowvisor
         world = lowvisor.world
         while target < st.size and st.read != target:
-            raw = lowvisor.read_guest(st.base + st.read, r.ITS_CMD_SIZE)
+            slot = st.base + st.read
+            raw = lowvisor.read_guest(slot, r.ITS_CMD_SIZE)
             st.read = (st.read + r.ITS_CMD_SIZE) % st.size
             yield world.charge(lowvisor.name, world.costs.el2_cmd_parse_us)
             try:
@@ -70,9 +71,9 @@ class ShareCmdqSnoop(Proposal):
             except CommandDecodeError:
                 continue
             if isinstance(cmd, MAPD):
-                yield from self._snoop_mapd(machine, st, cmd)
+                yield from self._snoop_mapd(machine, st, cmd, slot)
 
-    def _snoop_mapd(self, machine: Machine, st: SnoopState, cmd: MAPD) -> Generator:
+    def _snoop_mapd(self, machine: Machine, st: SnoopState, cmd: MAPD, slot: int) -> Generator:
         old = st.itts.pop(cmd.device_id, None)
         if old is not None:
             st.release.extend(old)
@@ -85,7 +86,8 @@ class ShareCmdqSnoop(Proposal):
         for pfn in pages:
             st.refs[pfn] += 1
             if lowvisor.guest_state(pfn) is PageState.OWNED:
-                yield from lowvisor.el2_share(pfn, f"snooped MAPD device {cmd.device_id:#x}")
+                cause = f"snooped MAPD device {cmd.device_id:#x} at queue slot {slot:#x}"
+                yield from lowvisor.el2_share(pfn, cause)
                 st.shared.add(pfn)
 
     def after_process(self, machine: Machine) -> Generator:
