@@ -230,6 +230,26 @@ def memory_map_chart(worlds: dict, path: Path) -> Path:
         return _save(fig, path)
 
 
+def cpu_chart(results: list[RunResult], path: Path, focus: str) -> Path:
+    """CPU time per actor and proposal, stacked, for one scenario."""
+    rows = [r for r in results if r.scenario == focus]
+    actors = sorted({a for r in rows for a in r.costs.cpu_us})
+    with mpl.rc_context(STYLE):
+        fig = Figure(figsize=(8, 4), layout="constrained")
+        ax = fig.subplots()
+        bottom = np.zeros(len(rows))
+        for i, actor in enumerate(actors):
+            ms = np.array([r.costs.cpu_us.get(actor, 0.0) / 1000 for r in rows])
+            ax.bar(range(len(rows)), ms, bottom=bottom, label=actor, color=COLOURS[i + 1])
+            bottom += ms
+        ax.set_xticks(range(len(rows)), [r.proposal for r in rows], rotation=20, ha="right")
+        ax.set_ylabel("CPU time (ms)")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        seed = rows[0].seed if rows else "?"
+        fig.suptitle(f"CPU per actor over the whole run, scenario {focus} (seed {seed})")
+        return _save(fig, path)
+
+
 def write_charts(
     results: list[RunResult], out: Path, matrices: dict[str, list], worlds: dict
 ) -> list[Path]:
@@ -262,6 +282,7 @@ def write_charts(
                 ("pages shared", lambda r: r.costs.pages_shared, True),
             ],
         ),
+        cpu_chart(results, out / "cpu.png", focus),
         matrix_chart(matrices, out / "matrix.png", focus),
         timeline_chart(worlds, out / "timeline.png"),
         memory_map_chart(worlds, out / "memory-map.png"),

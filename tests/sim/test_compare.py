@@ -18,7 +18,15 @@ def test_compare_writes_report_charts_and_json_matching_the_committed_example(tm
     assert len(names) >= 4 and len(results) == 6 * len(names)
     for name in names:
         assert f"## Scenario `{name}`" in report
-    for chart in ("exposure.png", "costs.png", "matrix.png", "timeline.png", "memory-map.png"):
+    charts = (
+        "exposure.png",
+        "costs.png",
+        "cpu.png",
+        "matrix.png",
+        "timeline.png",
+        "memory-map.png",
+    )
+    for chart in charts:
         assert (out / chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({chart})" in report
     assert "DEFAULT_MIGRATE_SET_DOWNTIME" in report  # cost sources are in the report
