@@ -158,11 +158,11 @@ ATTACKS: tuple[str, ...] = tuple(
     cls.model_fields["kind"].annotation.__args__[0] for cls in ATTACK_SPECS
 )
 BEHAVIOUR_KINDS = frozenset({"honest", *ATTACKS})
-Behaviour = Annotated[Union[(Honest, *ATTACK_SPECS)], Field(discriminator="kind")]
+BehaviourSpec = Annotated[Union[(Honest, *ATTACK_SPECS)], Field(discriminator="kind")]
 
 
 class HostSpec(_Strict):
-    behaviours: list[Behaviour] = [Honest()]
+    behaviours: list[BehaviourSpec] = [Honest()]
 
 
 class LowvisorSpec(_Strict):
