@@ -94,7 +94,7 @@ class World:
         self.resumed = self.env.event()
         self.vcpus = simpy.Resource(self.env, capacity=1)  # held while the guest runs a step
         self.its_errors: list[str] = []
-        self.trace: list[Span] = []  # who did what when, for the timeline
+        self.trace: list[Span] = []  # who did what while the VM was paused (the timeline)
         self.memory_map: list[PageView] = []  # the guest's pages at the pause
         self.correctness = Correctness()
 
@@ -113,7 +113,7 @@ class World:
     def charge(self, actor: str, us: float) -> simpy.Timeout:
         """Account ``us`` of CPU time to ``actor`` and take that long."""
         self.ledger.cpu_us[actor] += us
-        if us > 0:
+        if self.paused and us > 0:  # the timeline shows the migration window only
             self.trace.append(Span(self.env.now, self.env.now + us, actor, "cpu"))
         return self.env.timeout(us)
 
