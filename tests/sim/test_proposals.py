@@ -143,3 +143,19 @@ def test_same_scenario_and_seed_give_byte_identical_json():
     assert first == again
     other = scenario.model_copy(update={"seed": scenario.seed + 1})
     assert run(other, "trusted-host").model_dump() != run(scenario, "trusted-host").model_dump()
+
+
+def test_json_is_identical_across_processes_with_different_hash_seeds(tmp_path):
+    """No result may depend on set or dict order that Python's hash seed changes."""
+    import os
+    import subprocess
+    import sys
+
+    outputs = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"r{seed}.json"
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        cmd = [sys.executable, "-m", "sim.cli", "run", str(SCENARIOS / "device-churn-reuse.yaml")]
+        subprocess.run([*cmd, "--json", str(out)], env=env, check=True, capture_output=True)
+        outputs.append(out.read_bytes())
+    assert outputs[0] == outputs[1]
