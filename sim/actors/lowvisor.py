@@ -158,24 +158,19 @@ class Lowvisor:
         Only a proposal that takes host claims has this hypercall; elsewhere EL2 answers
         -ENOSYS and nothing changes.
         """
-        self.world.ledger.hypercalls["host SHARE_GUEST_PAGE"] += 1
-        yield self.world.charge(self.name, self.world.costs.host_hvc_us)
-        if not self.world.proposal.host_claims:
-            self.refusals.append(f"{self.name}: no host share hypercall (-ENOSYS)")
-            return False
-        try:
-            yield from self._apply(Transition.GUEST_SHARE_HOST, pfn, 1, cause)
-        except OwnershipError:
-            return False
-        return True
+        return (yield from self._host_hvc("share", Transition.GUEST_SHARE_HOST, pfn, cause))
 
     def host_unshare_guest_page(self, pfn: int, cause: str) -> Generator[object, object, bool]:
-        self.world.ledger.hypercalls["host UNSHARE_GUEST_PAGE"] += 1
+        return (yield from self._host_hvc("unshare", Transition.GUEST_UNSHARE_HOST, pfn, cause))
+
+    def _host_hvc(self, call: str, transition: Transition, pfn: int, cause: str) -> Generator:
+        self.world.ledger.hypercalls[f"host {call.upper()}_GUEST_PAGE"] += 1
         yield self.world.charge(self.name, self.world.costs.host_hvc_us)
         if not self.world.proposal.host_claims:
+            self.refusals.append(f"{self.name}: no host {call} hypercall (-ENOSYS)")
             return False
         try:
-            yield from self._apply(Transition.GUEST_UNSHARE_HOST, pfn, 1, cause)
+            yield from self._apply(transition, pfn, 1, cause)
         except OwnershipError:
             return False
         return True
