@@ -112,18 +112,20 @@ class Host:
         if not devices:
             return
         rng = world.rng(f"{self.machine.name}.msi")
-        total = sum(d.rate_hz for d in devices)
+        rate = sum(d.rate_hz for d in devices) / 1e6
         cum_weights = list(itertools.accumulate(d.rate_hz for d in devices))
         end = world.scenario.workload.duration_ms * 1000.0
-        while True:
-            yield env.timeout(rng.expovariate(total / 1e6))
+        guest = world.guest
+        timeout, expovariate, choices = env.timeout, rng.expovariate, rng.choices
+        while True:  # the hot loop of most runs: keep it lean
+            yield timeout(expovariate(rate))
             if env.now >= end:
                 return
-            if world.paused or world.guest.machine is not self.machine:
+            if world.paused or guest.machine is not self.machine:
                 continue  # backends are quiesced while the VM is paused or elsewhere
-            device = rng.choices(devices, cum_weights=cum_weights)[0]
+            device = choices(devices, cum_weights=cum_weights)[0]
             vector = rng.randrange(device.vectors)
-            if world.guest.is_mapped(device.name):
+            if guest.devices[device.name].mapped:
                 yield from self.inject_msi(device.device_id, vector)
 
     # ---- the VMM's side of migration -----------------------------------------------------
