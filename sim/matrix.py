@@ -56,7 +56,8 @@ class Cell(_Model):
     proposal: str
     outcome: Literal["unprotected", "succeeded", "availability", "blocked"]
     why: str
-    bytes: int = 0
+    bytes: int = 0  # read + corrupted + newly exposed secret bytes
+    corrupted: int = 0  # guest bytes written that the honest run did not write
     byte_ms: float = 0.0
     duration_ms: float = 0.0
 
@@ -190,6 +191,7 @@ def cell(attack: str, base: AuditRun, run: AuditRun) -> Cell:
             outcome="succeeded",
             why=", ".join(parts),
             bytes=read + wrote + sum(s[2] for s in exposed),
+            corrupted=wrote,
             byte_ms=round(max(a.could_read_byte_ms - b.could_read_byte_ms, 0.0), 6),
             duration_ms=round(max(end - start, window, 0.0), 6),
         )

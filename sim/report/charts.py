@@ -253,23 +253,28 @@ def cpu_chart(results: list[RunResult], path: Path, focus: str) -> Path:
 def write_charts(
     results: list[RunResult], out: Path, matrices: dict[str, list], worlds: dict
 ) -> list[Path]:
-    worst = {}
+    worst: dict[tuple, int] = {}
+    corrupted: dict[tuple, int] = {}
     for name, cells in matrices.items():
         for c in cells:
             key = (name, c.proposal)
-            worst[key] = max(worst.get(key, 0), c.bytes if c.outcome == "succeeded" else 0)
+            won = c.outcome == "succeeded"
+            worst[key] = max(worst.get(key, 0), c.bytes if won else 0)
+            corrupted[key] = max(corrupted.get(key, 0), c.corrupted if won else 0)
     focus = next(iter(worlds.values())).scenario.name
     return [
         bar_chart(
             results,
             out / "exposure.png",
-            "Secret guest bytes the host could read (honest host) and what attacks got",
+            "Secret bytes the host could read (honest host); what the worst attack read,"
+            " exposed or corrupted",
             [
                 ("peak secret B (symlog)", lambda r: r.exposure.peak_exposed_bytes, True),
                 ("secret B x ms (symlog)", lambda r: r.exposure.exposed_byte_ms, True),
                 ("worst attack: B gained", lambda r: 0, True),
+                ("worst attack: B corrupted", lambda r: 0, True),
             ],
-            extra={"worst attack: B gained": worst} if worst else None,
+            extra={"worst attack: B gained": worst, "worst attack: B corrupted": corrupted},
         ),
         bar_chart(
             results,
