@@ -331,16 +331,12 @@ class ITSDMA(Behaviour):
         from sim.actors.its_hw import MediationRefused
 
         yield self.world.env.timeout(self.spec.at_ms * 1000.0)
-        pages = self.secret_pages(1)
-        if not pages:
+        lo, hi = self.guest_ram()
+        runs = self.machine.memory.labels.runs(lo, hi - lo)
+        victim = next((s for s, _e, label in runs if label.kind is LabelKind.SECRET), None)
+        if victim is None:
             self.blocked.append("no guest secret to aim at")
             return
-        lo, hi = self.guest_ram()
-        victim = next(
-            s
-            for s, _e, label in self.machine.memory.labels.runs(lo, hi - lo)
-            if label.kind is LabelKind.SECRET
-        )
         itt = victim & ~0xFF
         its_hw = self.machine.its_hw
         try:
