@@ -82,11 +82,15 @@ def main(args: argparse.Namespace) -> int:
         f"(b) pkvm-sim {name}: {simulated['events']:,} events,"
         f" {simulated['events_per_s']:,.0f} events/s; cost per event {ratio:.1f}x bare SimPy"
     )
-    its = bench.its_save_restore(*((2, 100) if quick else (28, bench.MAX_VECTORS)))
-    say(
-        f"(c) ITS, {its['entries']:,} entries: save {its['save_entries_per_s']:,.0f}/s,"
-        f" restore {its['restore_entries_per_s']:,.0f}/s"
-    )
+    its = []
+    for ites in (300, 3_000) if quick else bench.ITS_SIZES:
+        its.append(bench.its_save_restore(ites))
+        x = its[-1]
+        say(
+            f"(c) ITS, {x['ites']:,} ITEs, {x['entries']:,} entries: save"
+            f" {x['save_entries_per_s']:,.0f}/s, restore {x['restore_entries_per_s']:,.0f}/s,"
+            f" restored {'ok' if x['restored_ok'] else 'WRONG'}"
+        )
     say(f"(d) full migrations at {', '.join(f'{s:,}' for s in sizes)} ITEs, {proposals}")
 
     def progress(pt: dict) -> None:
