@@ -464,22 +464,9 @@ class ForgeQueuedMapd(Behaviour):
             self.blocked.append("the forged ITT page was never shared with the host")
 
 
+# Every behaviour a scenario can name, by its ``kind`` (the classes above).
 BEHAVIOURS: dict[str, type[Behaviour]] = {
-    cls.kind: cls
-    for cls in (
-        Behaviour,
-        SecretPageAsITT,
-        OversizedITT,
-        ReadEverything,
-        WriteOutsideEntries,
-        KeepStaleShare,
-        DelayCommands,
-        ReplayStaleMapd,
-        ITSDMA,
-        TamperState,
-        RedirectPendingTable,
-        ForgeQueuedMapd,
-    )
+    cls.kind: cls for cls in (Behaviour, *Behaviour.__subclasses__())
 }
 
 

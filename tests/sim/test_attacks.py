@@ -460,3 +460,10 @@ def test_audit_exits_2_on_bad_input_and_writes_nothing(
     assert message in err
     assert "Traceback" not in err
     assert not out.exists()
+
+
+def test_every_behaviour_a_scenario_can_name_has_an_implementation():
+    from sim.attacks import BEHAVIOURS
+    from sim.scenario import BEHAVIOUR_KINDS
+
+    assert set(BEHAVIOURS) == set(BEHAVIOUR_KINDS)
