@@ -19,6 +19,7 @@ of events behind it: the access, the transition that opened the page, its cause.
 from __future__ import annotations
 
 import re
+from functools import partial
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -71,29 +72,32 @@ class Auditor:
         # Who last wrote each command-queue slot: EL2 acting on a slot the host wrote is
         # acting on host input, whatever it believes.
         self.slot_writer: dict[tuple[str, int], str] = {}
+        from sim.world import RAM_BASE
+
+        self._ram_lo, self._ram_hi = RAM_BASE, RAM_BASE + world.ram_size
         for machine in world.machines.values():
-            machine.memory.watchers.append(lambda who, rec, m=machine: self._on_access(m, who, rec))
+            machine.memory.watchers.append(partial(self._on_access, machine))
             machine.memory.ownership.watchers.append(
                 lambda pfn, nr, done, m=machine: done and self._on_change(m)
             )
 
-    def _ram(self) -> tuple[int, int]:
-        from sim.world import RAM_BASE
-
-        return RAM_BASE, RAM_BASE + self.world.ram_size
-
     def _on_access(self, machine: Machine, who: Initiator, rec: AccessRecord) -> None:
-        queue_slot = rec.write and rec.allowed and rec.length == ITS_CMD_SIZE
-        if queue_slot and machine.memory.labels.at(rec.addr).kind is LabelKind.CMDQ:
-            writer = rec.actor if who.component == HOST else ""
-            self.slot_writer[machine.name, rec.addr] = writer
-        if not rec.allowed or not (who.component == HOST or who.dma):
+        if not rec.allowed:
             return
-        lo, hi = self._ram()
-        first, last = max(rec.addr, lo), min(rec.addr + rec.length, hi)  # the guest's part
-        if first >= last:
-            return
+        host = who.component == HOST
+        if not (host or who.dma or rec.write):
+            return  # a guest or EL2 read: nothing to note
         memory = machine.memory
+        kinds = memory.labels.kinds(rec.addr, rec.length)
+        if rec.write and LabelKind.CMDQ in kinds:
+            self._note_queue_write(machine, rec, host)
+        if not (host or who.dma):
+            return
+        if not rec.write and LabelKind.SECRET not in kinds:
+            return  # the common case: a read that overlaps no secret
+        if rec.write and not who.dma and not GUEST_DATA.intersection(kinds):
+            return  # no guest data; a CPU the stage-2 let through cannot hit a private page
+        first, last = max(rec.addr, self._ram_lo), min(rec.addr + rec.length, self._ram_hi)
         domain = memory.iommu.get(who.name) if who.dma else None
         for pfn in range(first >> PAGE_SHIFT, ((last - 1) >> PAGE_SHIFT) + 1):
             page_lo = max(first, pfn << PAGE_SHIFT)
@@ -108,6 +112,14 @@ class Auditor:
                     hit = label.kind is LabelKind.SECRET
                 if hit:
                     self._record(machine, who, rec, start, end, str(label), pfn, private)
+
+    def _note_queue_write(self, machine: Machine, rec: AccessRecord, host: bool) -> None:
+        """Remember who last wrote each command-queue slot the write touched."""
+        labels = machine.memory.labels
+        writer = rec.actor if host else ""
+        for slot in range(rec.addr - rec.addr % ITS_CMD_SIZE, rec.addr + rec.length, ITS_CMD_SIZE):
+            if labels.at(slot).kind is LabelKind.CMDQ:
+                self.slot_writer[machine.name, slot] = writer
 
     def _record(self, machine, who, rec, start, end, victim, pfn, private) -> None:
         if who.dma:

@@ -13,6 +13,7 @@ from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from sim.actors.guest import intid_of
 from sim.memory.physmem import PAGE_SHIFT, PAGE_SIZE
 
 if TYPE_CHECKING:
@@ -43,14 +44,7 @@ def _check(machine: Machine, expected: dict, tag: str, out: list[str]) -> int:
 
 def _pages_written(machine: Machine, since: float, actors: set[str]) -> int:
     """Distinct pages the given initiators wrote since ``since`` (the save dirtied them)."""
-    pages = set()
-    for rec in reversed(machine.memory.log):
-        if rec.time < since:
-            break
-        if rec.write and rec.allowed and rec.actor in actors:
-            first = rec.addr >> PAGE_SHIFT
-            pages.update(range(first, ((rec.addr + rec.length - 1) >> PAGE_SHIFT) + 1))
-    return len(pages)
+    return len(machine.memory.log.pages_written(since, actors))
 
 
 def memory_map(world: World, machine: Machine) -> list:
@@ -123,6 +117,7 @@ def migrate(world: World, correctness: Correctness) -> Generator:
         if dev.mapped:
             correctness.resume_msis += 1
             ok = yield from dst.host.inject_msi(dev.spec.device_id, 0)
-            lpi = dst.host.its.lpis.get(dev.lpi_base)
-            if ok and lpi is not None and lpi.pending and lpi.target_vcpu == dev.vcpu_of[0]:
+            lpi = dst.host.its.lpis.get(intid_of(dev.lpi_base, 0))
+            vcpu = world.guest.vcpu_of(dev, 0)
+            if ok and lpi is not None and lpi.pending and lpi.target_vcpu == vcpu:
                 correctness.resume_msis_delivered += 1

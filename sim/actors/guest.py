@@ -10,6 +10,15 @@ Modelled on drivers/irqchip/irq-gic-v3-its.c:
   bytes; MAPD; per vector MAPTI + SYNC, then at unmask the property byte and INV + SYNC.
 - affinity changes: MOVI + SYNC; removal: DISCARD + SYNC per vector, then MAPD V=0.
 
+Driver profiles: ``linux`` sends commands as Linux does, one or two per GITS_CWRITER write
+(its_send_single_command). ``bulk`` is a synthetic driver for scale, not Linux: it enables
+a device's LPIs in the property table first, then fills the queue with the device's
+MAPTIs, an INV for each LPI it is the first to map and a SYNC per target collection, as
+many per CWRITER write as the queue holds. With more vectors than the VM's 57,344 LPIs it
+maps the surplus onto LPIs already in use (KVM refcounts an LPI that several ITEs map),
+and moves an LPI by sending MOVI for every ITE that maps it, so its ITEs keep one
+collection.
+
 Allocator profiles: ``linux-shared-pool`` is mainline since b08e2f42e86b (tables from
 shared pages, ITTs from a pool of shared pages). ``linux-kzalloc`` is the classic ITT path
 (``kzalloc`` of ``max(sz, 256) + 255`` bytes, aligned up to 256, in a kmalloc slab shared
@@ -43,6 +52,7 @@ LPI_PROP_ENABLED = 0x1
 # present in every guest whatever its ITS allocator, so every run has secrets to lose.
 HEAP_SLAB_CLASSES = (256, 512, 1024)
 HEAP_SLAB_PAGES = 8
+NR_LPIS = (1 << 16) - r.GIC_LPI_OFFSET  # 16 INTID bits (KVM's INTERRUPT_ID_BITS_ITS)
 
 
 @dataclass
@@ -51,9 +61,14 @@ class GuestDevice:
     itt_addr: int = 0
     itt_size: int = 0  # bytes the ITT needs
     itt_object: tuple[int, int] = (0, 0)  # (address, size) of the allocation holding it
-    lpi_base: int = 0
-    vcpu_of: tuple[int, ...] = ()
+    lpi_base: int = 0  # INTID of vector 0; vector i maps intid(lpi_base, i)
     mapped: bool = False
+
+
+def intid_of(lpi_base: int, vector: int) -> int:
+    """The INTID a device's vector maps: consecutive from ``lpi_base``, wrapping past the
+    last of the VM's LPIs (only a ``bulk`` guest maps that many)."""
+    return r.GIC_LPI_OFFSET + (lpi_base - r.GIC_LPI_OFFSET + vector) % NR_LPIS
 
 
 class Guest:
@@ -67,7 +82,10 @@ class Guest:
         self.cpu = Initiator(f"{self.name}.vcpu", GUEST)
         self.ram_base = RAM_BASE
         self.devices = {d.name: GuestDevice(d) for d in world.scenario.devices}
-        self.next_lpi = r.GIC_LPI_OFFSET
+        self.next_lpi = r.GIC_LPI_OFFSET  # grows past the last LPI only in a bulk guest
+        # Per LPI (INTID - 8192): the vCPU the guest targets it at, and its mapped vectors.
+        self.lpi_vcpu = [0] * NR_LPIS
+        self.lpi_users = [0] * NR_LPIS
         self.cwriter = 0
         self.queue_timeouts = 0  # "ITS queue timeout" messages the guest logged
         self.unmaps: list[tuple[float, str, range]] = []  # (MAPD V=0 time, machine, ITT pfns)
@@ -143,6 +161,23 @@ class Guest:
         for cmd in cmds:
             self.write(self.cmdq + self.cwriter, cmd.encode())
             self.cwriter = (self.cwriter + r.ITS_CMD_SIZE) % size
+        yield from self._kick()
+
+    def send_bulk(self, raw: list[bytes]) -> Generator:
+        """The bulk driver: encoded commands, as many per CWRITER write as the queue holds
+        (all but one slot: CWRITER = CREADR means empty), each run written at once."""
+        size = self.cmdq_size
+        room = size // r.ITS_CMD_SIZE - 1
+        for first in range(0, len(raw), room):
+            batch = raw[first : first + room]
+            while batch:
+                fit = (size - self.cwriter) // r.ITS_CMD_SIZE  # slots before the wrap
+                run, batch = batch[:fit], batch[fit:]
+                self.write(self.cmdq + self.cwriter, b"".join(run))
+                self.cwriter = (self.cwriter + len(run) * r.ITS_CMD_SIZE) % size
+            yield from self._kick()
+
+    def _kick(self) -> Generator:
         host = self.machine.host
         yield from self.machine.lowvisor.guest_mmio_trap(r.GITS_CWRITER, self.cwriter)
         deadline = self.world.env.now + ITS_QUEUE_TIMEOUT_US
@@ -259,25 +294,64 @@ class Guest:
             self.next_lpi += nvecs
         dev_id = dev.spec.device_id
         yield from self.send(MAPD(dev_id, nr_ites.bit_length() - 2, dev.itt_addr, True))
-        vcpus = self.spec.vcpus
-        dev.vcpu_of = tuple((dev.lpi_base + i) % vcpus for i in range(nvecs))
-        for i in range(nvecs):
-            yield from self.send(
-                MAPTI(dev_id, i, dev.lpi_base + i, dev.vcpu_of[i]), SYNC(dev.vcpu_of[i])
-            )
-        for i in range(nvecs):
+        first_user = self._claim_lpis(dev)
+        if self.spec.its_driver == "bulk":
+            yield from self._map_vectors_bulk(dev, first_user)
+        else:
+            yield from self._map_vectors_linux(dev)
+        dev.mapped = True
+
+    def _claim_lpis(self, dev: GuestDevice) -> list[bool]:
+        """Count the device's vectors against their LPIs; an LPI nobody maps yet targets
+        vCPU ``INTID % nr_vcpus``. Returns, per vector, whether it is the LPI's first."""
+        vcpus, users, where = self.spec.vcpus, self.lpi_users, self.lpi_vcpu
+        first = []
+        for i in range(dev.spec.vectors):
+            idx = intid_of(dev.lpi_base, i) - r.GIC_LPI_OFFSET
+            first.append(not users[idx])
+            if not users[idx]:
+                where[idx] = (idx + r.GIC_LPI_OFFSET) % vcpus
+            users[idx] += 1
+        return first
+
+    def vcpu_of(self, dev: GuestDevice, vector: int) -> int:
+        return self.lpi_vcpu[intid_of(dev.lpi_base, vector) - r.GIC_LPI_OFFSET]
+
+    def _map_vectors_linux(self, dev: GuestDevice) -> Generator:
+        dev_id = dev.spec.device_id
+        for i in range(dev.spec.vectors):
+            vcpu = self.vcpu_of(dev, i)
+            yield from self.send(MAPTI(dev_id, i, dev.lpi_base + i, vcpu), SYNC(vcpu))
+        for i in range(dev.spec.vectors):
             intid = dev.lpi_base + i
             prop = self.prop + intid - r.GIC_LPI_OFFSET
             self.write(prop, bytes([LPI_PROP_DEFAULT | LPI_PROP_ENABLED]))
-            yield from self.send(INV(dev_id, i), SYNC(dev.vcpu_of[i]))
-        dev.mapped = True
+            yield from self.send(INV(dev_id, i), SYNC(self.vcpu_of(dev, i)))
+
+    def _map_vectors_bulk(self, dev: GuestDevice, first_user: list[bool]) -> Generator:
+        dev_id, nvecs = dev.spec.device_id, dev.spec.vectors
+        enabled = LPI_PROP_DEFAULT | LPI_PROP_ENABLED
+        start = dev.lpi_base - r.GIC_LPI_OFFSET
+        first = min(nvecs, NR_LPIS - start)  # the run may wrap once
+        self.write(self.prop + start, bytes([enabled]) * first)
+        if min(nvecs, NR_LPIS) > first:
+            self.write(self.prop, bytes([enabled]) * (min(nvecs, NR_LPIS) - first))
+        raw = [
+            MAPTI(dev_id, i, intid_of(dev.lpi_base, i), self.vcpu_of(dev, i)).encode()
+            for i in range(nvecs)
+        ]
+        raw += [INV(dev_id, i).encode() for i in range(nvecs) if first_user[i]]
+        targets = sorted({self.vcpu_of(dev, i) for i in range(min(nvecs, NR_LPIS))})
+        raw += [SYNC(v).encode() for v in targets]
+        yield from self.send_bulk(raw)
 
     def remove_device(self, name: str) -> Generator:
         """Deactivate every vector (DISCARD + SYNC), MAPD V=0, free the ITT."""
         dev = self.devices[name]
         dev_id = dev.spec.device_id
         for i in range(dev.spec.vectors):
-            yield from self.send(DISCARD(dev_id, i), SYNC(dev.vcpu_of[i]))
+            yield from self.send(DISCARD(dev_id, i), SYNC(self.vcpu_of(dev, i)))
+            self.lpi_users[intid_of(dev.lpi_base, i) - r.GIC_LPI_OFFSET] -= 1
         unmapped_at = self.world.env.now
         yield from self.send(MAPD(dev_id, 0, 0, False))
         dev.mapped = False
@@ -297,12 +371,22 @@ class Guest:
             self.machine.memory.labels.clear(obj, obj_size)
 
     def move_vector(self, name: str, vector: int, vcpu: int) -> Generator:
-        """An affinity change: MOVI + SYNC."""
+        """An affinity change: MOVI + SYNC, for every mapped ITE of the vector's LPI (one,
+        unless a bulk guest maps it several times)."""
         dev = self.devices[name]
-        vcpu_of = list(dev.vcpu_of)
-        vcpu_of[vector] = vcpu
-        dev.vcpu_of = tuple(vcpu_of)
-        yield from self.send(MOVI(dev.spec.device_id, vector, vcpu), SYNC(vcpu))
+        intid = intid_of(dev.lpi_base, vector)
+        self.lpi_vcpu[intid - r.GIC_LPI_OFFSET] = vcpu
+        for other, ev in self.ites_of(intid):
+            yield from self.send(MOVI(other.spec.device_id, ev, vcpu), SYNC(vcpu))
+
+    def ites_of(self, intid: int) -> list[tuple[GuestDevice, int]]:
+        """Every mapped (device, vector) that maps ``intid``, in device order."""
+        out = []
+        for dev in self.devices.values():
+            if dev.mapped:
+                first = (intid - dev.lpi_base) % NR_LPIS
+                out += [(dev, ev) for ev in range(first, dev.spec.vectors, NR_LPIS)]
+        return out
 
     def itt_memory(self) -> tuple[int, int]:
         """(bytes the allocator holds for ITTs, bytes the ITTs need), mapped devices."""
@@ -320,7 +404,8 @@ class Guest:
         for dev in self.devices.values():
             if dev.mapped:
                 for i in range(dev.spec.vectors):
-                    out[(dev.spec.device_id, i)] = (dev.lpi_base + i, dev.vcpu_of[i])
+                    intid = intid_of(dev.lpi_base, i)
+                    out[(dev.spec.device_id, i)] = (intid, self.lpi_vcpu[intid - r.GIC_LPI_OFFSET])
         return out
 
     # ---- the guest's life ---------------------------------------------------------------

@@ -13,14 +13,16 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
 
+from sim.memory.accesslog import AccessLog, AccessRecord
 from sim.memory.intervals import IntervalMap
 from sim.memory.labels import LabelMap
-from sim.memory.ownership import PageOwnership
+from sim.memory.ownership import PageOwnership, PageState
 from sim.memory.physmem import PAGE_SHIFT, PAGE_SIZE, PhysicalPages, page_span
 
 PHYS_ADDR_BITS = 48
+NOPAGE = PageState.NOPAGE  # the one state a stage-2 does not map
+_NOPAGE = f"stage-2 state is {NOPAGE.value}"
 
 
 @dataclass(frozen=True)
@@ -67,15 +69,6 @@ class IOMMUDomain:
         return (Perm.W if write else Perm.R) in self._perms[pfn]
 
 
-class AccessRecord(NamedTuple):
-    time: float
-    actor: str
-    addr: int
-    length: int
-    write: bool
-    allowed: bool
-
-
 class Stage2Fault(Exception):
     """An access the initiator's stage-2 (or IOMMU) view forbids."""
 
@@ -105,7 +98,7 @@ class MemorySystem:
         self.ownership.on_poison = self._poison
         self.labels = LabelMap()
         self.iommu: dict[str, IOMMUDomain] = {}
-        self.log: list[AccessRecord] = []
+        self.log = AccessLog()
         self.faults: list[Stage2Fault] = []
         # Observers of every checked access (the audit), called before the bytes move.
         self.watchers: list[Callable[[Initiator, AccessRecord], None]] = []
@@ -122,30 +115,36 @@ class MemorySystem:
                 if not domain.allows(p, write):
                     return p, f"not mapped {'writable' if write else 'readable'} in the IOMMU"
             return None
-        first = addr >> PAGE_SHIFT
-        if length and (addr + length - 1) >> PAGE_SHIFT == first:  # the common case
-            state = self.ownership.state(who.component, first)
-            return (
-                None
-                if state.accessible
-                else (first, f"{who.component} stage-2 state is {state.value}")
-            )
         span = page_span(addr, length)
         for start, _end, state in self.ownership.runs(who.component, span.start, len(span)):
-            if not state.accessible:
-                return start, f"{who.component} stage-2 state is {state.value}"
+            if state is NOPAGE:
+                return start, f"{who.component} {_NOPAGE}"
         return None
 
     def _check(self, who: Initiator, addr: int, length: int, write: bool) -> None:
-        denied = self.denial(who, addr, length, write)
-        record = AccessRecord(self.clock(), who.name, addr, length, write, denied is None)
-        self.log.append(record)
-        for watch in self.watchers:
-            watch(who, record)
-        if denied is not None:
-            fault = Stage2Fault(record, *denied)
-            self.faults.append(fault)
-            raise fault
+        first = addr >> PAGE_SHIFT
+        if (  # the common case: a CPU access within one page
+            not who.dma
+            and length
+            and addr >= 0
+            and (addr + length - 1) >> PAGE_SHIFT == first
+            and addr + length <= 1 << PHYS_ADDR_BITS
+        ):
+            state = self.ownership.state(who.component, first)
+            denied = None if state is not NOPAGE else (first, f"{who.component} {_NOPAGE}")
+        else:
+            denied = self.denial(who, addr, length, write)
+        allowed = denied is None
+        now = self.clock()
+        self.log.append(now, who.name, addr, length, write, allowed)
+        if self.watchers or not allowed:
+            record = AccessRecord(now, who.name, addr, length, write, allowed)
+            for watch in self.watchers:
+                watch(who, record)
+            if denied is not None:
+                fault = Stage2Fault(record, *denied)
+                self.faults.append(fault)
+                raise fault
 
     def read(self, who: Initiator, addr: int, length: int) -> bytes:
         self._check(who, addr, length, write=False)

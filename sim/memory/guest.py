@@ -23,6 +23,7 @@ class GuestMemory:
         self.who = who
         self.ram_base = ram_base
         self.ram_size = ram_size
+        self.ram_end = ram_base + ram_size
 
     def visible(self, gpa: int, length: int = 1) -> bool:
         """``kvm_is_visible_gfn()``: every byte lies in guest RAM."""
@@ -33,11 +34,13 @@ class GuestMemory:
             raise NotGuestMemory(f"{self.who.name}: GPA {gpa:#x}+{length:#x} is not guest RAM")
 
     def read(self, gpa: int, length: int) -> bytes:
-        self._bound(gpa, length)
+        if not self.ram_base <= gpa <= self.ram_end - length:
+            self._bound(gpa, length)
         return self.memory.read(self.who, gpa, length)
 
     def write(self, gpa: int, data: bytes) -> None:
-        self._bound(gpa, len(data))
+        if not self.ram_base <= gpa <= self.ram_end - len(data):
+            self._bound(gpa, len(data))
         self.memory.write(self.who, gpa, data)
 
     def read_u64(self, gpa: int) -> int:

@@ -65,6 +65,19 @@ class IntervalMap(Generic[V]):
             cur = stop
             i += 1
 
+    def values(self, start: int, end: int) -> list[V]:
+        """The values over ``[start, end)``, in order (a value may repeat)."""
+        if end <= start:
+            return []
+        keys, vals = self._keys, self._vals
+        i = bisect_right(keys, start) - 1
+        out = [vals[i] if i >= 0 else self.default]
+        i += 1
+        while i < len(keys) and keys[i] < end:
+            out.append(vals[i])
+            i += 1
+        return out
+
     def intervals(self) -> Iterator[tuple[int, int, V]]:
         """Yield the finite runs whose value differs from ``default``."""
         for i, key in enumerate(self._keys):

@@ -63,6 +63,11 @@ class LabelMap:
         """``(start, end, label)`` runs covering ``[addr, addr + length)``."""
         return self._map.runs(addr, addr + length)
 
+    def kinds(self, addr: int, length: int) -> tuple[LabelKind, ...]:
+        """The label kinds on ``[addr, addr + length)``, in address order (with repeats)."""
+        labels = self._map.values(addr, addr + max(length, 1))
+        return (labels[0].kind,) if len(labels) == 1 else tuple(x.kind for x in labels)
+
     def labelled(self) -> Iterator[tuple[int, int, Label]]:
         """Every non-free run, in address order."""
         return self._map.intervals()

@@ -32,6 +32,10 @@ class PhysicalPages:
         self._pages: dict[int, bytearray] = {}
 
     def read(self, addr: int, length: int) -> bytes:
+        off = addr & (PAGE_SIZE - 1)
+        if off + length <= PAGE_SIZE:  # within one page
+            page = self._pages.get(addr >> PAGE_SHIFT)
+            return bytes(page[off : off + length]) if page is not None else bytes(length)
         out = bytearray()
         while length > 0:
             off = addr & (PAGE_SIZE - 1)
@@ -43,6 +47,13 @@ class PhysicalPages:
         return bytes(out)
 
     def write(self, addr: int, data: bytes) -> None:
+        off = addr & (PAGE_SIZE - 1)
+        if 0 < len(data) <= PAGE_SIZE - off:  # within one page
+            page = self._pages.get(addr >> PAGE_SHIFT)
+            if page is None:
+                page = self._pages[addr >> PAGE_SHIFT] = bytearray(PAGE_SIZE)
+            page[off : off + len(data)] = data
+            return
         view = memoryview(data)
         while view:
             off = addr & (PAGE_SIZE - 1)
