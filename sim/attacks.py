@@ -428,7 +428,7 @@ class ForgeQueuedMapd(Behaviour):
 
     def start(self) -> None:
         self.forged = 0
-        self.machine.memory.watchers.append(self._on_access)
+        self.machine.memory.watch(self._on_access, reads=(), writes=[LabelKind.CMDQ])
 
     def _on_access(self, who, record) -> None:
         """A host core spinning on the shared queue sees the guest's MAPD land."""

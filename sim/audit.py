@@ -34,6 +34,10 @@ if TYPE_CHECKING:
     from sim.world import Machine, World
 
 GUEST_DATA = {LabelKind.SECRET, LabelKind.KERNEL}
+# What the audit acts on: secrets read, guest data and queue slots written, and any DMA
+# (which may reach a private page).
+READS_WATCHED = (LabelKind.SECRET,)
+WRITES_WATCHED = (LabelKind.SECRET, LabelKind.KERNEL, LabelKind.CMDQ)
 
 
 class Violation(BaseModel):
@@ -76,7 +80,9 @@ class Auditor:
 
         self._ram_lo, self._ram_hi = RAM_BASE, RAM_BASE + world.ram_size
         for machine in world.machines.values():
-            machine.memory.watchers.append(partial(self._on_access, machine))
+            machine.memory.watch(
+                partial(self._on_access, machine), READS_WATCHED, WRITES_WATCHED, dma=True
+            )
             machine.memory.ownership.watchers.append(
                 lambda pfn, nr, done, m=machine: done and self._on_change(m)
             )

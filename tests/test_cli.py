@@ -14,7 +14,7 @@ def test_its_save_shows_protected_save_faulting_on_private_itt(capsys):
     # Protected mainline guest: commands work (the queue is shared), the save faults
     # on the first ITT write, which sits in guest-private memory.
     assert rows["protected"][1:5] == ["8", "0", "-EFAULT", "1"]
-    assert "write of 8 bytes at 0x41000000" in out
+    assert "write of 32 bytes at 0x41000000" in out  # the 4 ITEs, one run
     assert "host stage-2 state is nopage" in out
 
 

@@ -290,7 +290,7 @@ class Guest:
         yield from self._ensure_l2(dev.spec.device_id)
         yield from self._alloc_itt(dev, nr_ites)
         if not dev.lpi_base:
-            dev.lpi_base = self.next_lpi
+            dev.lpi_base = intid_of(self.next_lpi, 0)
             self.next_lpi += nvecs
         dev_id = dev.spec.device_id
         yield from self.send(MAPD(dev_id, nr_ites.bit_length() - 2, dev.itt_addr, True))

@@ -33,6 +33,9 @@ from sim.its.tables import (
     VITS_ITE_MAX_EVENTID_OFFSET,
 )
 from sim.its.vits import Collection, Device, GuestAccessFailed, ITTEntry, KernelOops
+from sim.memory.physmem import PAGE_SIZE
+
+PAGE_MASK = PAGE_SIZE - 1
 
 if TYPE_CHECKING:
     from sim.its.vits import VirtualITS
@@ -76,9 +79,18 @@ def _save_device_tables(its: VirtualITS) -> None:
 
 
 def _save_itt(its: VirtualITS, dev: Device) -> None:
-    ites = sorted(dev.ites.values(), key=lambda e: e.event_id)
+    """``vgic_its_save_itt``: every ITE in EventID order, ``next`` pointing at the next one.
+
+    KVM writes each 8-byte entry with its own ``vgic_write_guest_lock()``; the model writes
+    each run of adjacent entries within a page as one checked access: the same bytes at
+    the same instant, and a page the stage-2 refuses fails at its first entry, as in KVM.
+    """
+    ites = sorted(dev.ites.values(), key=_event_id)
+    run_addr, run = 0, bytearray()
     for i, ite in enumerate(ites):
         if ite.collection is None:
+            if run:
+                its._kvm_write(run_addr, bytes(run))
             raise KernelOops(
                 f"vgic_its_save_ite dereferences a NULL collection: device {dev.device_id:#x}"
                 f" event {ite.event_id:#x} lost its collection to MAPC V=0"
@@ -86,8 +98,20 @@ def _save_itt(its: VirtualITS, dev: Device) -> None:
         nxt = 0
         if i + 1 < len(ites):
             nxt = min(ites[i + 1].event_id - ite.event_id, VITS_ITE_MAX_EVENTID_OFFSET)
-        entry = ITE(nxt, ite.lpi.intid, ite.collection.collection_id)
-        its._kvm_write_u64(dev.itt_addr + ite.event_id * ITE_ESZ, entry.encode())
+        entry = ITE.pack(nxt, ite.lpi.intid, ite.collection.collection_id).to_bytes(8, "little")
+        addr = dev.itt_addr + ite.event_id * ITE_ESZ
+        if run and addr == run_addr + len(run) and addr & PAGE_MASK:
+            run += entry  # adjacent, on the same page
+            continue
+        if run:
+            its._kvm_write(run_addr, bytes(run))
+        run_addr, run = addr, bytearray(entry)
+    if run:
+        its._kvm_write(run_addr, bytes(run))
+
+
+def _event_id(ite: ITTEntry) -> int:
+    return ite.event_id
 
 
 def _save_collection_table(its: VirtualITS) -> None:

@@ -58,7 +58,12 @@ class ITE:
     icid: int
 
     def encode(self) -> int:
-        return self.next << 48 | self.intid << 16 | self.icid
+        return self.pack(self.next, self.intid, self.icid)
+
+    @staticmethod
+    def pack(next: int, intid: int, icid: int) -> int:
+        """The entry for these fields, without building an ``ITE`` (the save's hot path)."""
+        return next << 48 | intid << 16 | icid
 
     @classmethod
     def decode(cls, val: int) -> ITE:

@@ -61,7 +61,7 @@ class KernelOops(Exception):
     """A path where KVM itself would crash; reported, never papered over."""
 
 
-@dataclass
+@dataclass(slots=True)
 class LPI:
     """``struct vgic_irq`` of an LPI (shared by every ITE that maps its INTID)."""
 
@@ -73,7 +73,7 @@ class LPI:
     refcount: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class Collection:
     collection_id: int
     target_addr: int = r.COLLECTION_NOT_MAPPED
@@ -83,7 +83,7 @@ class Collection:
         return self.target_addr != r.COLLECTION_NOT_MAPPED
 
 
-@dataclass
+@dataclass(slots=True)
 class ITTEntry:
     """``struct its_ite``."""
 
@@ -92,7 +92,7 @@ class ITTEntry:
     collection: Collection | None
 
 
-@dataclass
+@dataclass(slots=True)
 class Device:
     """``struct its_device``."""
 
@@ -102,7 +102,7 @@ class Device:
     ites: dict[int, ITTEntry] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(slots=True)
 class VCPU:
     vcpu_id: int
     lpis_enabled: bool = False

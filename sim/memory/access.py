@@ -11,12 +11,12 @@ access is a stage-2 fault (an IOMMU fault for DMA): it is logged, and raised as
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from sim.memory.accesslog import AccessLog, AccessRecord
 from sim.memory.intervals import IntervalMap
-from sim.memory.labels import LabelMap
+from sim.memory.labels import LabelKind, LabelMap
 from sim.memory.ownership import PageOwnership, PageState
 from sim.memory.physmem import PAGE_SHIFT, PAGE_SIZE, PhysicalPages, page_span
 
@@ -37,6 +37,12 @@ class Initiator:
     name: str
     component: str
     dma: bool = False
+
+
+Watcher = Callable[[Initiator, AccessRecord], None]
+KindFilter = frozenset[LabelKind] | None
+_NO_KINDS: frozenset[LabelKind] = frozenset()
+_MAX_PFN = 1 << (PHYS_ADDR_BITS - PAGE_SHIFT)
 
 
 class Perm(enum.Flag):
@@ -96,12 +102,46 @@ class MemorySystem:
         self._pages = PhysicalPages()
         self.ownership = PageOwnership(clock)
         self.ownership.on_poison = self._poison
+        self._views = self.ownership.views  # component -> its stage-2 states, by pfn
         self.labels = LabelMap()
         self.iommu: dict[str, IOMMUDomain] = {}
         self.log = AccessLog()
         self.faults: list[Stage2Fault] = []
-        # Observers of every checked access (the audit), called before the bytes move.
-        self.watchers: list[Callable[[Initiator, AccessRecord], None]] = []
+        # Observers of checked accesses (the audit), called before the bytes move:
+        # (fn, kinds whose reads it wants, kinds whose writes it wants, every DMA access?)
+        self._watchers: list[tuple[Watcher, KindFilter, KindFilter, bool]] = []
+        self._unfiltered = False  # some watcher wants every access
+        self._read_kinds = self._write_kinds = _NO_KINDS  # what the filtered ones want
+
+    def watch(
+        self,
+        fn: Watcher,
+        reads: Iterable[LabelKind] | None = None,
+        writes: Iterable[LabelKind] | None = None,
+        dma: bool = False,
+    ) -> None:
+        """Call ``fn(who, record)`` on checked accesses: every one by default, or, given
+        ``reads`` / ``writes``, only reads / writes that touch a page holding one of
+        those labels (and, with ``dma``, every DMA access). Filtering by page is exact
+        for a watcher that acts only on bytes with those labels; it spares every other
+        access the call."""
+        r = None if reads is None else frozenset(reads)
+        w = None if writes is None else frozenset(writes)
+        self._watchers.append((fn, r, w, dma))
+        self._unfiltered = self._unfiltered or r is None or w is None
+        self._read_kinds |= r or _NO_KINDS
+        self._write_kinds |= w or _NO_KINDS
+
+    def _touched(self, first: int, last: int) -> frozenset[LabelKind]:
+        """The label kinds on pages ``first`` to ``last``."""
+        page_kinds = self.labels.page_kinds
+        if first == last:
+            return page_kinds.get(first, _NO_KINDS)
+        touched = _NO_KINDS
+        for pfn in range(first, last + 1) if last - first < len(page_kinds) else list(page_kinds):
+            if first <= pfn <= last and pfn in page_kinds:
+                touched = touched | page_kinds[pfn]
+        return touched
 
     def denial(self, who: Initiator, addr: int, length: int, write: bool) -> tuple[int, str] | None:
         """``(pfn, reason)`` of the first page ``who`` may not access, or ``None``."""
@@ -123,23 +163,31 @@ class MemorySystem:
 
     def _check(self, who: Initiator, addr: int, length: int, write: bool) -> None:
         first = addr >> PAGE_SHIFT
-        if (  # the common case: a CPU access within one page
-            not who.dma
-            and length
-            and addr >= 0
-            and (addr + length - 1) >> PAGE_SHIFT == first
-            and addr + length <= 1 << PHYS_ADDR_BITS
-        ):
-            state = self.ownership.state(who.component, first)
+        last = (addr + length - 1) >> PAGE_SHIFT
+        if not who.dma and first == last and length and addr >= 0 and last < _MAX_PFN:
+            # the common case: a CPU access within one page
+            state = self._views[who.component][first]
             denied = None if state is not NOPAGE else (first, f"{who.component} {_NOPAGE}")
         else:
             denied = self.denial(who, addr, length, write)
         allowed = denied is None
         now = self.clock()
         self.log.append(now, who.name, addr, length, write, allowed)
-        if self.watchers or not allowed:
+        watchers = ()
+        if self._watchers:
+            touched = self._touched(first, last if length else first)
+            wanted = self._write_kinds if write else self._read_kinds
+            if who.dma or self._unfiltered or not wanted.isdisjoint(touched):
+                watchers = [
+                    fn
+                    for fn, reads, writes, dma in self._watchers
+                    if (dma and who.dma)
+                    or (kinds := writes if write else reads) is None
+                    or not kinds.isdisjoint(touched)
+                ]
+        if watchers or not allowed:
             record = AccessRecord(now, who.name, addr, length, write, allowed)
-            for watch in self.watchers:
+            for watch in watchers:
                 watch(who, record)
             if denied is not None:
                 fault = Stage2Fault(record, *denied)

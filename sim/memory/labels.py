@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from sim.memory.intervals import IntervalMap
+from sim.memory.physmem import PAGE_SHIFT
 
 
 class LabelKind(enum.StrEnum):
@@ -43,6 +44,8 @@ class LabelMap:
 
     def __init__(self) -> None:
         self._map: IntervalMap[Label] = IntervalMap(FREE)
+        # The label kinds on each page that holds a label (an index for access filters).
+        self.page_kinds: dict[int, frozenset[LabelKind]] = {}
         # Called with (addr, length) before and after a range is relabelled.
         self.watchers: list[Callable[[int, int, bool], None]] = []
 
@@ -50,8 +53,26 @@ class LabelMap:
         for watch in self.watchers:
             watch(addr, length, False)
         self._map.assign(addr, addr + length, label)
+        if length > 0:
+            self._reindex(addr >> PAGE_SHIFT, ((addr + length - 1) >> PAGE_SHIFT) + 1)
         for watch in self.watchers:
             watch(addr, length, True)
+
+    def _reindex(self, first: int, end: int) -> None:
+        """Recompute ``page_kinds`` for pages ``[first, end)``, visiting only the pages
+        that are indexed or labelled (a range can span all of RAM)."""
+        index = self.page_kinds
+        stale = range(first, end) if end - first <= len(index) else list(index)
+        for pfn in stale:
+            if first <= pfn < end:
+                index.pop(pfn, None)
+        pages: set[int] = set()
+        for start, stop, label in self._map.runs(first << PAGE_SHIFT, end << PAGE_SHIFT):
+            if label.kind is not LabelKind.FREE:
+                pages.update(range(start >> PAGE_SHIFT, ((stop - 1) >> PAGE_SHIFT) + 1))
+        for pfn in pages:
+            page = self._map.values(pfn << PAGE_SHIFT, (pfn + 1) << PAGE_SHIFT)
+            index[pfn] = frozenset(x.kind for x in page if x.kind is not LabelKind.FREE)
 
     def clear(self, addr: int, length: int) -> None:
         self.set(addr, length, FREE)

@@ -15,8 +15,9 @@ its own range; mainline guest hypercalls take one page each, so callers loop per
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from sim.memory.intervals import IntervalMap
 
@@ -177,6 +178,11 @@ class PageOwnership:
         self.on_poison: Callable[[int, int], None] | None = None
         # Called with (first_pfn, nr_pages, done) before and after each transition.
         self.watchers: list[Callable[[int, int, bool], None]] = []
+
+    @property
+    def views(self) -> Mapping[str, IntervalMap[PageState]]:
+        """Each component's page states by pfn (read only: change them with ``apply``)."""
+        return MappingProxyType(self._states)
 
     @property
     def components(self) -> tuple[str, ...]:

@@ -162,7 +162,7 @@ class Truth:
     def install(self, world) -> None:
         self.world = world
         for machine in world.machines.values():
-            machine.memory.watchers.append(lambda who, rec, m=machine: self._on_access(m, who, rec))
+            machine.memory.watch(lambda who, rec, m=machine: self._on_access(m, who, rec))
             machine.memory.ownership.watchers.append(
                 lambda first, nr, done, m=machine: self._on_pages(m, done)
             )
