@@ -28,7 +28,7 @@ no protected guest can use an emulated ITS at all, so only the ITTs differ.
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -400,13 +400,17 @@ class Guest:
 
     def expected_translations(self) -> dict[tuple[int, int], tuple[int, int]]:
         """What the guest believes: every mapped (DeviceID, EventID) -> (INTID, vCPU)."""
-        out = {}
-        for dev in self.devices.values():
+        return dict(self.translations())
+
+    def translations(self) -> Iterator[tuple[tuple[int, int], tuple[int, int]]]:
+        """``expected_translations`` one at a time, in (DeviceID, EventID) order."""
+        where = self.lpi_vcpu
+        for dev in sorted(self.devices.values(), key=lambda d: d.spec.device_id):
             if dev.mapped:
+                dev_id = dev.spec.device_id
                 for i in range(dev.spec.vectors):
                     intid = intid_of(dev.lpi_base, i)
-                    out[(dev.spec.device_id, i)] = (intid, self.lpi_vcpu[intid - r.GIC_LPI_OFFSET])
-        return out
+                    yield (dev_id, i), (intid, where[intid - r.GIC_LPI_OFFSET])
 
     # ---- the guest's life ---------------------------------------------------------------
 

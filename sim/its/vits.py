@@ -16,9 +16,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar, NamedTuple
+from typing import ClassVar
 
 from sim.its import regs as r
+from sim.its.cmdlog import CommandLog
 from sim.its.commands import (
     CLEAR,
     DISCARD,
@@ -109,17 +110,6 @@ class VCPU:
     pendbaser: int = 0
 
 
-class CommandRecord(NamedTuple):
-    """One command KVM took from the queue, kept for the caller and the audit."""
-
-    time: float
-    offset: int  # CREADR when it was read
-    raw: bytes | None  # None: the queue slot could not be read
-    command: ITSCommand | None
-    error: ITSError | None
-    detail: str
-
-
 @dataclass(frozen=True)
 class ITSLayout:
     """Where a probed Linux guest put its ITS and LPI tables (guest physical addresses)."""
@@ -207,7 +197,7 @@ class VirtualITS:
         self.baser_coll_table = self._initial_baser(r.GITS_BASER_TYPE_COLLECTION)
         self.devices: dict[int, Device] = {}
         self.collections: dict[int, Collection] = {}  # insertion order = KVM's list order
-        self.command_log: list[CommandRecord] = []
+        self.command_log = CommandLog()
         self.layout: ITSLayout | None = None
         if probe:
             self.layout = _linux_probe(self, lpi_id_bits, two_level_device_table)
@@ -463,23 +453,21 @@ class VirtualITS:
             try:
                 raw = self._kvm_read(base + offset, r.ITS_CMD_SIZE)
             except GuestAccessFailed as exc:
-                self._log(offset, None, None, ITSError.EFAULT, f"queue slot unreadable: {exc}")
+                self._log(offset, None, ITSError.EFAULT, f"queue slot unreadable: {exc}")
             else:
                 self._handle_command(offset, raw)
             self.creadr += r.ITS_CMD_SIZE
             if self.creadr == size:
                 self.creadr = 0
 
-    def _log(self, offset, raw, command, error, detail="") -> None:
-        self.command_log.append(
-            CommandRecord(self.memory.clock(), offset, raw, command, error, detail)
-        )
+    def _log(self, offset, raw, error, detail="") -> None:
+        self.command_log.append(self.memory.clock(), offset, raw, error, detail)
 
     def _handle_command(self, offset: int, raw: bytes) -> None:
         try:
             cmd = decode(raw)
         except CommandDecodeError as exc:
-            self._log(offset, raw, None, ITSError.ENODEV, str(exc))
+            self._log(offset, raw, ITSError.ENODEV, str(exc))
             return
         handler: Callable[[ITSCommand], ITSError | None] = self._HANDLERS[type(cmd)]
         try:
@@ -487,7 +475,7 @@ class VirtualITS:
             detail = ""
         except GuestAccessFailed as exc:
             error, detail = ITSError.EFAULT, str(exc)
-        self._log(offset, raw, cmd, error, detail)
+        self._log(offset, raw, error, detail)
 
     # ---- lookups -----------------------------------------------------------------
 
