@@ -16,14 +16,28 @@ def register(sub) -> None:
         help="measure simulated events/s, ITS save/restore and migration scaling; write perf.md",
         epilog="examples:\n  pkvm-sim bench                     # the full run, reports/perf.md\n"
         "  pkvm-sim bench --quick --out /tmp/perf\n"
-        "  pkvm-sim bench --sizes 1000,10000 --proposal trusted-host",
+        "  pkvm-sim bench --sizes 1000,10000 --proposal trusted-host --jobs 1\n"
+        "  pkvm-sim bench --driver linux --sizes 10000,57344",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "--sizes",
         metavar="N,N,...",
-        help="mapped ITEs per migration point (default 1000,10000,30000,57344;"
-        " at most 57344 with 16 INTID bits)",
+        help="mapped ITEs per migration point (default 1000,10000,100000,1000000;"
+        " at most 4000000, or 57344 with --driver linux)",
+    )
+    p.add_argument(
+        "--driver",
+        choices=("bulk", "linux"),
+        default="bulk",
+        help="the guest's ITS driver for the migration points (default bulk: batched"
+        " commands, LPIs shared past 57344 vectors; linux: one LPI per vector)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        metavar="N",
+        help="migration runs at once, each in its own process (default: every core)",
     )
     p.add_argument(
         "--proposal",
@@ -38,8 +52,10 @@ def register(sub) -> None:
 
 
 def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    from sim.bench import MAX_ITES
+    from sim.bench import MAX_BENCH_ITES, MAX_ITES
 
+    if args.jobs is not None and args.jobs < 1:
+        parser.error(f"--jobs: expected at least 1, got {args.jobs}")
     if args.sizes is None:
         return
     try:
@@ -48,15 +64,17 @@ def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error(f"--sizes: expected comma-separated integers, got {args.sizes!r}")
     if not sizes:
         parser.error("--sizes: expected at least one size")
+    top = MAX_ITES if args.driver == "linux" else MAX_BENCH_ITES
+    why = "one LPI each, 16 INTID bits" if args.driver == "linux" else "the bulk driver"
     for s in sizes:
-        if not 1 <= s <= MAX_ITES:
-            parser.error(
-                f"--sizes: expected 1..{MAX_ITES} ITEs (one LPI each, 16 INTID bits), got {s}"
-            )
+        if not 1 <= s <= top:
+            parser.error(f"--sizes: expected 1..{top} ITEs ({why}), got {s}")
     args.sizes = sorted(set(sizes))
 
 
 def main(args: argparse.Namespace) -> int:
+    import os
+
     from sim import bench
     from sim.commands.common import BUNDLED
     from sim.scenario import load_scenario
@@ -91,15 +109,20 @@ def main(args: argparse.Namespace) -> int:
             f" {x['save_entries_per_s']:,.0f}/s, restore {x['restore_entries_per_s']:,.0f}/s,"
             f" restored {'ok' if x['restored_ok'] else 'WRONG'}"
         )
-    say(f"(d) full migrations at {', '.join(f'{s:,}' for s in sizes)} ITEs, {proposals}")
+    say(
+        f"(d) full migrations at {', '.join(f'{s:,}' for s in sizes)} ITEs"
+        f" ({args.driver} guest driver), {len(proposals)} proposals"
+    )
 
     def progress(pt: dict) -> None:
         say(
             f"    {pt['ites']:>7,} ITEs  {pt['proposal']:<24} {pt['wall_s']:8.2f} s"
             f"  {pt['peak_rss_mib']:7.0f} MiB  {pt['events']:>9,} events"
+            + ("" if pt["translations_ok"] else "  TRANSLATIONS BROKEN")
         )
 
-    points = bench.run_points(sizes, proposals, progress)
+    jobs = args.jobs or os.cpu_count() or 1
+    points, batch_wall = bench.run_points(sizes, proposals, args.driver, jobs, progress)
     result = bench.Bench(
         machine=bench.machine_line(),
         bare=bare,
@@ -108,12 +131,19 @@ def main(args: argparse.Namespace) -> int:
         its=its,
         points=points,
         sizes=sizes,
+        batch_wall=batch_wall,
+        jobs=jobs,
+        driver=args.driver,
     )
     argv = ["pkvm-sim", "bench"]
     if quick:
         argv.append("--quick")
     if args.sizes:
         argv += ["--sizes", ",".join(map(str, sizes))]
+    if args.driver != "bulk":
+        argv += ["--driver", args.driver]
+    if args.jobs:
+        argv += ["--jobs", str(args.jobs)]
     for p in args.proposal or ():
         argv += ["--proposal", p]
     if args.out != "reports":

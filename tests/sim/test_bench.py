@@ -26,7 +26,6 @@ def test_bench_quick_writes_perf_md_with_every_section(tmp_path, capsys):
         "## Simulated events against bare SimPy",
         "## ITS save and restore",
         "## Full migration by mapped ITEs",
-        "### Sizes that cannot be reached",
         "## Reproduce",
     ):
         assert section in perf
@@ -47,10 +46,13 @@ def test_bench_quick_writes_perf_md_with_every_section(tmp_path, capsys):
         row = re.search(rf"^\| {size} \| (.*) \|$", perf, re.M)
         assert row, size
         cells = [float(c) for c in row.group(1).split(" | ")]
-        assert len(cells) == 2 + 2 and all(c > 0 for c in cells)  # 2 proposals, all, MiB
-    assert re.search(r"all proposals, 200 to 1,000 ITEs: k = -?[\d.]+", perf)
+        # 2 proposals, their sum, the batch's wall on every core, MiB
+        assert len(cells) == 2 + 3 and all(c > 0 for c in cells)
+        assert cells[2] == pytest.approx(cells[0] + cells[1], abs=0.011)
+    assert re.search(r"sum of all proposals, 200 to 1,000 ITEs: k = -?[\d.]+", perf)
     assert "pkvm-sim bench --quick --out" in perf
-    assert "57,344" in perf and "1M" in perf
+    assert "`bulk` ITS driver" in perf and "57,344 LPIs" in perf
+    assert "Measured at 1,000 ITEs, 2 proposals" in perf
 
 
 def test_growth_exponent_fits_a_power_law():
@@ -63,16 +65,28 @@ def test_scaling_scenario_maps_exactly_the_ites_asked_for():
     scenario = scaling_scenario(5000)
     assert sum(d.vectors for d in scenario.devices) == 5000
     assert max(d.vectors for d in scenario.devices) == 2048
-    with pytest.raises(ValueError, match="57344"):
-        scaling_scenario(100_000)
+    assert scenario.guest.its_driver == "bulk"
+    big = scaling_scenario(1_000_000)
+    assert sum(d.vectors for d in big.devices) == 1_000_000
+    assert len({d.device_id for d in big.devices}) == len(big.devices) == 489
+    assert scaling_scenario(57_344, driver="linux").guest.its_driver == "linux"
+    with pytest.raises(ValueError, match="57344 with the linux guest driver"):
+        scaling_scenario(57_345, driver="linux")
+    with pytest.raises(ValueError, match="4000000"):
+        scaling_scenario(4_000_001)
 
 
 @pytest.mark.parametrize(
-    ("sizes", "message"),
-    [("1000,100000", "expected 1..57344 ITEs"), ("a,b", "comma-separated integers")],
+    ("argv", "message"),
+    [
+        (["--sizes", "1000,5000000"], "expected 1..4000000 ITEs (the bulk driver)"),
+        (["--driver", "linux", "--sizes", "1000,100000"], "expected 1..57344 ITEs (one LPI"),
+        (["--sizes", "a,b"], "comma-separated integers"),
+        (["--jobs", "0"], "--jobs: expected at least 1"),
+    ],
 )
-def test_bad_sizes_exit_2(capsys, sizes, message):
+def test_bad_arguments_exit_2(capsys, argv, message):
     with pytest.raises(SystemExit) as exc:
-        main(["bench", "--sizes", sizes])
+        main(["bench", *argv])
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
