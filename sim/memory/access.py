@@ -175,7 +175,7 @@ class MemorySystem:
         self.log.append(now, who.name, addr, length, write, allowed)
         watchers = ()
         if self._watchers:
-            touched = self._touched(first, last if length else first)
+            touched = self._touched(first, last) if length else _NO_KINDS
             wanted = self._write_kinds if write else self._read_kinds
             if who.dma or self._unfiltered or not wanted.isdisjoint(touched):
                 watchers = [

@@ -98,7 +98,7 @@ class AccessLog:
         for i in range(len(time) - 1, -1, -1):
             if time[i] < since:
                 break
-            if who[i] in wanted:
+            if who[i] in wanted and length[i]:
                 first = addr[i] >> PAGE_SHIFT
                 pages.update(range(first, ((addr[i] + length[i] - 1) >> PAGE_SHIFT) + 1))
         return pages
