@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 GUEST_DATA = {LabelKind.SECRET, LabelKind.KERNEL}
 # What the audit acts on: secrets read, guest data and queue slots written, and any DMA
-# (which may reach a private page).
+# write (which may reach a private page).
 READS_WATCHED = (LabelKind.SECRET,)
 WRITES_WATCHED = (LabelKind.SECRET, LabelKind.KERNEL, LabelKind.CMDQ)
 
@@ -81,7 +81,7 @@ class Auditor:
         self._ram_lo, self._ram_hi = RAM_BASE, RAM_BASE + world.ram_size
         for machine in world.machines.values():
             machine.memory.watch(
-                partial(self._on_access, machine), READS_WATCHED, WRITES_WATCHED, dma=True
+                partial(self._on_access, machine), READS_WATCHED, WRITES_WATCHED, dma_writes=True
             )
             machine.memory.ownership.watchers.append(
                 lambda pfn, nr, done, m=machine: done and self._on_change(m)

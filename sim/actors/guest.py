@@ -336,13 +336,14 @@ class Guest:
         self.write(self.prop + start, bytes([enabled]) * first)
         if min(nvecs, NR_LPIS) > first:
             self.write(self.prop, bytes([enabled]) * (min(nvecs, NR_LPIS) - first))
-        raw = [
-            MAPTI(dev_id, i, intid_of(dev.lpi_base, i), self.vcpu_of(dev, i)).encode()
-            for i in range(nvecs)
-        ]
+        raw, targets = [], set()
+        for i in range(nvecs):
+            intid = intid_of(dev.lpi_base, i)
+            vcpu = self.lpi_vcpu[intid - r.GIC_LPI_OFFSET]
+            raw.append(MAPTI(dev_id, i, intid, vcpu).encode())
+            targets.add(vcpu)
         raw += [INV(dev_id, i).encode() for i in range(nvecs) if first_user[i]]
-        targets = sorted({self.vcpu_of(dev, i) for i in range(min(nvecs, NR_LPIS))})
-        raw += [SYNC(v).encode() for v in targets]
+        raw += [SYNC(v).encode() for v in sorted(targets)]
         yield from self.send_bulk(raw)
 
     def remove_device(self, name: str) -> Generator:

@@ -282,14 +282,14 @@ def _restore_dte(its: VirtualITS, id_: int, entry: int) -> int:
 
 
 def _restore_ite(its: VirtualITS, dev: Device, event_id: int, val: int) -> int:
-    ite = ITE.decode(val)
-    if ite.intid == 0:
+    nxt, intid, icid = ITE.unpack(val)
+    if intid == 0:
         return 1  # invalid entry, no choice but to scan the next one
-    if ite.intid < r.GIC_LPI_OFFSET:
+    if intid < r.GIC_LPI_OFFSET:
         raise _Errno(ITSError.EINVAL)
-    if event_id + ite.next >= 1 << dev.num_eventid_bits:
+    if event_id + nxt >= 1 << dev.num_eventid_bits:
         raise _Errno(ITSError.EINVAL)
-    collection = its.collections.get(ite.icid)
+    collection = its.collections.get(icid)
     if collection is None:
         raise _Errno(ITSError.EINVAL)
     if not its._check_event_id(dev, event_id):
@@ -300,11 +300,11 @@ def _restore_ite(its: VirtualITS, dev: Device, event_id: int, val: int) -> int:
         else None
     )
     try:
-        lpi = its._add_lpi(ite.intid, vcpu)
+        lpi = its._add_lpi(intid, vcpu)
     except GuestAccessFailed:
         raise _Errno(ITSError.EFAULT) from None
     dev.ites[event_id] = ITTEntry(event_id, lpi, collection)
-    return ite.next
+    return nxt
 
 
 # ---- registers a VMM saves and restores ----------------------------------------------------

@@ -67,7 +67,13 @@ class ITE:
 
     @classmethod
     def decode(cls, val: int) -> ITE:
-        return cls(next=val >> 48, intid=(val & genmask(47, 16)) >> 16, icid=val & 0xFFFF)
+        return cls(*cls.unpack(val))
+
+    @staticmethod
+    def unpack(val: int) -> tuple[int, int, int]:
+        """``(next, intid, icid)`` of an entry, without building an ``ITE`` (the restore's
+        hot path)."""
+        return val >> 48, (val >> 16) & 0xFFFF_FFFF, val & 0xFFFF
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,9 @@ class Perm(enum.Flag):
     RW = R | W
 
 
+_R, _W = Perm.R.value, Perm.W.value
+
+
 class IOMMUDomain:
     """Pages a DMA master may reach, with permissions (page granular, like an SMMU)."""
 
@@ -72,7 +75,7 @@ class IOMMUDomain:
         ]
 
     def allows(self, pfn: int, write: bool) -> bool:
-        return (Perm.W if write else Perm.R) in self._perms[pfn]
+        return bool(self._perms[pfn].value & (_W if write else _R))
 
 
 class Stage2Fault(Exception):
@@ -108,7 +111,7 @@ class MemorySystem:
         self.log = AccessLog()
         self.faults: list[Stage2Fault] = []
         # Observers of checked accesses (the audit), called before the bytes move:
-        # (fn, kinds whose reads it wants, kinds whose writes it wants, every DMA access?)
+        # (fn, kinds whose reads it wants, kinds whose writes it wants, every DMA write?)
         self._watchers: list[tuple[Watcher, KindFilter, KindFilter, bool]] = []
         self._unfiltered = False  # some watcher wants every access
         self._read_kinds = self._write_kinds = _NO_KINDS  # what the filtered ones want
@@ -118,7 +121,7 @@ class MemorySystem:
         fn: Watcher,
         reads: Iterable[LabelKind] | None = None,
         writes: Iterable[LabelKind] | None = None,
-        dma: bool = False,
+        dma_writes: bool = False,
     ) -> None:
         """Call ``fn(who, record)`` on checked accesses: every one by default, or, given
         ``reads`` / ``writes``, only reads / writes that touch a page holding one of
@@ -127,7 +130,7 @@ class MemorySystem:
         access the call."""
         r = None if reads is None else frozenset(reads)
         w = None if writes is None else frozenset(writes)
-        self._watchers.append((fn, r, w, dma))
+        self._watchers.append((fn, r, w, dma_writes))
         self._unfiltered = self._unfiltered or r is None or w is None
         self._read_kinds |= r or _NO_KINDS
         self._write_kinds |= w or _NO_KINDS
@@ -175,13 +178,19 @@ class MemorySystem:
         self.log.append(now, who.name, addr, length, write, allowed)
         watchers = ()
         if self._watchers:
-            touched = self._touched(first, last) if length else _NO_KINDS
+            if not length:
+                touched = _NO_KINDS
+            elif first == last:
+                touched = self.labels.page_kinds.get(first, _NO_KINDS)
+            else:
+                touched = self._touched(first, last)
             wanted = self._write_kinds if write else self._read_kinds
-            if who.dma or self._unfiltered or not wanted.isdisjoint(touched):
+            dma_write = write and who.dma
+            if dma_write or self._unfiltered or not wanted.isdisjoint(touched):
                 watchers = [
                     fn
-                    for fn, reads, writes, dma in self._watchers
-                    if (dma and who.dma)
+                    for fn, reads, writes, dma_writes in self._watchers
+                    if (dma_writes and dma_write)
                     or (kinds := writes if write else reads) is None
                     or not kinds.isdisjoint(touched)
                 ]

@@ -65,7 +65,7 @@ def wants(
     dma: bool,
 ) -> bool:
     kinds = writes if rec.write else reads
-    return (dma and who.dma) or kinds is None or bool(kinds & touched)
+    return (dma and who.dma and rec.write) or kinds is None or bool(kinds & touched)
 
 
 # (reads, writes, dma) of the filtered watchers: one side unfiltered, both filtered,
@@ -161,7 +161,7 @@ def test_filtered_watchers_see_exactly_the_accesses_on_their_kinds(ops) -> None:
             order.append(i)
             got[i].append((who, rec))
 
-        mem.watch(watcher, reads=reads, writes=writes, dma=dma)
+        mem.watch(watcher, reads=reads, writes=writes, dma_writes=dma)
 
     faults = run_ops(mem, ops)
 
@@ -212,7 +212,7 @@ def test_watch_by_example() -> None:
     secret_reads, cmdq_writes, dma_seen = [], [], []
     mem.watch(lambda w, r: secret_reads.append(r.addr), reads=[K.SECRET], writes=[])
     mem.watch(lambda w, r: cmdq_writes.append(r.addr), reads=(), writes=[K.CMDQ])
-    mem.watch(lambda w, r: dma_seen.append(r.addr), reads=(), writes=(), dma=True)
+    mem.watch(lambda w, r: dma_seen.append(r.addr), reads=(), writes=(), dma_writes=True)
     mem.labels.set(BASE + 0x1FF8, 8, Label(K.SECRET, "key"))  # last 8 bytes of page 1
     mem.labels.set(BASE + 0x4000, 3 * PAGE_SIZE, Label(K.CMDQ))  # pages 4, 5, 6
 
@@ -223,11 +223,11 @@ def test_watch_by_example() -> None:
     mem.write(HOST_CPU, BASE + 0x3000, bytes(PAGE_SIZE + 1))  # pages 3 and 4
     mem.write(HOST_CPU, BASE + 0x7000, bytes(8))  # page 7: past the queue
     mem.write(HOST_CPU, BASE + 0x6FF8, bytes(8))  # page 6: the queue's last page
-    mem.read(ITS_DMA, BASE + 0x5000, 8)  # a read of the queue, by DMA
+    mem.read(ITS_DMA, BASE + 0x5000, 8)  # a read of the queue, by DMA: reads are filtered
     mem.write(ITS_DMA, BASE + 0x8000, b"y")
     assert secret_reads == [BASE + 0x1000, BASE + 0x0FFC]
     assert cmdq_writes == [BASE + 0x3000, BASE + 0x6FF8]
-    assert dma_seen == [BASE + 0x5000, BASE + 0x8000]
+    assert dma_seen == [BASE + 0x8000]
 
     mem.labels.clear(BASE + 0x1FF8, 8)
     mem.labels.set(BASE + 0x4000, 3 * PAGE_SIZE, Label(K.ITT, "dev0"))  # relabelled
