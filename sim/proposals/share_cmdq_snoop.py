@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from sim.its import regs as r
-from sim.its.commands import MAPD, CommandDecodeError, decode
+from sim.its.commands import GITS_CMD_MAPD, MAPD, CommandDecodeError, command_number, decode
 from sim.memory.ownership import PageState
 from sim.memory.physmem import PAGE_SHIFT
 from sim.proposals.base import Payload, Proposal, kvm_restore_tables
@@ -66,6 +66,8 @@ class ShareCmdqSnoop(Proposal):
             raw = lowvisor.read_guest(slot, r.ITS_CMD_SIZE)
             st.read = (st.read + r.ITS_CMD_SIZE) % st.size
             yield world.charge(lowvisor.name, world.costs.el2_cmd_parse_us)
+            if command_number(raw) != GITS_CMD_MAPD:
+                continue  # EL2 switches on DW0[7:0]; only MAPD is decoded further
             try:
                 cmd = decode(raw)
             except CommandDecodeError:
