@@ -436,13 +436,29 @@ def render(b: Bench, command: str) -> str:
         k = growth_exponent([float(s) for s in fit_sizes], ys)
         shown = f"{k:.2f}" if k is not None else "n/a (one point)"
         lines.append(f"- {name}, {fit_from}: k = {shown}")
+    if len(b.sizes) >= 2:
+        lo, hi = b.sizes[-2], b.sizes[-1]
+        marginal = (totals[-1] - totals[-2]) / (hi - lo) / len(proposals) * 1e6
+        lines += [
+            "",
+            f"From {lo:,} to {hi:,} ITEs each further ITE cost {marginal:.1f} us of"
+            " wall time per proposal.",
+        ]
+        if b.driver == "bulk" and hi > MAX_ITES:
+            lines[-1] += (
+                " An ITE whose LPI is new costs more (KVM reads its property and pending"
+                " bytes, the guest sends an INV) than one that shares an LPI, and only the"
+                f" first {MAX_ITES:,} are new, so wall time grows more slowly than the ITE"
+                " count from there."
+            )
     top = max(b.sizes)
     peak = max(by[(top, p)]["peak_rss_mib"] for p in proposals)
     concurrent = min(b.jobs, len(proposals))
     lines += [
         "",
         "Targets: all six proposals at 1,000,000 ITEs within 60 s and 2 GiB; k at most 1.1"
-        f" from 10k ITEs up. Measured at {top:,} ITEs, {len(proposals)} proposals:"
+        f" from 10k ITEs up. Measured at {top:,} ITEs, {len(proposals)}"
+        f" proposal{'s' if len(proposals) > 1 else ''}:"
         f" {b.batch_wall[top]:.1f} s on {cores} ({totals[-1]:.1f} s one after another);"
         f" {concurrent} at once peaked at most {concurrent} x {peak:.0f} ="
         f" {concurrent * peak:.0f} MiB.",

@@ -62,6 +62,14 @@ class LabelMap:
         """Recompute ``page_kinds`` for pages ``[first, end)``, visiting only the pages
         that are indexed or labelled (a range can span all of RAM)."""
         index = self.page_kinds
+        if end == first + 1:  # the common case: one page
+            kinds = {x.kind for x in self._map.values(first << PAGE_SHIFT, end << PAGE_SHIFT)}
+            kinds.discard(LabelKind.FREE)
+            if kinds:
+                index[first] = frozenset(kinds)
+            else:
+                index.pop(first, None)
+            return
         stale = range(first, end) if end - first <= len(index) else list(index)
         for pfn in stale:
             if first <= pfn < end:
