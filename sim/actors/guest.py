@@ -340,7 +340,7 @@ class Guest:
         for i in range(nvecs):
             intid = intid_of(dev.lpi_base, i)
             vcpu = self.lpi_vcpu[intid - r.GIC_LPI_OFFSET]
-            raw.append(MAPTI(dev_id, i, intid, vcpu).encode())
+            raw.append(MAPTI.pack(dev_id, i, intid, vcpu))
             targets.add(vcpu)
         raw += [INV(dev_id, i).encode() for i in range(nvecs) if first_user[i]]
         raw += [SYNC(v).encode() for v in sorted(targets)]

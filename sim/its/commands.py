@@ -132,6 +132,15 @@ class MAPC(ITSCommand):
         return cls(_field(dw[2], 0, 16), _field(dw[2], 16, 32), bool(dw[2] >> 63))
 
 
+def _mapti_dwords(device_id: int, event_id: int, intid: int, icid: int) -> tuple[int, ...]:
+    return (
+        _put(device_id, 32, 32, "device_id"),
+        _put(event_id, 0, 32, "event_id") | _put(intid, 32, 32, "intid"),
+        _put(icid, 0, 16, "icid"),
+        0,
+    )
+
+
 @dataclass(frozen=True)
 class MAPTI(ITSCommand):
     """Map (DeviceID, EventID) to physical LPI ``intid`` in collection ``icid``."""
@@ -143,12 +152,13 @@ class MAPTI(ITSCommand):
     icid: int
 
     def _dwords(self):
-        return (
-            _put(self.device_id, 32, 32, "device_id"),
-            _put(self.event_id, 0, 32, "event_id") | _put(self.intid, 32, 32, "intid"),
-            _put(self.icid, 0, 16, "icid"),
-            0,
-        )
+        return _mapti_dwords(self.device_id, self.event_id, self.intid, self.icid)
+
+    @classmethod
+    def pack(cls, device_id: int, event_id: int, intid: int, icid: int) -> bytes:
+        """``MAPTI(...).encode()`` without building the command (a bulk driver's hot path)."""
+        dw0, dw1, dw2, dw3 = _mapti_dwords(device_id, event_id, intid, icid)
+        return _PACK(dw0 | GITS_CMD_MAPTI, dw1, dw2, dw3)
 
     @classmethod
     def _from_dwords(cls, dw):  # fields inline: the hot path of a bulk bring-up

@@ -481,3 +481,21 @@ def test_fuzz_hypothesis_commands_keep_invariants(cmds):
     its = fuzz_its()
     for raw in cmds:
         execute_checked(its, raw)
+
+
+@given(
+    st.integers(0, (1 << 32) - 1),
+    st.integers(0, (1 << 32) - 1),
+    st.integers(0, (1 << 32) - 1),
+    st.integers(0, (1 << 16) - 1),
+)
+def test_mapti_pack_is_encode_without_the_object(device_id, event_id, intid, icid):
+    raw = MAPTI.pack(device_id, event_id, intid, icid)
+    assert raw == MAPTI(device_id, event_id, intid, icid).encode()
+    assert decode(raw) == MAPTI(device_id, event_id, intid, icid)
+
+
+@pytest.mark.parametrize("fields", [(1 << 32, 0, 0, 0), (0, 0, 1 << 32, 0), (0, 0, 0, 1 << 16)])
+def test_mapti_pack_refuses_what_encode_refuses(fields):
+    with pytest.raises(ValueError, match="does not fit"):
+        MAPTI.pack(*fields)
