@@ -198,6 +198,7 @@ class VirtualITS:
         self.devices: dict[int, Device] = {}
         self.collections: dict[int, Collection] = {}  # insertion order = KVM's list order
         self.command_log = CommandLog()
+        self._guest_writes = 0  # KVM's writes to guest memory so far
         self.layout: ITSLayout | None = None
         if probe:
             self.layout = _linux_probe(self, lpi_id_bits, two_level_device_table)
@@ -317,6 +318,7 @@ class VirtualITS:
             raise GuestAccessFailed(str(exc)) from exc
 
     def _kvm_write(self, gpa: int, data: bytes) -> None:
+        self._guest_writes += 1
         try:
             self.kvm.write(gpa, data)
         except (NotGuestMemory, Stage2Fault) as exc:
@@ -443,22 +445,46 @@ class VirtualITS:
     # ---- the command queue -------------------------------------------------------------
 
     def _process_commands(self) -> None:
-        """``vgic_its_process_commands``: run every queued command; failures are skipped."""
+        """``vgic_its_process_commands``: run every queued command; failures are skipped.
+
+        KVM reads each command with its own ``kvm_read_guest_lock()``. The model reads the
+        first pending slot of a page alone (a refused page fails there, and on each later
+        slot, as in KVM), then the page's other pending slots as one checked access: the
+        same bytes at the same instant. After a command that wrote guest memory it reads
+        afresh, in case the write landed on a slot still to run.
+        """
         if not self.enabled:
             return
-        base = r.cbaser_addr(self.cbaser)
+        base = r.cbaser_addr(self.cbaser)  # 4 KiB aligned
         size = r.cbaser_size(self.cbaser)
+        cmd = r.ITS_CMD_SIZE
         while self.cwriter != self.creadr:
             offset = self.creadr
             try:
-                raw = self._kvm_read(base + offset, r.ITS_CMD_SIZE)
+                raw = self._kvm_read(base + offset, cmd)
             except GuestAccessFailed as exc:
                 self._log(offset, None, ITSError.EFAULT, f"queue slot unreadable: {exc}")
-            else:
-                self._handle_command(offset, raw)
-            self.creadr += r.ITS_CMD_SIZE
-            if self.creadr == size:
-                self.creadr = 0
+                self._advance_creadr(size)
+                continue
+            stop = min(self.cwriter if self.cwriter > offset else size, (offset | 0xFFF) + 1)
+            rest = (
+                self._kvm_read(base + offset + cmd, stop - offset - cmd)
+                if stop > offset + cmd
+                else b""
+            )
+            writes = self._guest_writes
+            for slot in range(offset, stop, cmd):
+                if slot > offset:
+                    raw = rest[slot - offset - cmd : slot - offset]
+                self._handle_command(slot, raw)
+                self._advance_creadr(size)
+                if self._guest_writes != writes:
+                    break  # KVM wrote guest memory: read the queue afresh
+
+    def _advance_creadr(self, size: int) -> None:
+        self.creadr += r.ITS_CMD_SIZE
+        if self.creadr == size:
+            self.creadr = 0
 
     def _log(self, offset, raw, error, detail="") -> None:
         self.command_log.append(self.memory.clock(), offset, raw, error, detail)

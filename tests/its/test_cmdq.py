@@ -442,3 +442,56 @@ def test_baser1_valid_0_frees_every_collection():
     its.mmio_write(r.GITS_BASER1, baser1)
     its.mmio_write(r.GITS_CTLR, r.GITS_CTLR_ENABLE)
     assert its.translate(1, 0) is None
+
+
+# ---- how the queue is read -------------------------------------------------------------
+
+
+def to_page_start(its: VirtualITS) -> None:
+    """SYNC until CWRITER sits at the start of a 4 KiB page of the queue."""
+    while cwriter(its) % 4096:
+        assert ex(its, SYNC(0)) is None
+
+
+def test_a_batch_reads_each_page_as_its_first_slot_then_the_rest():
+    its = VirtualITS()
+    to_page_start(its)
+    start = cwriter(its)
+    base = r.cbaser_addr(its.mmio_read(r.GITS_CBASER))
+    cmds = [SYNC(i % 4) for i in range(4096 // CMD + 5)]  # a page and five slots
+    log_len = len(its.memory.log)
+    its.mmio_write(r.GITS_CWRITER, queue(its, cmds))
+    reads = [
+        (rec.addr - base, rec.length)
+        for rec in its.memory.log[log_len:]
+        if not rec.write and base <= rec.addr < base + r.SZ_64K
+    ]
+    assert reads == [
+        (start, CMD),
+        (start + CMD, 4096 - CMD),
+        (start + 4096, CMD),
+        (start + 4096 + CMD, 4 * CMD),
+    ]
+    assert [rec.command for rec in its.command_log[-len(cmds) :]] == cmds
+    assert creadr(its) == cwriter(its) == start + len(cmds) * CMD
+
+
+def test_a_command_that_writes_a_later_slot_is_seen_by_the_next_read():
+    """DISCARD zeroes its ITE in guest memory (v6.13+); with the ITT on the queue page
+    the zeroed ITE is the first dword of a later command, which KVM then reads as
+    command number 0 and skips. A stale copy of the page would run it."""
+    its = VirtualITS()
+    to_page_start(its)
+    start = cwriter(its)
+    base = r.cbaser_addr(its.mmio_read(r.GITS_CBASER))
+    victim = start + 0x800  # 256-byte aligned: an ITT may start there
+    cmds = [MAPD(1, 3, base + victim, True), MAPTI(1, 0, 8200, 0), DISCARD(1, 0)]
+    cmds += [SYNC(0)] * ((victim - start) // CMD - len(cmds))
+    cmds.append(MAPC(5, 0, True))  # at the victim slot
+    its.mmio_write(r.GITS_CWRITER, queue(its, cmds))
+    record = its.command_log[-1]
+    assert record.offset == victim
+    assert record.raw[:8] == bytes(8) and record.command is None
+    assert record.error is ITSError.ENODEV
+    assert 5 not in its.collections
+    assert [rec.error for rec in its.command_log[-len(cmds) : -1]] == [None] * (len(cmds) - 1)
