@@ -65,6 +65,14 @@ class GuestDevice:
     mapped: bool = False
 
 
+def lpi_indices(dev: GuestDevice) -> list[int]:
+    """``intid_of(dev.lpi_base, i) - 8192`` for each of the device's vectors."""
+    start, n = dev.lpi_base - r.GIC_LPI_OFFSET, dev.spec.vectors
+    if start + n <= NR_LPIS:
+        return list(range(start, start + n))
+    return [(start + i) % NR_LPIS for i in range(n)]
+
+
 def intid_of(lpi_base: int, vector: int) -> int:
     """The INTID a device's vector maps: consecutive from ``lpi_base``, wrapping past the
     last of the VM's LPIs (only a ``bulk`` guest maps that many)."""
@@ -306,8 +314,7 @@ class Guest:
         vCPU ``INTID % nr_vcpus``. Returns, per vector, whether it is the LPI's first."""
         vcpus, users, where = self.spec.vcpus, self.lpi_users, self.lpi_vcpu
         first = []
-        for i in range(dev.spec.vectors):
-            idx = intid_of(dev.lpi_base, i) - r.GIC_LPI_OFFSET
+        for idx in lpi_indices(dev):
             first.append(not users[idx])
             if not users[idx]:
                 where[idx] = (idx + r.GIC_LPI_OFFSET) % vcpus
@@ -336,12 +343,10 @@ class Guest:
         self.write(self.prop + start, bytes([enabled]) * first)
         if min(nvecs, NR_LPIS) > first:
             self.write(self.prop, bytes([enabled]) * (min(nvecs, NR_LPIS) - first))
-        raw, targets = [], set()
-        for i in range(nvecs):
-            intid = intid_of(dev.lpi_base, i)
-            vcpu = self.lpi_vcpu[intid - r.GIC_LPI_OFFSET]
-            raw.append(MAPTI.pack(dev_id, i, intid, vcpu))
-            targets.add(vcpu)
+        raw, targets, where = [], set(), self.lpi_vcpu
+        for i, idx in enumerate(lpi_indices(dev)):
+            raw.append(MAPTI.pack(dev_id, i, idx + r.GIC_LPI_OFFSET, where[idx]))
+            targets.add(where[idx])
         raw += [INV(dev_id, i).encode() for i in range(nvecs) if first_user[i]]
         raw += [SYNC(v).encode() for v in sorted(targets)]
         yield from self.send_bulk(raw)
@@ -409,9 +414,8 @@ class Guest:
         for dev in sorted(self.devices.values(), key=lambda d: d.spec.device_id):
             if dev.mapped:
                 dev_id = dev.spec.device_id
-                for i in range(dev.spec.vectors):
-                    intid = intid_of(dev.lpi_base, i)
-                    yield (dev_id, i), (intid, where[intid - r.GIC_LPI_OFFSET])
+                for i, idx in enumerate(lpi_indices(dev)):
+                    yield (dev_id, i), (idx + r.GIC_LPI_OFFSET, where[idx])
 
     # ---- the guest's life ---------------------------------------------------------------
 

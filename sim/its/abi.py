@@ -16,6 +16,7 @@ so a restored DTE with 28 or more EventID bits overflows it; Python does not.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
 from sim.its import regs as r
@@ -273,7 +274,7 @@ def _restore_dte(its: VirtualITS, id_: int, entry: int) -> int:
             (1 << dev.num_eventid_bits) * ITE_ESZ,
             ITE_ESZ,
             0,
-            lambda event_id, val: _restore_ite(its, dev, event_id, val),
+            partial(_restore_ite, its, dev),
         )
     except _Errno:
         its._free_device(dev)

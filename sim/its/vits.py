@@ -265,12 +265,14 @@ class VirtualITS:
         As ``vgic_its_resolve_lpi``: the ITE must exist and its collection be mapped; the
         vCPU is the LPI's current target. GICR_CTLR.EnableLPIs is not considered.
         """
-        ite = self._find_ite(device_id, event_id)
+        device = self.devices.get(device_id)
+        ite = None if device is None else device.ites.get(event_id)
         if ite is None or not _its_is_collection_mapped(ite.collection):
             return None
-        if ite.lpi.target_vcpu is None:
+        lpi = ite.lpi
+        if lpi.target_vcpu is None:
             return None
-        return ite.lpi.intid, ite.lpi.target_vcpu
+        return lpi.intid, lpi.target_vcpu
 
     def mappings(self) -> dict[tuple[int, int], tuple[int, int] | None]:
         """``translate`` for every (DeviceID, EventID) that has an ITE."""
