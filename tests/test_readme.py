@@ -27,3 +27,20 @@ def test_readme_opens_with_two_commands():
     assert commands[0].endswith("pkvm-sim compare")
     assert commands[1].endswith("python -m pytest")
     assert "python -m pytest" in (README.parent / ".ci" / "run").read_text()
+
+
+def test_readme_benchmark_figures_are_those_of_the_committed_perf_md():
+    readme = " ".join(README.read_text().split())
+    perf = (README.parent / "reports" / "perf.md").read_text()
+    quoted = re.search(
+        r"a simulated event costs ([\d.]+)x a bare-SimPy event, and a 1M-ITE migration under"
+        r" all six proposals takes ([\d.]+) s on both cores \(([\d.]+) s one after another\),"
+        r" at most (\d+) MiB per run; wall time grows as ITEs\^([\d.]+) from 10k to 1M",
+        readme,
+    )
+    assert quoted, "the README's benchmark sentence changed shape"
+    ratio, both, one_by_one, mib, k = quoted.groups()
+    assert f"relative to bare SimPy: **{ratio}x**" in perf
+    assert f"Measured at 1,000,000 ITEs, 6 proposals: {both} s on 2 cores ({one_by_one} s" in perf
+    assert re.search(rf"\| 1,000,000 \|.*\| {mib} \|$", perf, re.M)
+    assert f"sum of all proposals, 10,000 to 1,000,000 ITEs: k = {k}" in perf
