@@ -258,3 +258,28 @@ def test_57344_plus_3000_vectors_share_lpis_and_migrate() -> None:
     assert all(len(v) == 1 for v in by_intid.values())
     assert {i for i, n in users.items() if n == 2} == shared
     assert set(users.values()) == {1, 2}
+
+
+def test_shared_lpis_survive_a_device_removed_and_added_back() -> None:
+    """dev28 and dev29 map INTIDs 8192..11191 again: dev0's 2048 and 952 of dev1's.
+    Removing dev0 leaves its LPIs mapped by dev28; adding it back maps them twice again
+    at their current vCPUs; removing dev1 frees only the LPIs nobody else maps."""
+    vectors = [2048] * 29 + [952]
+    base = scenario(vectors, "bulk", moves_per_s=3000.0, duration_ms=90.0, migrate_ms=80.0)
+    data = base.model_dump(mode="json")
+    data["workload"]["churn"] = [
+        {"at_ms": 66.0, "device": "dev0", "action": "remove"},
+        {"at_ms": 70.0, "device": "dev0", "action": "add"},
+        {"at_ms": 72.0, "device": "dev1", "action": "remove"},
+    ]
+    world = simulate(Scenario.model_validate(data), "trusted-host")
+    assert_clean(collect(world))
+    assert_dst_agrees_with_guest(world)
+    assert world.guest.devices["dev0"].mapped and not world.guest.devices["dev1"].mapped
+    for machine in (world.src, world.dst):
+        lpis = machine.host.its.lpis
+        freed = set(range(8192 + 2048 + 952, 8192 + 2 * 2048))  # dev1's, shared with no one
+        assert set(lpis) == set(range(8192, 8192 + NR_LPIS)) - freed
+        twice = {intid for intid, lpi in lpis.items() if lpi.refcount == 2}
+        assert twice == set(range(8192, 8192 + 2048))
+        assert all(lpi.refcount == 1 for intid, lpi in lpis.items() if intid not in twice)
