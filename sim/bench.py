@@ -473,8 +473,10 @@ def render(b: Bench, command: str) -> str:
     return "\n".join(lines)
 
 
-def main_point() -> None:  # pragma: no cover - a debugging aid: python -m sim.bench ITES P
-    print(_point(int(sys.argv[1]), sys.argv[2]))
+def main_point() -> None:
+    """One point, for profiling: ``python -m sim.bench ITES PROPOSAL [bulk|linux]``."""
+    ites, proposal, *driver = sys.argv[1:]
+    print(_point(int(ites), driver[0] if driver else "bulk", proposal))
 
 
 if __name__ == "__main__":  # pragma: no cover
