@@ -121,11 +121,11 @@ class Auditor:
 
     def _note_queue_write(self, machine: Machine, rec: AccessRecord, host: bool) -> None:
         """Remember who last wrote each command-queue slot the write touched."""
-        labels = machine.memory.labels
         writer = rec.actor if host else ""
-        for slot in range(rec.addr - rec.addr % ITS_CMD_SIZE, rec.addr + rec.length, ITS_CMD_SIZE):
-            if labels.at(slot).kind is LabelKind.CMDQ:
-                self.slot_writer[machine.name, slot] = writer
+        for start, end, label in machine.memory.labels.runs(rec.addr, rec.length):
+            if label.kind is LabelKind.CMDQ:  # the queue is slot aligned
+                for slot in range(start - start % ITS_CMD_SIZE, end, ITS_CMD_SIZE):
+                    self.slot_writer[machine.name, slot] = writer
 
     def _record(self, machine, who, rec, start, end, victim, pfn, private) -> None:
         if who.dma:
