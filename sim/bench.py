@@ -25,7 +25,7 @@ import simpy
 # 16 INTID bits leave INTIDs 8192..65535 for LPIs: a Linux guest maps one per vector.
 MAX_ITES = (1 << 16) - 8192
 MAX_VECTORS = 2048  # DeviceSpec.vectors' upper bound
-MAX_BENCH_ITES = 4_000_000  # about 4 GiB of simulator state per run; device IDs allow more
+MAX_BENCH_ITES = 4_000_000  # ~390 bytes an ITE at 1M: about 1.6 GiB a run at this cap
 DEFAULT_SIZES = (1_000, 10_000, 100_000, 1_000_000)
 QUICK_SIZES = (200, 1_000)
 
