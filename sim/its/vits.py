@@ -479,7 +479,7 @@ class VirtualITS:
                 if slot > offset:
                     raw = rest[slot - offset - cmd : slot - offset]
                 self._handle_command(slot, raw)
-                self._advance_creadr(size)
+                self.creadr = slot + cmd if slot + cmd < size else 0
                 if self._guest_writes != writes:
                     break  # KVM wrote guest memory: read the queue afresh
 
