@@ -125,7 +125,7 @@ class MemorySystem:
     ) -> None:
         """Call ``fn(who, record)`` on checked accesses: every one by default, or, given
         ``reads`` / ``writes``, only reads / writes that touch a page holding one of
-        those labels (and, with ``dma``, every DMA access). Filtering by page is exact
+        those labels (and, with ``dma_writes``, every DMA write). Filtering by page is exact
         for a watcher that acts only on bytes with those labels; it spares every other
         access the call."""
         r = None if reads is None else frozenset(reads)
@@ -178,12 +178,7 @@ class MemorySystem:
         self.log.append(now, who.name, addr, length, write, allowed)
         watchers = ()
         if self._watchers:
-            if not length:
-                touched = _NO_KINDS
-            elif first == last:
-                touched = self.labels.page_kinds.get(first, _NO_KINDS)
-            else:
-                touched = self._touched(first, last)
+            touched = self._touched(first, last) if length else _NO_KINDS
             wanted = self._write_kinds if write else self._read_kinds
             dma_write = write and who.dma
             if dma_write or self._unfiltered or not wanted.isdisjoint(touched):

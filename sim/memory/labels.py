@@ -63,24 +63,23 @@ class LabelMap:
         that are indexed or labelled (a range can span all of RAM)."""
         index = self.page_kinds
         if end == first + 1:  # the common case: one page
-            kinds = {x.kind for x in self._map.values(first << PAGE_SHIFT, end << PAGE_SHIFT)}
-            kinds.discard(LabelKind.FREE)
-            if kinds:
-                index[first] = frozenset(kinds)
-            else:
-                index.pop(first, None)
-            return
-        stale = range(first, end) if end - first <= len(index) else list(index)
-        for pfn in stale:
-            if first <= pfn < end:
-                index.pop(pfn, None)
-        pages: set[int] = set()
-        for start, stop, label in self._map.runs(first << PAGE_SHIFT, end << PAGE_SHIFT):
-            if label.kind is not LabelKind.FREE:
-                pages.update(range(start >> PAGE_SHIFT, ((stop - 1) >> PAGE_SHIFT) + 1))
+            pages = {first}
+        else:
+            stale = range(first, end) if end - first <= len(index) else list(index)
+            for pfn in stale:
+                if first <= pfn < end:
+                    index.pop(pfn, None)
+            pages = set()
+            for start, stop, label in self._map.runs(first << PAGE_SHIFT, end << PAGE_SHIFT):
+                if label.kind is not LabelKind.FREE:
+                    pages.update(range(start >> PAGE_SHIFT, ((stop - 1) >> PAGE_SHIFT) + 1))
         for pfn in pages:
             page = self._map.values(pfn << PAGE_SHIFT, (pfn + 1) << PAGE_SHIFT)
-            index[pfn] = frozenset(x.kind for x in page if x.kind is not LabelKind.FREE)
+            kinds = frozenset(x.kind for x in page if x.kind is not LabelKind.FREE)
+            if kinds:
+                index[pfn] = kinds
+            else:
+                index.pop(pfn, None)
 
     def clear(self, addr: int, length: int) -> None:
         self.set(addr, length, FREE)
