@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from array import array
 from collections import Counter
-from collections.abc import Iterator
-from typing import NamedTuple, overload
+from typing import NamedTuple
 
+from sim.columns import ColumnLog
 from sim.its.commands import CMD_SIZE, CommandDecodeError, ITSCommand, decode
 from sim.its.errors import ITSError
 
@@ -32,9 +32,10 @@ class CommandRecord(NamedTuple):
     detail: str
 
 
-class CommandLog:
+class CommandLog(ColumnLog[CommandRecord]):
     """An append-only sequence of :class:`CommandRecord`, stored column by column."""
 
+    _what = "command log"
     __slots__ = ("_details", "_error", "_flags", "_offset", "_raw", "_time")
 
     def __init__(self) -> None:
@@ -78,29 +79,6 @@ class CommandLog:
             None if err == _NO_ERROR else _ERRORS[err],
             self._details.get(i, ""),
         )
-
-    @overload
-    def __getitem__(self, i: int) -> CommandRecord: ...
-    @overload
-    def __getitem__(self, i: slice) -> list[CommandRecord]: ...
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self._record(j) for j in range(*i.indices(len(self)))]
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError("command log index out of range")
-        return self._record(i)
-
-    def __iter__(self) -> Iterator[CommandRecord]:
-        return (self._record(i) for i in range(len(self)))
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, CommandLog | list):
-            return list(self) == list(other)
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]
 
     def error_counts(self) -> Counter[ITSError]:
         """How many logged commands failed, by error."""

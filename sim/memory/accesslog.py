@@ -7,9 +7,9 @@ A million-ITE migration makes millions of accesses; a tuple per access would cos
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterator
-from typing import NamedTuple, overload
+from typing import NamedTuple
 
+from sim.columns import ColumnLog
 from sim.memory.physmem import PAGE_SHIFT
 
 _WRITE, _ALLOWED = 1, 2
@@ -24,9 +24,10 @@ class AccessRecord(NamedTuple):
     allowed: bool
 
 
-class AccessLog:
+class AccessLog(ColumnLog[AccessRecord]):
     """An append-only sequence of :class:`AccessRecord`, stored column by column."""
 
+    _what = "access log"
     __slots__ = ("_addr", "_index", "_length", "_names", "_time", "_who")
 
     def __init__(self) -> None:
@@ -62,32 +63,6 @@ class AccessLog:
             bool(flags & _WRITE),
             bool(flags & _ALLOWED),
         )
-
-    @overload
-    def __getitem__(self, i: int) -> AccessRecord: ...
-    @overload
-    def __getitem__(self, i: slice) -> list[AccessRecord]: ...
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self._record(j) for j in range(*i.indices(len(self)))]
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError("access log index out of range")
-        return self._record(i)
-
-    def __iter__(self) -> Iterator[AccessRecord]:
-        return (self._record(i) for i in range(len(self)))
-
-    def __reversed__(self) -> Iterator[AccessRecord]:
-        return (self._record(i) for i in range(len(self) - 1, -1, -1))
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, AccessLog | list):
-            return list(self) == list(other)
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]
 
     def pages_written(self, since: float, actors: set[str]) -> set[int]:
         """Page frame numbers the given actors wrote, with the access allowed, at or after
