@@ -338,11 +338,11 @@ class Guest:
     def _map_vectors_bulk(self, dev: GuestDevice, first_user: list[bool]) -> Generator:
         dev_id, nvecs = dev.spec.device_id, dev.spec.vectors
         enabled = LPI_PROP_DEFAULT | LPI_PROP_ENABLED
-        start = dev.lpi_base - r.GIC_LPI_OFFSET
-        first = min(nvecs, NR_LPIS - start)  # the run may wrap once
+        start, count = dev.lpi_base - r.GIC_LPI_OFFSET, min(nvecs, NR_LPIS)
+        first = min(count, NR_LPIS - start)  # the run may wrap once
         self.write(self.prop + start, bytes([enabled]) * first)
-        if min(nvecs, NR_LPIS) > first:
-            self.write(self.prop, bytes([enabled]) * (min(nvecs, NR_LPIS) - first))
+        if count > first:
+            self.write(self.prop, bytes([enabled]) * (count - first))
         raw, targets, where = [], set(), self.lpi_vcpu
         for i, idx in enumerate(lpi_indices(dev)):
             raw.append(MAPTI.pack(dev_id, i, idx + r.GIC_LPI_OFFSET, where[idx]))
@@ -355,9 +355,9 @@ class Guest:
         """Deactivate every vector (DISCARD + SYNC), MAPD V=0, free the ITT."""
         dev = self.devices[name]
         dev_id = dev.spec.device_id
-        for i in range(dev.spec.vectors):
-            yield from self.send(DISCARD(dev_id, i), SYNC(self.vcpu_of(dev, i)))
-            self.lpi_users[intid_of(dev.lpi_base, i) - r.GIC_LPI_OFFSET] -= 1
+        for i, idx in enumerate(lpi_indices(dev)):
+            yield from self.send(DISCARD(dev_id, i), SYNC(self.lpi_vcpu[idx]))
+            self.lpi_users[idx] -= 1
         unmapped_at = self.world.env.now
         yield from self.send(MAPD(dev_id, 0, 0, False))
         dev.mapped = False

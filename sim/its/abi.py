@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from operator import attrgetter
 from typing import TYPE_CHECKING
 
 from sim.its import regs as r
@@ -86,7 +87,7 @@ def _save_itt(its: VirtualITS, dev: Device) -> None:
     each run of adjacent entries within a page as one checked access: the same bytes at
     the same instant, and a page the stage-2 refuses fails at its first entry, as in KVM.
     """
-    ites = sorted(dev.ites.values(), key=_event_id)
+    ites = sorted(dev.ites.values(), key=attrgetter("event_id"))
     run_addr, run = 0, bytearray()
     for i, ite in enumerate(ites):
         if ite.collection is None:
@@ -109,10 +110,6 @@ def _save_itt(its: VirtualITS, dev: Device) -> None:
         run_addr, run = addr, bytearray(entry)
     if run:
         its._kvm_write(run_addr, bytes(run))
-
-
-def _event_id(ite: ITTEntry) -> int:
-    return ite.event_id
 
 
 def _save_collection_table(its: VirtualITS) -> None:
