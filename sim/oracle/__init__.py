@@ -1,0 +1,1 @@
+"""pkvm-sim oracle: real KVM and real pKVM, nested under QEMU, beside the model."""
