@@ -32,7 +32,14 @@ from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sim.actors.alloc import KmallocCache, PageAllocator, SharedPool, kmalloc_size_class
+from sim.actors.alloc import (
+    KMALLOC_MAX_CACHE_SIZE,
+    KmallocCache,
+    PageAllocator,
+    SharedPool,
+    kmalloc_size_class,
+    slub_order,
+)
 from sim.its import regs as r
 from sim.its.commands import DISCARD, INV, INVALL, MAPC, MAPD, MAPTI, MOVI, SYNC, ITSCommand
 from sim.memory.access import Initiator
@@ -61,6 +68,7 @@ class GuestDevice:
     itt_addr: int = 0
     itt_size: int = 0  # bytes the ITT needs
     itt_object: tuple[int, int] = (0, 0)  # (address, size) of the allocation holding it
+    itt_cache: KmallocCache | None = None  # the kmalloc cache it came from (linux-kzalloc)
     lpi_base: int = 0  # INTID of vector 0; vector i maps intid(lpi_base, i)
     mapped: bool = False
 
@@ -103,7 +111,14 @@ class Guest:
         labels = machine.memory.labels
         rng = world.rng("guest.heap")
         self.kmalloc = {
-            size: KmallocCache(size, self.pages, labels, rng, self.spec.secret_density)
+            size: KmallocCache(
+                size,
+                self.pages,
+                labels,
+                rng,
+                self.spec.secret_density,
+                order=slub_order(size, self.spec.vcpus),
+            )
             for size in HEAP_SLAB_CLASSES
         }
         self.pool = SharedPool(self.pages, labels, self._share_now)
@@ -258,25 +273,31 @@ class Guest:
     def _alloc_itt(self, dev: GuestDevice, nr_ites: int) -> Generator:
         size = max(nr_ites * 8, ITS_ITT_ALIGN)
         label = Label(LabelKind.ITT, f"dev{dev.spec.device_id:#x}")
-        if self.spec.allocator == "linux-kzalloc" and size + ITS_ITT_ALIGN - 1 > 2 * PAGE_SIZE:
+        if self.spec.allocator == "linux-kzalloc" and size + ITS_ITT_ALIGN - 1 > (
+            KMALLOC_MAX_CACHE_SIZE
+        ):
             # kmalloc_large(): beyond the biggest kmalloc cache kzalloc takes whole pages.
             request = size + ITS_ITT_ALIGN - 1
             held = -(-request // PAGE_SIZE) * PAGE_SIZE
             itt = self.pages.alloc(held)
             self.machine.memory.labels.set(itt, size, label)
             dev.itt_object = (itt, held)
+            dev.itt_cache = None
         elif self.spec.allocator == "linux-kzalloc":
             request = size + ITS_ITT_ALIGN - 1
-            cache = self.kmalloc.get(kmalloc_size_class(request))
+            size_class = kmalloc_size_class(request)
+            cache = self.kmalloc.get(size_class)
             if cache is None:
-                cache = self.kmalloc[kmalloc_size_class(request)] = KmallocCache(
-                    kmalloc_size_class(request),
+                cache = self.kmalloc[size_class] = KmallocCache(
+                    size_class,
                     self.pages,
                     self.machine.memory.labels,
-                    self.world.rng(f"guest.kmalloc-{kmalloc_size_class(request)}"),
+                    self.world.rng(f"guest.kmalloc-{size_class}"),
                     self.spec.secret_density,
+                    order=slub_order(size_class, self.spec.vcpus),
                 )
             obj = cache.alloc(Label(LabelKind.KERNEL, "kzalloc slack"))
+            dev.itt_cache = cache
             itt = -(-obj // ITS_ITT_ALIGN) * ITS_ITT_ALIGN
             self.machine.memory.labels.set(itt, size, label)
             dev.itt_object = (obj, cache.size)
@@ -365,12 +386,11 @@ class Guest:
         self.unmaps.append((unmapped_at, self.machine.name, range(first, end)))
         yield from self.world.proposal.on_itt_free(self, dev.itt_addr, dev.itt_size)
         obj, obj_size = dev.itt_object
-        if self.spec.allocator == "linux-kzalloc" and obj_size >= PAGE_SIZE:
+        if self.spec.allocator == "linux-kzalloc" and dev.itt_cache is None:
             self.machine.memory.labels.clear(obj, obj_size)  # pages back to the allocator
         elif self.spec.allocator == "linux-kzalloc":
             # kfree(); the slot is soon someone else's kmalloc: reuse.
-            cache = self.kmalloc[obj_size]
-            cache.put_kernel_object(obj, f"kmalloc-{obj_size}@{obj:#x} (reused)")
+            dev.itt_cache.put_kernel_object(obj, f"kmalloc-{obj_size}@{obj:#x} (reused)")
         elif dev.itt_size < PAGE_SIZE:
             self.pool.free(dev.itt_addr, dev.itt_size)
         else:

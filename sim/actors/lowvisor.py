@@ -202,8 +202,10 @@ class Lowvisor:
         first = RAM_BASE >> PAGE_SHIFT
         end = first + (self.world.ram_size >> PAGE_SHIFT)
         shared = 0
-        src_own = src.memory.ownership
-        for start, stop, state in src_own.runs(self.guest, first, end - first):
+        # The page states as they are now: the loop yields, and the source may go on
+        # changing its own (a held queue run on the source host ends a share there).
+        states = list(src.memory.ownership.runs(self.guest, first, end - first))
+        for start, stop, state in states:
             if state is PageState.SHARED_OWNED:
                 for pfn in range(start, stop):
                     yield from self._apply(
