@@ -1,10 +1,13 @@
 """Audit runs and the attack x proposal matrix.
 
-Each cell runs the scenario with one host behaviour under one proposal and compares it
-with the honest run of the same proposal. What the attack adds is what it achieved:
-secret bytes exposed that the honest run never exposed, secret bytes read, guest bytes
-written, unverified shares, a share that outlived the guest's MAPD V=0 for longer, or
-broken translations. Comparing *which* bytes rather than byte x ms keeps the verdict
+Each cell runs the scenario with one host under one proposal and compares it with the
+honest run of the same proposal. A row's host is one behaviour with its default
+parameters (named by its kind), or any list of behaviours with their parameters, composed
+(named by :func:`sim.scenario.describe_behaviours`, e.g. a scenario's own host).
+What the attack adds is what it achieved: secret bytes exposed that the honest run never
+exposed, secret bytes read, guest bytes written, unverified shares, a share that outlived
+the guest's MAPD V=0 for longer, or an ITS that no longer works (translations broken,
+commands failing: availability). Comparing *which* bytes rather than byte x ms keeps the verdict
 free of the timing shifts an attack causes. If it added nothing, the cell says what
 stopped it, from the refusals and faults the attack met.
 """
@@ -20,7 +23,7 @@ from sim.audit import Violation
 from sim.memory.intervals import IntervalMap
 from sim.proposals import PROPOSALS
 from sim.run import RunResult, collect, simulate
-from sim.scenario import ATTACK_SPECS, Honest, Scenario
+from sim.scenario import ATTACK_SPECS, Honest, Scenario, describe_behaviours
 
 ATTACK_DEFAULTS = {cls.model_fields["kind"].annotation.__args__[0]: cls for cls in ATTACK_SPECS}
 WINDOW_TOLERANCE_MS = 0.1  # a share outliving MAPD V=0 by less is processing time
@@ -38,6 +41,8 @@ class AuditSummary(_Model):
     unverified_shares: int
     post_unmap_share_ms: float  # longest a page shared for an ITT outlived its MAPD V=0
     translations_preserved: bool
+    command_errors: dict[str, int]  # ITS commands KVM failed, by error
+    its_correct: bool  # translations kept, no SAVE/RESTORE error, no command failed
     stage2_faults: int
     blocked: list[str]
 
@@ -133,23 +138,49 @@ def audit_run(scenario: Scenario, proposal: str) -> AuditRun:
         post_unmap_share_ms=post_unmap_share_ms(world),
         translations_preserved=result.correctness.translations_preserved
         and not result.correctness.its_errors,
+        command_errors=result.correctness.command_errors,
+        its_correct=result.correctness.its_correct,
         stage2_faults=result.correctness.stage2_faults,
         blocked=list(dict.fromkeys(blocked)),
     )
     return AuditRun(
         scenario=scenario.name,
         proposal=proposal,
-        behaviours=[b.kind for b in scenario.host.behaviours],
+        behaviours=[describe_behaviours([b]) for b in scenario.host.behaviours],
         summary=summary,
         violations=violations,
         result=result,
     )
 
 
-def with_attack(scenario: Scenario, attack: str | None) -> Scenario:
-    behaviours = [Honest() if attack is None else ATTACK_DEFAULTS[attack](kind=attack)]
-    host = scenario.host.model_copy(update={"behaviours": behaviours})
+# A matrix row's host: one attack by name (default parameters), or behaviours composed.
+AttackRow = str | list
+
+
+def row_behaviours(attack: AttackRow) -> list:
+    """The behaviour specs of a matrix row."""
+    if isinstance(attack, str):
+        return [ATTACK_DEFAULTS[attack](kind=attack)]
+    return list(attack)
+
+
+def with_behaviours(scenario: Scenario, behaviours: list) -> Scenario:
+    host = scenario.host.model_copy(update={"behaviours": behaviours or [Honest()]})
     return scenario.model_copy(update={"host": host})
+
+
+def with_attack(scenario: Scenario, attack: AttackRow | None) -> Scenario:
+    """The scenario with an honest host (``None``), or with the row's host."""
+    return with_behaviours(scenario, [Honest()] if attack is None else row_behaviours(attack))
+
+
+def scenario_row(scenario: Scenario) -> list | None:
+    """The scenario's own host as one composed row, unless it is honest or a single
+    attack with its default parameters (a row the matrix has anyway)."""
+    own = [b for b in scenario.host.behaviours if b.kind != "honest"]
+    if not own or (len(own) == 1 and own[0] == row_behaviours(own[0].kind)[0]):
+        return None
+    return own
 
 
 def cell(attack: str, base: AuditRun, run: AuditRun) -> Cell:
@@ -195,12 +226,18 @@ def cell(attack: str, base: AuditRun, run: AuditRun) -> Cell:
             byte_ms=round(max(a.could_read_byte_ms - b.could_read_byte_ms, 0.0), 6),
             duration_ms=round(max(end - start, window, 0.0), 6),
         )
-    if b.translations_preserved and not a.translations_preserved:
+    if b.its_correct and not a.its_correct:
+        broke = []
+        if not a.translations_preserved:
+            broke.append("translations broken on the destination")
+        if a.command_errors:
+            errors = ", ".join(f"{e} x{n}" for e, n in a.command_errors.items())
+            broke.append(f"ITS commands failed ({errors})")
         return Cell(
             attack=attack,
             proposal=run.proposal,
             outcome="availability",
-            why="translations broken on the destination (the host can always deny service)",
+            why=f"{'; '.join(broke)} (the host can always deny service)",
         )
     faults = a.stage2_faults - b.stage2_faults
     why = a.blocked[0] if a.blocked else (f"{faults} stage-2 faults" if faults > 0 else "no effect")
@@ -210,10 +247,13 @@ def cell(attack: str, base: AuditRun, run: AuditRun) -> Cell:
 def attack_matrix(
     scenario: Scenario,
     proposals: list[str],
-    attacks: list[str],
+    attacks: list[AttackRow],
     advance: Callable[[], None] = lambda: None,
 ) -> tuple[list[Cell], list[AuditRun]]:
-    """Honest run plus one run per attack, for each proposal; ``advance`` after each."""
+    """Honest run plus one run per attack row, for each proposal; ``advance`` after each.
+
+    A row is an attack's name (its default parameters) or a list of behaviour specs run
+    together; the cell's ``attack`` names it either way."""
     cells, runs = [], []
     for proposal in proposals:
         base = audit_run(with_attack(scenario, None), proposal)
@@ -222,6 +262,7 @@ def attack_matrix(
         for attack in attacks:
             run = audit_run(with_attack(scenario, attack), proposal)
             runs.append(run)
-            cells.append(cell(attack, base, run))
+            name = attack if isinstance(attack, str) else describe_behaviours(attack)
+            cells.append(cell(name, base, run))
             advance()
     return cells, runs

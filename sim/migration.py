@@ -116,6 +116,7 @@ def migrate(world: World, correctness: Correctness) -> Generator:
         world.resumed.succeed()
         world.resumed = env.event()
         src.lowvisor.teardown_vm()
+        src.host.destroy_vm()
 
     for dev in world.guest.devices.values():
         if dev.mapped:

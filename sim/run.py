@@ -20,8 +20,10 @@ from sim.memory.labels import LabelKind
 from sim.memory.ownership import Transition
 from sim.migration import migrate
 from sim.proposals import make_proposal
-from sim.scenario import Scenario
+from sim.scenario import Scenario, describe_behaviours
 from sim.world import RAM_BASE, World
+
+MAX_FAILURES = 20  # failed commands listed in a result (all are counted)
 
 
 class _Result(BaseModel):
@@ -65,14 +67,20 @@ class CorrectnessResult(_Result):
     resume_msis_delivered: int
     msis_delivered: int
     msis_failed: int
-    its_errors: list[str]
-    command_errors: dict[str, int]
-    stage2_faults: int
+    its_errors: list[str]  # SAVE / RESTORE errors
+    command_errors: dict[str, int]  # ITS commands KVM failed, by error, both machines
+    command_failures: list[str]  # the first of them, with what failed and why
+    kvm_faults: int  # stage-2 / IOMMU faults on KVM's own guest-memory accesses
+    stage2_faults: int  # every denied access, an attacker's included
+    # The ITS did its job: every translation kept, no SAVE/RESTORE error, and no command
+    # failed (a failed command is skipped silently by KVM, the guest never learns).
+    its_correct: bool
 
 
 class RunResult(_Result):
     scenario: str
     proposal: str
+    host: str  # the host's behaviours, as sim.scenario.describe_behaviours names them
     seed: int
     cost_overrides: dict[str, float]
     exposure: ExposureResult
@@ -179,14 +187,30 @@ def collect(world: World) -> RunResult:
     )
     correctness = world.correctness
     command_errors: Counter[str] = Counter()
+    failures: list[str] = []
     for m in machines:
-        for error, n in m.host.its.command_log.error_counts().items():
+        log = m.host.its.command_log
+        for error, n in log.error_counts().items():
             command_errors[str(error)] += n
+        for rec in log.failed(MAX_FAILURES - len(failures)):
+            what = (
+                type(rec.command).__name__
+                if rec.command
+                else ("unreadable slot" if rec.raw is None else "undecodable command")
+            )
+            failures.append(
+                f"{m.name} t={rec.time / 1000:.3f} ms queue slot {rec.offset:#x} {what}:"
+                f" {rec.error}" + (f" ({rec.detail})" if rec.detail else "")
+            )
+    kvm_faults = sum(
+        1 for m in machines for f in m.memory.faults if f.record.actor == m.host.its.kvm.who.name
+    )
+    preserved = correctness.ok_after == correctness.expected
     result = CorrectnessResult(
         expected_translations=correctness.expected,
         ok_before_migration=correctness.ok_before,
         ok_after_migration=correctness.ok_after,
-        translations_preserved=correctness.ok_after == correctness.expected,
+        translations_preserved=preserved,
         mismatches=correctness.mismatches,
         resume_msis=correctness.resume_msis,
         resume_msis_delivered=correctness.resume_msis_delivered,
@@ -194,12 +218,16 @@ def collect(world: World) -> RunResult:
         msis_failed=ledger.msis_failed,
         its_errors=world.its_errors,
         command_errors=dict(sorted(command_errors.items())),
+        command_failures=failures,
+        kvm_faults=kvm_faults,
         stage2_faults=sum(len(m.memory.faults) for m in machines),
+        its_correct=preserved and not world.its_errors and not command_errors,
     )
     scenario = world.scenario
     return RunResult(
         scenario=scenario.name,
         proposal=world.proposal.name,
+        host=describe_behaviours(scenario.host.behaviours),
         seed=scenario.seed,
         cost_overrides=scenario.costs.model_dump(exclude_defaults=True),
         exposure=exposure,

@@ -168,6 +168,22 @@ class HostSpec(_Strict):
     behaviours: list[BehaviourSpec] = [Honest()]
 
 
+def describe_behaviours(behaviours: list) -> str:
+    """A host's behaviours as one name: each kind with the parameters it was given that
+    differ from the defaults, joined by " + " (``read-everything(period_ms=2) +
+    delay-commands``); ``honest`` for a host with none but honest."""
+    parts = []
+    for b in behaviours:
+        if b.kind == "honest":
+            continue
+        params = b.model_dump(exclude_defaults=True, exclude={"kind"})
+        args = ", ".join(
+            f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
+        )
+        parts.append(f"{b.kind}({args})" if args else b.kind)
+    return " + ".join(parts) or "honest"
+
+
 class LowvisorSpec(_Strict):
     # EL2 traps the host's writes to the physical ITS and refuses an ITT outside host memory.
     mediate_physical_its: bool = False

@@ -29,6 +29,8 @@ class Host:
         self.cpu = Initiator(f"{self.name}.vmm", HOST)
         self.processed = world.env.event()  # fires each time the queue has been run
         self.behaviours: list = []  # sim.attacks behaviours acting as this host
+        self.vm_destroyed = False  # the VM left: KVM_DESTROY freed its vITS with it
+        self.cwriter_written = 0  # the last GITS_CWRITER value the guest wrote here
 
     def create_vm(self) -> None:
         """KVM_CREATE_VM and the vITS device; the lowvisor takes the guest's RAM."""
@@ -46,6 +48,7 @@ class Host:
             name=self.machine.name,
             probe=False,
             initiator=initiator,
+            clears_entries=proposal.kvm_clears_entries,
         )
 
     def handle_mmio(self, offset: int, val: int) -> Generator:
@@ -56,19 +59,32 @@ class Host:
         told once the queue has been processed.
         """
         delay = self.processing_delay(offset, val)
+        if offset == r.GITS_CWRITER:
+            self.cwriter_written = val
         if offset != r.GITS_CWRITER or delay <= 0:
             yield from self._process(offset, val)
             return
         yield self.world.charge(self.name, self.world.costs.mmio_trap_us)
-        self.world.env.process(self._process_later(offset, val, delay))
+        self.world.env.process(self._process_later(offset, delay))
 
-    def _process_later(self, offset: int, val: int, delay: float) -> Generator:
+    def _process_later(self, offset: int, delay: float) -> Generator:
+        """Run the queue ``delay`` us late, up to the GITS_CWRITER the guest wrote last
+        (the deferred write took the register; replaying an older value would send KVM
+        round the whole ring)."""
         yield self.world.env.timeout(delay)
-        yield from self._process(offset, val)
+        if self.vm_destroyed:
+            return  # the vITS went with the VM: nothing is left to run the queue
+        yield from self._process(offset, self.cwriter_written)
+
+    def destroy_vm(self) -> None:
+        """The VMM destroys the VM once it runs elsewhere; its vITS goes with it."""
+        self.vm_destroyed = True
 
     def _process(self, offset: int, val: int) -> Generator:
         its = self.its
         before = len(its.command_log)
+        if offset == r.GITS_CWRITER:
+            yield from self.world.proposal.before_process(self.machine, offset, val)
         its.mmio_write(offset, val)
         commands = len(its.command_log) - before
         costs = self.world.costs

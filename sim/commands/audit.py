@@ -1,4 +1,8 @@
-"""`pkvm-sim audit`: violations, and the attack x proposal matrix; exit 1 if any found."""
+"""`pkvm-sim audit`: violations, ITS failures, and the attack x proposal matrix.
+
+Exit 1 if any audited run has a violation or an ITS failure (a command KVM failed, a
+SAVE/RESTORE error, a lost translation), 0 if none, 2 on bad input.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,41 @@ import argparse
 import json
 from pathlib import Path
 
+from pydantic import TypeAdapter, ValidationError
+
 from sim.commands.common import add_scenario_arguments, load_all
-from sim.scenario import ATTACKS
+from sim.scenario import ATTACKS, BehaviourSpec
+
+ROW_SYNTAX = "KIND[:PARAM=VALUE,...][+KIND...]"
+
+
+def attack_row(text: str):
+    """An --attack value: 'all', an attack's name (its default parameters), or host
+    behaviours with parameters composed into one row, ``KIND[:PARAM=VALUE,...]+...``."""
+    if text == "all" or text in ATTACKS:
+        return text
+    specs = []
+    for part in text.split("+"):
+        kind, _, params = part.strip().partition(":")
+        data: dict[str, str] = {"kind": kind}
+        for item in filter(None, params.split(",")):
+            key, eq, value = item.partition("=")
+            if not eq:
+                raise argparse.ArgumentTypeError(
+                    f"invalid choice: {text!r}: expected PARAM=VALUE, got {item!r}"
+                )
+            data[key.strip()] = value.strip()
+        try:
+            specs.append(TypeAdapter(BehaviourSpec).validate_python(data))
+        except ValidationError as exc:
+            err = exc.errors(include_url=False)[0]
+            where = ".".join(str(k) for k in err["loc"][1:]) or "kind"
+            raise argparse.ArgumentTypeError(
+                f"invalid choice: {text!r}: {kind}: {where}: {err['msg']}"
+                f" (choose from 'all', {', '.join(map(repr, ATTACKS))} or {ROW_SYNTAX})"
+            ) from None
+    return specs
+
 
 MAX_SHOWN = 12  # violations printed per run; --json has all of them
 
@@ -25,10 +62,13 @@ def register(sub) -> None:
     p.add_argument(
         "--attack",
         action="append",
-        choices=(*ATTACKS, "all"),
+        type=attack_row,
         metavar="A",
-        help="run the scenario under this host behaviour too (repeatable, or 'all');"
-        " without it the scenario's own host behaviours are audited",
+        help="run the scenario under this host behaviour too (repeatable, or 'all': every"
+        " attack, and the scenario's own host if it composes behaviours); behaviours with"
+        f" parameters run together as one row: {ROW_SYNTAX}, e.g."
+        " read-everything:period_ms=2+delay-commands; without --attack the scenario's own"
+        " host is audited",
     )
     p.add_argument("--json", metavar="FILE", help="also write every violation as JSON")
     p.set_defaults(func=main)
@@ -36,13 +76,18 @@ def register(sub) -> None:
 
 def _print_run(run) -> None:
     s = run.summary
-    print(f"\n{run.scenario}: {run.proposal}, host: {', '.join(run.behaviours)}")
+    print(f"\n{run.scenario}: {run.proposal}, host: {' + '.join(run.behaviours)}")
+    errors = ", ".join(f"{e} x{n}" for e, n in s.command_errors.items()) or "none"
     print(
         f"  could read {s.could_read_peak_bytes:,} secret B at peak"
         f" ({s.could_read_byte_ms:,.1f} B x ms), did read {s.did_read_bytes:,} B,"
         f" corrupted {s.corrupted_bytes:,} B, {s.unverified_shares} unverified shares,"
-        f" translations {'kept' if s.translations_preserved else 'BROKEN'}"
+        f" translations {'kept' if s.translations_preserved else 'BROKEN'},"
+        f" ITS command errors: {errors}"
     )
+    c = run.result.correctness
+    for line in (c.its_errors + c.command_failures)[:MAX_SHOWN]:
+        print(f"  [its-failure] {line}")
     for v in run.violations[:MAX_SHOWN]:
         span = f"{v.time_ms:.3f}" + (f"-{v.end_ms:.3f}" if v.end_ms is not None else "")
         print(
@@ -73,11 +118,14 @@ def print_matrix(cells) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from sim.commands.console import progress
-    from sim.matrix import attack_matrix, audit_run
+    from sim.matrix import attack_matrix, audit_run, scenario_row
 
     (scenario,) = load_all([args.scenario])
     proposals = args.proposal or list(scenario.proposals)
-    attacks = list(ATTACKS) if args.attack and "all" in args.attack else args.attack
+    attacks = args.attack
+    if attacks and "all" in attacks:
+        own = scenario_row(scenario)
+        attacks = [*ATTACKS, *([own] if own else [])]
     if attacks:
         with progress(len(proposals) * (len(attacks) + 1), "attacking") as advance:
             cells, runs = attack_matrix(scenario, proposals, attacks, advance)
@@ -94,5 +142,9 @@ def main(args: argparse.Namespace) -> int:
         }
         Path(args.json).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     found = any(run.violations for run in runs)
+    failed = [run for run in runs if not run.summary.its_correct]
     print(f"\n{'violations found' if found else 'no violation found'}")
-    return 1 if found else 0
+    if failed:
+        hosts = sorted({" + ".join(r.behaviours) for r in failed})
+        print(f"ITS failures in {len(failed)} runs (host: {'; '.join(hosts)})")
+    return 1 if found or failed else 0

@@ -43,7 +43,7 @@ def register(sub) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from sim.commands.console import progress
-    from sim.matrix import attack_matrix
+    from sim.matrix import attack_matrix, scenario_row, with_attack
     from sim.proposals import PROPOSALS
     from sim.report.charts import write_charts
     from sim.report.markdown import render
@@ -57,14 +57,18 @@ def main(args: argparse.Namespace) -> int:
         return 2
     scenarios = load_all(paths)
     name = args.name or ("bundled" if not args.scenarios else scenarios[0].name)
-    results = run_all(scenarios)
+    # The proposal tables and charts: every scenario with an honest host. A scenario's own
+    # host, if it is not honest, is a row of its attack matrix, composed as the file says.
+    honest = [with_attack(s, None) for s in scenarios]
+    results = run_all(honest)
     protected = {s.name: [p for p in s.proposals if PROPOSALS[p].protected] for s in scenarios}
-    total = sum(len(ps) * (len(ATTACKS) + 1) for ps in protected.values())
+    rows = {s.name: [*ATTACKS, *filter(None, [scenario_row(s)])] for s in scenarios}
+    total = sum(len(ps) * (len(rows[n]) + 1) for n, ps in protected.items())
     with progress(total, "attacking") as advance:
         matrices = {
-            s.name: attack_matrix(s, protected[s.name], ATTACKS, advance)[0] for s in scenarios
+            s.name: attack_matrix(s, protected[s.name], rows[s.name], advance)[0] for s in scenarios
         }
-    focus = next((s for s in scenarios if s.name == FOCUS), scenarios[0])
+    focus = next((s for s in honest if s.name == FOCUS), honest[0])
     worlds = {p: simulate(focus, p) for p in focus.proposals}
     out = Path(args.out) / name
     out.mkdir(parents=True, exist_ok=True)
@@ -78,7 +82,7 @@ def main(args: argparse.Namespace) -> int:
     if args.format == "text":
         print(summary)
     print(
-        f"compared {len(scenarios)} scenarios: {len(results)} honest runs and"
+        f"compared {len(scenarios)} scenarios: {len(results)} runs with an honest host and"
         f" {sum(len(c) for c in matrices.values())} attack runs"
     )
     print(

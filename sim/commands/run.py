@@ -42,14 +42,19 @@ def print_result(result) -> None:
             f"{k.ok_after_migration}/{k.expected_translations}"
             + ("" if k.translations_preserved and not k.its_errors else "  BROKEN"),
         ),
+        (
+            "ITS command errors",
+            ", ".join(f"{e} x{n}" for e, n in k.command_errors.items()) or "none",
+        ),
+        ("ITS correct", "yes" if k.its_correct else "NO"),
         ("MSI after resume delivered", f"{k.resume_msis_delivered}/{k.resume_msis}"),
-        ("stage-2 faults", f"{k.stage2_faults}"),
+        ("stage-2 faults (KVM's)", f"{k.stage2_faults} ({k.kvm_faults})"),
     ]
     from sim.commands.console import table
 
-    print(f"\n{result.scenario} (seed {result.seed}): {result.proposal}")
+    print(f"\n{result.scenario} (seed {result.seed}): {result.proposal}, host: {result.host}")
     table(None, ["metric", "value"], [[name, value] for name, value in rows])
-    for line in k.its_errors + k.mismatches:
+    for line in k.its_errors + k.command_failures + k.mismatches:
         print(f"  ! {line}")
 
 

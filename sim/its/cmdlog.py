@@ -84,3 +84,13 @@ class CommandLog(ColumnLog[CommandRecord]):
         """How many logged commands failed, by error."""
         counts = Counter(e for e in self._error if e != _NO_ERROR)
         return Counter({_ERRORS[e]: n for e, n in counts.items()})
+
+    def failed(self, limit: int) -> list[CommandRecord]:
+        """The first ``limit`` logged commands that failed, in order."""
+        out: list[CommandRecord] = []
+        for i, e in enumerate(self._error):
+            if len(out) == limit:
+                break
+            if e != _NO_ERROR:
+                out.append(self._record(i))
+        return out

@@ -144,6 +144,9 @@ class VirtualITS:
     ``probe=False`` the ITS is as KVM creates it (disabled, no tables): a migration
     destination, which the VMM fills with :meth:`set_regs` and :meth:`restore_tables`.
     ``initiator`` replaces the host CPU as the one making KVM's guest-memory accesses.
+    ``clears_entries=False`` models a KVM that keeps its tables out of guest memory (a
+    serializing KVM): MAPD V=0 and DISCARD then leave guest memory alone, where KVM
+    (v6.13+, and 6.1.y stable) zeroes the DTE and the ITE.
     """
 
     def __init__(
@@ -161,6 +164,7 @@ class VirtualITS:
         name: str = "vm",
         probe: bool = True,
         initiator: Initiator | None = None,
+        clears_entries: bool = True,
     ) -> None:
         if not 1 <= nr_vcpus <= 512:
             raise ValueError("nr_vcpus must be 1..512")
@@ -180,6 +184,7 @@ class VirtualITS:
             )
         self.memory = memory
         self.name = name
+        self.clears_entries = clears_entries
         # Who performs KVM's table accesses: the host CPU, unless a proposal puts the
         # ITS behind an IOMMU (then a DMA initiator).
         kvm = initiator or Initiator(f"{name}.kvm-vits", HOST)
@@ -653,7 +658,8 @@ class VirtualITS:
             self._free_device(device)
         if not cmd.valid:
             # Since v6.13 KVM clears the DTE in guest memory, mapped or not.
-            self._kvm_write_u64(gpa, 0)
+            if self.clears_entries:
+                self._kvm_write_u64(gpa, 0)
             return None
         self.devices[cmd.device_id] = Device(cmd.device_id, cmd.itt_addr, num_eventid_bits)
         return None
@@ -721,7 +727,8 @@ class VirtualITS:
         device = self.devices[cmd.device_id]
         self._free_ite(device, ite)
         # Since v6.13 KVM clears the ITE in guest memory.
-        self._kvm_write_u64(device.itt_addr + cmd.event_id * ITE_ESZ, 0)
+        if self.clears_entries:
+            self._kvm_write_u64(device.itt_addr + cmd.event_id * ITE_ESZ, 0)
         return None
 
     def _handle_clear(self, cmd: CLEAR) -> ITSError | None:

@@ -36,6 +36,9 @@ class Proposal:
     el2_loc_cost: ClassVar[str | None] = None  # CostModel field: EL2 lines it adds
     guest_shares_tables: ClassVar[bool] = True  # mainline Linux shares its ITS tables
     host_claims: ClassVar[bool] = False  # EL2 offers the host a "share this guest page" call
+    # KVM zeroes the DTE on MAPD V=0 and the ITE on DISCARD while it runs the queue
+    # (real 6.1.192 and 7.3.4 do); False: this proposal's KVM keeps them out of guest memory.
+    kvm_clears_entries: ClassVar[bool] = True
 
     # ---- hooks (default: nothing) ------------------------------------------------------
 
@@ -56,6 +59,10 @@ class Proposal:
         yield from ()
 
     def before_mmio(self, machine: Machine, offset: int, val: int) -> Generator:
+        yield from ()
+
+    def before_process(self, machine: Machine, offset: int, val: int) -> Generator:
+        """The host is about to run the command queue (a GITS_CWRITER write)."""
         yield from ()
 
     def after_process(self, machine: Machine) -> Generator:

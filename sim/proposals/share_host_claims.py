@@ -4,6 +4,16 @@ At save time the host asks the lowvisor to share every page its vITS state says 
 table entry (device table slots, the collection table, each ITT) and that it cannot yet
 reach; the lowvisor has nothing to check the claim against. The same pages are claimed
 on the destination before RESTORE_TABLES, and unshared after.
+
+KVM also writes guest tables while it runs the queue: it zeroes the ITE on DISCARD and
+the DTE on MAPD V=0 (real 6.1.192 and 7.3.4 do). What the host claims includes what KVM
+writes: before running the queue the host reads the new commands (the queue is shared)
+and claims each page KVM will clear that it cannot reach, runs the queue, then releases
+them. Without that the writes fault (-EFAULT, skipped by ``vgic_its_process_commands``)
+and the stale entry stays in guest memory for a later restore to resurrect. The cost is
+this proposal's to show: a kzalloc'd ITT's page, co-located objects and all, is shared
+while each DISCARD runs. The claims are made before the batch, not at each command (the
+Linux driver sends DISCARD and SYNC per GITS_CWRITER write, so it is the same window).
 """
 
 from __future__ import annotations
@@ -12,7 +22,10 @@ from collections.abc import Generator
 from typing import TYPE_CHECKING
 
 from sim.its import regs as r
+from sim.its.commands import DISCARD, MAPD, MAPI, MAPTI, CommandDecodeError, decode
 from sim.its.tables import CTE_ESZ, DTE_ESZ, ITE_ESZ
+from sim.memory.access import Stage2Fault
+from sim.memory.guest import NotGuestMemory
 from sim.memory.ownership import HOST
 from sim.memory.physmem import PAGE_SHIFT
 from sim.proposals.base import Payload, Proposal, kvm_restore_tables, kvm_save_tables
@@ -39,18 +52,64 @@ def table_pages(its: VirtualITS) -> list[int]:
     return sorted(pages)
 
 
+def command_write_pages(its: VirtualITS, target: int) -> list[int]:
+    """Pages KVM will write while it runs the queue from GITS_CREADR to ``target``: the
+    ITE of each DISCARD that frees one, the DTE of each MAPD V=0, as the host reads the
+    queue against its vITS state (and the MAPD / MAPTI ahead of them in the batch)."""
+    if not its.enabled or not its.clears_entries:
+        return []
+    base, size = r.cbaser_addr(its.cbaser), r.cbaser_size(its.cbaser)
+    if target >= size:
+        return []
+    itts = {
+        d.device_id: (d.itt_addr, {ev for ev, ite in d.ites.items() if ite.collection})
+        for d in its.devices.values()
+    }
+    addrs = []
+    slot = its.creadr
+    while slot != target:
+        try:
+            raw = its.kvm.read(base + slot, r.ITS_CMD_SIZE)
+        except (NotGuestMemory, Stage2Fault):
+            break  # KVM cannot read the queue either: nothing will run
+        slot = (slot + r.ITS_CMD_SIZE) % size
+        try:
+            cmd = decode(raw)
+        except CommandDecodeError:
+            continue
+        if isinstance(cmd, DISCARD):
+            device = itts.get(cmd.device_id)
+            if device is not None and cmd.event_id in device[1]:
+                device[1].discard(cmd.event_id)
+                addrs.append(device[0] + cmd.event_id * ITE_ESZ)
+        elif isinstance(cmd, MAPD):
+            itts.pop(cmd.device_id, None)
+            if cmd.valid:
+                itts[cmd.device_id] = (cmd.itt_addr, set())
+            elif (gpa := its.check_id(its.baser_device_table, cmd.device_id)) is not None:
+                addrs.append(gpa)
+        elif isinstance(cmd, MAPTI | MAPI) and cmd.device_id in itts:
+            itts[cmd.device_id][1].add(cmd.event_id)
+    return sorted({addr >> PAGE_SHIFT for addr in addrs})
+
+
 class ShareHostClaims(Proposal):
     name = "share-host-claims"
     summary = "the host names the table pages, EL2 shares them on its word"
     el2_loc_cost = "el2_loc_share_host_claims"
     host_claims = True
 
-    def _claim(self, machine: Machine, pages: list[int]) -> Generator[object, object, list]:
+    def __init__(self) -> None:
+        self.writing: dict[str, list[int]] = {}  # pages claimed for KVM's queue writes
+
+    def _claim(
+        self, machine: Machine, pages: list[int], what: str = "ITS table"
+    ) -> Generator[object, object, list]:
         claimed = []
         ownership = machine.memory.ownership
         for pfn in pages:
             if not ownership.state(HOST, pfn).accessible:
-                ok = yield from machine.lowvisor.host_share_guest_page(pfn, "host claim: ITS table")
+                ok = yield from machine.lowvisor.host_share_guest_page(pfn, f"host claim: {what}")
                 if ok:
                     claimed.append(pfn)
         for behaviour in machine.host.behaviours:
@@ -68,6 +127,17 @@ class ShareHostClaims(Proposal):
 
     def _keeps(self, machine: Machine) -> bool:
         return any(b.keeps_claims() for b in machine.host.behaviours)
+
+    def before_process(self, machine: Machine, offset: int, val: int) -> Generator:
+        pages = command_write_pages(machine.host.its, r.cmd_offset(val))
+        if pages:
+            claimed = yield from self._claim(machine, pages, "entry KVM clears in the queue")
+            self.writing.setdefault(machine.name, []).extend(claimed)
+
+    def after_process(self, machine: Machine) -> Generator:
+        claimed = self.writing.pop(machine.name, [])
+        if claimed and not self._keeps(machine):
+            yield from self._release(machine, claimed)
 
     def save(self, world: World) -> Generator[object, object, Payload]:
         src = world.src

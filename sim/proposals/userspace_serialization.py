@@ -3,6 +3,11 @@
 No guest page is shared for the tables: SAVE copies the state into a VMM buffer in host
 memory, the buffer travels in the migration stream, RESTORE rebuilds the destination
 vITS from it, pending bits included. The blob is host data; it holds no guest byte.
+
+A serializing KVM keeps the ITS tables out of guest memory altogether: guest memory
+holds no DTE or ITE of KVM's, so MAPD V=0 and DISCARD have nothing to clear there and
+KVM does not write guest memory for them (mainline zeroes the DTE and the ITE, which
+here would fault on an ITT page the host cannot reach: -EFAULT for every DISCARD).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ if TYPE_CHECKING:
 class UserspaceSerialization(Proposal):
     name = "userspace-serialization"
     summary = "KVM serializes the vITS into a VMM buffer; no guest memory shared"
+    kvm_clears_entries = False  # no KVM table entry in guest memory to clear
 
     def save(self, world: World) -> Generator[object, object, Payload]:
         from sim.world import VMM_BUFFER_BASE

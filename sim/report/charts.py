@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from sim.run import RunResult
+from sim.scenario import describe_behaviours
 
 STYLE = {
     "figure.dpi": 110,
@@ -54,6 +55,11 @@ PHASE_COLOURS = {
     "import guest pages": "#CC79A7",
     "restore": "#009E73",
 }
+
+
+def _hosts(results: list[RunResult]) -> str:
+    """The hosts of these runs, named as the result tables name them."""
+    return ", ".join(sorted({r.host for r in results}))
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -101,7 +107,10 @@ def bar_chart(
             }
             _bars(ax, values, scenarios, proposals, log)
             ax.set_ylabel(label)
-        caption = textwrap.fill(f"scenario seeds: {seeds}; cost model: sim/costs.py defaults", 150)
+        hosts = ", ".join(sorted({r.host for r in results}))
+        caption = textwrap.fill(
+            f"host: {hosts}; scenario seeds: {seeds}; cost model: sim/costs.py defaults", 150
+        )
         fig.suptitle(f"{title}\n{caption}", fontsize=8)
         handles, labels = axes[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=7)
@@ -111,14 +120,17 @@ def bar_chart(
 def matrix_chart(matrices: dict[str, list], path: Path, focus: str) -> Path:
     """Heat maps: in how many scenarios each attack succeeded, and one scenario in full."""
     scenarios = list(matrices)
-    cells = [c for cs in matrices.values() for c in cs]
+    # The rows every scenario ran: each behaviour with its default parameters (a
+    # scenario's own composed host is a row of its table in report.md only).
+    common = set.intersection(*({c.attack for c in cs} for cs in matrices.values()))
+    cells = [c for cs in matrices.values() for c in cs if c.attack in common]
     attacks = list(dict.fromkeys(c.attack for c in cells))
     proposals = list(dict.fromkeys(c.proposal for c in cells))
     wins = np.zeros((len(attacks), len(proposals)))
     for c in cells:
         wins[attacks.index(c.attack), proposals.index(c.proposal)] += c.outcome == "succeeded"
     outcome = np.zeros((len(attacks), len(proposals)))
-    for c in matrices[focus]:
+    for c in (c for c in matrices[focus] if c.attack in common):
         outcome[attacks.index(c.attack), proposals.index(c.proposal)] = OUTCOMES.index(c.outcome)
     with mpl.rc_context({**STYLE, "axes.grid": False}):
         fig = Figure(figsize=(11, 5.2), layout="constrained")
@@ -143,7 +155,10 @@ def matrix_chart(matrices: dict[str, list], path: Path, focus: str) -> Path:
         for ax in (left, right):
             ax.set_xticks(range(len(proposals)), proposals, rotation=25, ha="right", fontsize=7)
             ax.set_yticks(range(len(attacks)), attacks, fontsize=7)
-        fig.suptitle("Host behaviours against the protected proposals (honest run as baseline)")
+        fig.suptitle(
+            "Host behaviours (default parameters) against the protected proposals,"
+            " each compared with the proposal's run under an honest host"
+        )
         return _save(fig, path)
 
 
@@ -183,7 +198,8 @@ def timeline_chart(worlds: dict, path: Path) -> Path:
         axes[-1].set_xlabel("us since the vCPUs were paused")
         world = next(iter(worlds.values()))
         fig.suptitle(
-            f"Migration timeline, scenario {world.scenario.name} (seed {world.scenario.seed})"
+            f"Migration timeline, scenario {world.scenario.name} (seed {world.scenario.seed}),"
+            f" host: {describe_behaviours(world.scenario.host.behaviours)}"
         )
         return _save(fig, path)
 
@@ -225,7 +241,8 @@ def memory_map_chart(worlds: dict, path: Path) -> Path:
         fig.suptitle(
             f"Pages holding ITTs or kernel heap at the pause (bars: bytes of each kind"
             f" on the page), scenario"
-            f" {world.scenario.name} (seed {world.scenario.seed})"
+            f" {world.scenario.name} (seed {world.scenario.seed}),"
+            f" host: {describe_behaviours(world.scenario.host.behaviours)}"
         )
         return _save(fig, path)
 
@@ -246,7 +263,10 @@ def cpu_chart(results: list[RunResult], path: Path, focus: str) -> Path:
         ax.set_ylabel("CPU time (ms)")
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         seed = rows[0].seed if rows else "?"
-        fig.suptitle(f"CPU per actor over the whole run, scenario {focus} (seed {seed})")
+        fig.suptitle(
+            f"CPU per actor over the whole run, scenario {focus} (seed {seed}),"
+            f" host: {_hosts(rows)}"
+        )
         return _save(fig, path)
 
 
@@ -266,8 +286,8 @@ def write_charts(
         bar_chart(
             results,
             out / "exposure.png",
-            "Secret bytes the host could read (honest host); what the worst attack read,"
-            " exposed or corrupted",
+            f"Secret bytes the host could read (host: {_hosts(results)}); what the worst"
+            " attack (matrix row) read, exposed or corrupted",
             [
                 ("peak secret B (symlog)", lambda r: r.exposure.peak_exposed_bytes, True),
                 ("secret B x ms (symlog)", lambda r: r.exposure.exposed_byte_ms, True),
@@ -279,7 +299,7 @@ def write_charts(
         bar_chart(
             results,
             out / "costs.png",
-            "What each proposal costs",
+            f"What each proposal costs (host: {_hosts(results)})",
             [
                 ("ITS downtime (ms)", lambda r: r.costs.its_downtime_ms, False),
                 ("CPU, all actors (ms)", lambda r: sum(r.costs.cpu_us.values()) / 1000, False),

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from sim.costs import CostModel
+from sim.matrix import scenario_row
 from sim.proposals import PROPOSALS
 from sim.run import RunResult
-from sim.scenario import Scenario
+from sim.scenario import Scenario, describe_behaviours
 
 COLUMNS = [
     ("proposal", lambda r: f"`{r.proposal}`"),
@@ -24,14 +25,26 @@ COLUMNS = [
     ("stream B", lambda r: f"{r.costs.stream_bytes:,}"),
     ("ITT memory overhead B", lambda r: f"{r.costs.guest_memory_overhead_bytes:,}"),
     ("EL2 lines", lambda r: f"{r.costs.el2_loc:.0f}"),
-    ("translations kept", lambda r: _kept(r)),
+    ("ITS command errors", lambda r: _errors(r)),
+    ("ITS correct (translations kept)", lambda r: _kept(r)),
 ]
+
+
+def _errors(r: RunResult) -> str:
+    c = r.correctness
+    found = [f"{e} x{n}" for e, n in c.command_errors.items()] + c.its_errors
+    return f"**{', '.join(found)}**" if found else "none"
 
 
 def _kept(r: RunResult) -> str:
     c = r.correctness
-    mark = "yes" if c.translations_preserved and not c.its_errors else "**NO**"
-    return f"{mark} {c.ok_after_migration}/{c.expected_translations}"
+    mark = "yes" if c.its_correct else "**NO**"
+    return f"{mark} ({c.ok_after_migration}/{c.expected_translations})"
+
+
+def _host_line(rows: list[RunResult]) -> str:
+    hosts = sorted({r.host for r in rows})
+    return f"Host: `{'`, `'.join(hosts)}`."
 
 
 def _table(rows: list[RunResult]) -> list[str]:
@@ -73,7 +86,9 @@ def render(
         "",
         "Written by `pkvm-sim compare`. Every figure below comes from a simulated run of the",
         "named scenario and seed under the named proposal, with the cost model listed at the",
-        "end (defaults unless the scenario overrides them). The host is honest in these runs.",
+        "end (defaults unless the scenario overrides them). Each table names its host: the",
+        "proposal tables run an honest host (`honest`); every host behaviour, and a",
+        "scenario's own host as its file composes it, is a row of the attack matrix below it.",
         "",
         "## Proposals",
         "",
@@ -90,8 +105,12 @@ def render(
         "- *pages shared (by proposal)*: guest pages shared with the host on either machine;",
         "  in brackets those the proposal shared beyond what the guest's ITS driver shares.",
         "- *ITT memory overhead*: guest memory the ITT allocator holds beyond what ITTs need.",
-        "- *translations kept*: every (DeviceID, EventID) the guest mapped translates to the",
-        "  same (INTID, vCPU) on the destination, and SAVE/RESTORE reported no error.",
+        "- *ITS command errors*: commands KVM failed while running the queue (by error, e.g.",
+        "  `-EFAULT` when KVM's access to guest memory faults; KVM skips them silently, the",
+        "  guest never learns) and SAVE/RESTORE errors, on either machine.",
+        "- *ITS correct (translations kept)*: no command failed, SAVE/RESTORE reported no",
+        "  error, and every (DeviceID, EventID) the guest mapped translates to the same",
+        "  (INTID, vCPU) on the destination (in brackets: how many of them did).",
         "",
     ]
     for scenario in scenarios:
@@ -106,23 +125,29 @@ def render(
         model = f"defaults with overrides {overrides}" if overrides else "defaults"
         out += [
             f"Scenario `{scenario.name}`, seed {scenario.seed}, cost model: {model}"
-            " (`sim/costs.py`, sources at the end).",
+            " (`sim/costs.py`, sources at the end). " + _host_line(rows),
             "",
         ]
         out += _table(rows)
-        broken = [r for r in rows if r.correctness.mismatches or r.correctness.its_errors]
-        for r in broken:
-            out += ["", f"`{r.proposal}` broke the ITS:"]
-            out += [f"- {line}" for line in r.correctness.its_errors + r.correctness.mismatches]
+        for r in (r for r in rows if not r.correctness.its_correct):
+            c = r.correctness
+            out += ["", f"`{r.proposal}` broke the ITS (host: `{r.host}`):"]
+            out += [f"- {line}" for line in c.its_errors + c.command_failures + c.mismatches]
         if matrices and matrices.get(scenario.name):
+            cells = matrices[scenario.name]
+            own = scenario_row(scenario)
+            row = "one behaviour with its default parameters"
+            if own:
+                row += f", or the scenario's own host (`{describe_behaviours(own)}`)"
             out += [
                 "",
-                "Each host behaviour against each protected proposal, compared with the honest",
-                "run (`trusted-host` has no protection to attack; `pkvm-sim audit` shows the",
-                "violations and their chains):",
+                "Host behaviours against each protected proposal, each compared with the",
+                "proposal's run under an honest host (`trusted-host` has no protection to",
+                "attack; `pkvm-sim audit` shows the violations and their chains). Row: the",
+                f"host in that run, {row}:",
                 "",
             ]
-            out += _matrix(matrices[scenario.name])
+            out += _matrix(cells)
         out.append("")
     out += ["## Charts", ""]
     out += [f"![{path.stem}]({path.name})" for path in charts]

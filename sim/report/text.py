@@ -23,24 +23,30 @@ def render_text(
         out += textwrap.wrap(f"{scenario.name} (seed {scenario.seed}): {scenario.question}", WIDTH)
         if rows and rows[0].cost_overrides:
             out += textwrap.wrap(f"  cost overrides: {rows[0].cost_overrides}", WIDTH)
+        hosts = ", ".join(sorted({r.host for r in rows}))
+        out += textwrap.wrap(f"  host: {hosts}", WIDTH, subsequent_indent="    ")
         out.append(
-            f"  {'proposal':<24}{'secret B':>9}{'ITS ms':>8}{'hcalls':>8}{'shared':>8}{'kept':>6}"
+            f"  {'proposal':<24}{'secret B':>9}{'ITS ms':>7}{'hcalls':>7}{'shared':>7}"
+            f"{'errs':>6}{'ok':>4}"
         )
         for r in rows:
-            kept = (
-                "yes"
-                if r.correctness.translations_preserved and not r.correctness.its_errors
-                else "NO"
-            )
+            c = r.correctness
+            errors = sum(c.command_errors.values()) + len(c.its_errors)
             out.append(
                 f"  {r.proposal:<24}{r.exposure.peak_exposed_bytes:>9,}"
-                f"{r.costs.its_downtime_ms:>8.3f}{r.costs.hypercalls:>8,}"
-                f"{r.costs.pages_shared:>8,}{kept:>6}"
+                f"{r.costs.its_downtime_ms:>7.3f}{r.costs.hypercalls:>7,}"
+                f"{r.costs.pages_shared:>7,}{errors:>6,}{'yes' if c.its_correct else 'NO':>4}"
             )
+        out += textwrap.wrap(
+            "  errs: ITS commands KVM failed and SAVE/RESTORE errors; ok: no error"
+            " and every translation kept",
+            WIDTH,
+            subsequent_indent="    ",
+        )
         cells = matrices.get(scenario.name, [])
         for proposal in dict.fromkeys(c.proposal for c in cells):
             won = [c.attack for c in cells if c.proposal == proposal and c.outcome == "succeeded"]
-            line = f"  {proposal} falls to: {', '.join(won) if won else 'none of the attacks'}"
+            line = f"  {proposal} falls to: {'; '.join(won) if won else 'none of the attacks'}"
             out += textwrap.wrap(line, WIDTH, subsequent_indent="    ", break_on_hyphens=False)
         out.append("")
     assert all(len(line) <= WIDTH for line in out), "summary wider than 72 columns"

@@ -464,7 +464,17 @@ CORPUS = [
         {"wrote"},
         "attack",
     ),
-    ("write/claims-stale-kz", KZ, "share-host-claims", "keep-stale-share", True, {"wrote"}, None),
+    # A kept claim exposes the reused ITT slot. (It once also "wrote" there: a held
+    # run replayed its own stale CWRITER and KVM re-ran the whole ring, a model artefact.)
+    (
+        "stale/claims-kz",
+        KZ,
+        "share-host-claims",
+        "keep-stale-share",
+        True,
+        {"could-read", "unverified-share"},
+        None,
+    ),
     (
         "write/claims-replay-kz",
         KZ,
