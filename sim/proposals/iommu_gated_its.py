@@ -4,6 +4,8 @@ The guest maps its ITS memory (tables, queue, LPI tables, ITTs) into an IOMMU do
 for the ITS instead of sharing it with the host; KVM's vITS accesses become the ITS's
 DMA, checked page by page by that domain, and the host CPU never needs guest memory.
 The destination's EL2 rebuilds the domain from the migrated EL2 state.
+KVM's writes while it runs the queue (the ITE of DISCARD, the DTE of MAPD V=0) are ITS
+DMA to pages the domain maps for as long as the guest's ITS uses them.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ them. A MAPD V=1 shares the whole pages of its ITT with the host; a MAPD that un
 remaps a device releases the old pages once the host has processed the queue (not
 before: the DISCARDs ahead of it make KVM write the ITT), so the host sets the timing. CBASER
 writes tell EL2 where the queue is. EL2's tracking state moves with the VM.
+So KVM's writes while it runs the queue reach their pages: each DISCARD zeroes an ITE
+on a page still shared, MAPD V=0 zeroes a DTE in the device table the driver shares.
 """
 
 from __future__ import annotations

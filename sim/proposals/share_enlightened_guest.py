@@ -2,6 +2,9 @@
 
 Whole pages are the granule: an ITT in a kmalloc slab takes its neighbours with it, for
 as long as the device is mapped. A page is unshared when no ITT is left on it.
+KVM's writes while it runs the queue reach what they must: the guest unshares an ITT
+only after the MAPD V=0 that follows its DISCARDs has run (the ITE each DISCARD zeroes
+is still shared), and the device table holding the DTE MAPD V=0 zeroes is the driver's.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""trusted-host: a non-protected VM, as KVM runs it today. The cost floor."""
+"""trusted-host: a non-protected VM, as KVM runs it today. The cost floor.
+
+KVM's writes while it runs the queue (the zeroed ITE of DISCARD, the zeroed DTE of
+MAPD V=0) land as on any normal VM: the host reaches all guest memory.
+"""
 
 from sim.proposals.base import Proposal
 

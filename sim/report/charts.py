@@ -107,10 +107,7 @@ def bar_chart(
             }
             _bars(ax, values, scenarios, proposals, log)
             ax.set_ylabel(label)
-        hosts = ", ".join(sorted({r.host for r in results}))
-        caption = textwrap.fill(
-            f"host: {hosts}; scenario seeds: {seeds}; cost model: sim/costs.py defaults", 150
-        )
+        caption = textwrap.fill(f"scenario seeds: {seeds}; cost model: sim/costs.py defaults", 150)
         fig.suptitle(f"{title}\n{caption}", fontsize=8)
         handles, labels = axes[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=7)

@@ -58,8 +58,8 @@ def _table(rows: list[RunResult]) -> list[str]:
 def _cell(c) -> str:
     if c.outcome == "succeeded":
         return f"**succeeded**: {c.why}"
-    if c.outcome == "blocked":
-        return f"blocked: {c.why}"
+    if c.outcome in ("blocked", "availability"):
+        return f"{c.outcome}: {c.why}"
     return c.outcome
 
 

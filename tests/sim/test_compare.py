@@ -32,7 +32,11 @@ def test_compare_writes_report_charts_and_json_matching_the_committed_example(tm
     assert "DEFAULT_MIGRATE_SET_DOWNTIME" in report  # cost sources are in the report
     matrix = json.loads((out / "matrix.json").read_text())
     assert set(matrix) == names
-    assert all(len(cells) == 5 * 11 for cells in matrix.values())  # protected x attacks
+    # protected x attacks, plus the scenario's own host as one row where it composes one
+    composed = {"malicious-host", "dma-attack"}
+    assert {n: len(c) for n, c in matrix.items()} == {n: 5 * (11 + (n in composed)) for n in names}
+    assert {r["host"] for r in results} == {"honest"}
+    assert "| `its-dma(at_ms=2)` |" in report
     assert (out / "matrix.json").read_text() == (committed / "matrix.json").read_text()
     assert "| `forge-queued-mapd` |" in report
     # The example under reports/ is what this command produces, byte for byte.
