@@ -2,8 +2,9 @@
 
 Hypothesis draws scenarios the schema accepts (small RAM, few devices, short runs, any
 allocator, device-table shape, host behaviours composed with their parameters) and runs
-each under all six proposals; a crash anywhere is a bug. The fixed regressions below are
-scenarios that once crashed.
+each under all six proposals; a crash anywhere is a bug, and so is an honest host's run
+whose ITS does not work (a failed command, a SAVE/RESTORE error, a lost translation).
+The fixed regressions below are scenarios that once crashed.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from hypothesis import strategies as st
 from sim.actors.alloc import slub_order
 from sim.memory.labels import LabelKind
 from sim.memory.ownership import HOST, PageState
-from sim.memory.physmem import PAGE_SIZE
-from sim.run import collect, run, simulate
+from sim.memory.physmem import PAGE_SHIFT, PAGE_SIZE
+from sim.run import collect, simulate
 from sim.scenario import ALL_PROPOSALS, Scenario
 
 # What each host behaviour may be given, within the schema's bounds and a short run.
@@ -66,7 +67,8 @@ def valid_scenarios(draw) -> Scenario:
         }
         for _ in range(draw(st.integers(0, 4)))
     ]
-    behaviours = draw(st.lists(behaviour(), max_size=3)) or [{"kind": "honest"}]
+    behaviours = draw(st.lists(behaviour(), max_size=3)) if draw(st.booleans()) else []
+    behaviours = behaviours or [{"kind": "honest"}]
     return Scenario.model_validate(
         {
             "name": "drawn",
@@ -78,6 +80,7 @@ def valid_scenarios(draw) -> Scenario:
                 "allocator": draw(st.sampled_from(["linux-kzalloc", "linux-shared-pool"])),
                 "secret_density": draw(st.sampled_from([0.0, 0.5, 1.0])),
                 "two_level_device_table": draw(st.booleans()),
+                "its_driver": draw(st.sampled_from(["linux", "linux", "bulk"])),
             },
             "devices": devices,
             "workload": {
@@ -92,6 +95,25 @@ def valid_scenarios(draw) -> Scenario:
     )
 
 
+def _known_gap(world) -> bool:
+    """Issue 12, gap 8 (fixed on another branch): iommu-gated-its maps only the first
+    4 KiB of the device table into the ITS's IOMMU domain, so a DeviceID from 0x200 up in
+    a flat table, or a restore walking the level-1 table past its first page (no valid
+    DTE left to end the walk), faults: SAVE/RESTORE -EFAULT on device-table pages only."""
+    faults = [f for m in world.machines.values() for f in m.memory.faults]
+    return (
+        world.proposal.name == "iommu-gated-its"
+        and bool(faults)
+        and all(
+            f.record.actor.endswith("its-hw")
+            # the guest's labels (the source's are cleared at teardown)
+            and set(world.dst.memory.labels.kinds(f.pfn << PAGE_SHIFT, PAGE_SIZE))
+            == {LabelKind.DEVICE_TABLE}
+            for f in faults
+        )
+    )
+
+
 # A handful in CI; PKVM_SIM_VALID_EXAMPLES=300 for a longer hunt.
 EXAMPLES = int(os.environ.get("PKVM_SIM_VALID_EXAMPLES", "6"))
 
@@ -99,11 +121,17 @@ EXAMPLES = int(os.environ.get("PKVM_SIM_VALID_EXAMPLES", "6"))
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenario=valid_scenarios())
 def test_every_valid_scenario_runs_to_a_result_under_every_proposal(scenario):
+    honest = all(b.kind == "honest" for b in scenario.host.behaviours)
     for proposal in ALL_PROPOSALS:
-        result = run(scenario, proposal)
+        world = simulate(scenario, proposal)
+        result = collect(world)
         c = result.correctness
         assert 0 <= c.ok_after_migration <= c.expected_translations
         assert result.exposure.peak_exposed_bytes <= result.exposure.secret_bytes
+        if honest and not _known_gap(world):
+            # an honest host keeps the ITS working under every proposal
+            assert c.its_correct, (proposal, c.its_errors, c.command_failures, c.mismatches)
+            assert c.kvm_faults == 0, proposal
 
 
 def _scenario(**fields) -> Scenario:
