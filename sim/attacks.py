@@ -338,10 +338,15 @@ class ITSDMA(Behaviour):
             self.blocked.append("no guest secret to aim at")
             return
         itt = victim & ~0xFF
+        event = (victim - itt) // ITE_ESZ
+        size = max(event.bit_length(), 1) - 1  # an ITT of 2^(size+1) events holds it
         its_hw = self.machine.its_hw
         try:
-            its_hw.host_command(MAPD(0xFFFF, 0, itt, True))
-            its_hw.host_command(MAPTI(0xFFFF, (victim - itt) // 8, 8192, 0))
+            for cmd in (MAPD(0xFFFF, size, itt, True), MAPTI(0xFFFF, event, 8192, 0)):
+                error = its_hw.host_command(cmd)
+                if error is not None:
+                    self.blocked.append(f"ITS command error: {error}")
+                    return
         except MediationRefused as exc:
             self.blocked.append(str(exc))
         except Stage2Fault as fault:
