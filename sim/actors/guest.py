@@ -221,6 +221,7 @@ class Guest:
         two_level = self.spec.two_level_device_table
         dt_size = r.SZ_64K if two_level else (1 << 16) * 8
         self.device_table = yield from self.alloc_table(dt_size, Label(LabelKind.DEVICE_TABLE))
+        self.device_table_size = dt_size
         self.l2_pages: dict[int, int] = {}
         self.collection_table = yield from self.alloc_table(
             r.SZ_64K, Label(LabelKind.COLLECTION_TABLE)
