@@ -161,6 +161,8 @@ class Auditor:
         """EL2 reads queue slots: judge, for each, whose bytes it is reading."""
         if rec.write or not rec.allowed or who.name != machine.lowvisor.name:
             return
+        if not (self._host_wrote or self._el2_read):
+            return  # the host never wrote the queue: every slot holds the guest's bytes
         for slot in self._slots(machine, rec.addr, rec.length):
             key = (machine.name, slot)
             wrote = self._host_wrote.get(key)
