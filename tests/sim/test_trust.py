@@ -15,6 +15,8 @@ import re
 from collections.abc import Generator
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sim.its.commands import MAPD, CommandDecodeError, decode
 from sim.its.regs import ITS_CMD_SIZE
@@ -235,4 +237,39 @@ def test_pages_shared_on_the_guests_word_migrate_with_no_trust_violation(allocat
     # (share-host-claims' honest claims on the destination are its own trust
     # violations; none comes from the migration.)
     assert [v for v in trust(run, "dst") if not v.chain[0].startswith("the host asked")] == []
+    check_all(run, truth)
+
+
+# ---- any timing: the audit's verdict is the independent record's --------------------------
+
+
+@settings(max_examples=16, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    allocator=st.sampled_from([KZ, POOL]),
+    reaction_us=st.floats(0.0, 1.5),
+    seed=st.integers(0, 2**10),
+)
+def test_a_forgery_at_any_moment_is_judged_by_what_el2_read(allocator, reaction_us, seed):
+    """Whenever the forgery lands (before EL2's read, between the read and the share,
+    or after both), the audit's unverified shares are exactly the independent record's:
+    the shares of slots whose bytes, when EL2 read them, were not the guest's, and their
+    re-shares on the destination."""
+    behaviours = [{"kind": "forge-queued-mapd", "reaction_us": reaction_us}]
+    run, truth = audited(scenario(allocator, behaviours, seed=seed), SNOOP)
+    reported = {(v.machine, v.addr, v.time_ms) for v in trust(run)}
+    record = {(m, a, t) for m, a, _n, t in truth.forged_shares + truth.migrated_shares}
+    assert reported == record
+    check_all(run, truth)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mode=st.sampled_from(["same", "restore", "forge"]), after_us=st.floats(0.0, 1.0))
+def test_host_rewrites_at_any_moment_are_judged_by_what_el2_read(mode, after_us):
+    rewriter = Rewriter(mode, after_us)
+    run, truth = audited(scenario(KZ), SNOOP, rewriter)
+    reported = {(v.machine, v.addr, v.time_ms) for v in trust(run)}
+    record = {(m, a, t) for m, a, _n, t in truth.forged_shares + truth.migrated_shares}
+    assert reported == record
+    if mode == "same":  # (a restore that lands after EL2's read leaves it a forgery)
+        assert reported == set()
     check_all(run, truth)
