@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from sim.its.commands import MAPD, MAPTI, ITSCommand
+from sim.its.commands import MAPD, MAPI, MAPTI, ITSCommand
 from sim.its.regs import GIC_LPI_OFFSET
 from sim.its.tables import ITE, ITE_ESZ
 from sim.memory.access import Stage2Fault
@@ -64,8 +64,10 @@ class ITSHardware:
         if isinstance(cmd, MAPD):
             return self._mapd(cmd)
         if isinstance(cmd, MAPTI):
-            return self._mapti(cmd)
-        return None
+            return self._mapti("MAPTI", cmd.device_id, cmd.event_id, cmd.intid, cmd.icid)
+        if isinstance(cmd, MAPI):  # MAPTI with pINTID = EventID
+            return self._mapti("MAPI", cmd.device_id, cmd.event_id, cmd.event_id, cmd.icid)
+        return None  # other commands write no memory: not modelled
 
     def _error(self, why: str) -> str:
         self.command_errors.append(why)
@@ -85,23 +87,21 @@ class ITSHardware:
         self.itts[cmd.device_id] = (cmd.itt_addr, size)
         return None
 
-    def _mapti(self, cmd: MAPTI) -> str | None:
-        mapped = self.itts.get(cmd.device_id)
-        if cmd.device_id >= 1 << DEVICE_ID_BITS or mapped is None:
-            return self._error(f"MAPTI: DeviceID {cmd.device_id:#x} is not mapped")
+    def _mapti(self, name: str, device_id: int, event_id: int, intid: int, icid: int) -> str | None:
+        mapped = self.itts.get(device_id)
+        if device_id >= 1 << DEVICE_ID_BITS or mapped is None:
+            return self._error(f"{name}: DeviceID {device_id:#x} is not mapped")
         itt, size = mapped
         events = size // ITE_ESZ
-        if cmd.event_id >= events:
-            return self._error(
-                f"MAPTI: EventID {cmd.event_id:#x} exceeds the ITT's {events} events"
-            )
-        if not GIC_LPI_OFFSET <= cmd.intid < 1 << INTID_BITS:
-            return self._error(f"MAPTI: pINTID {cmd.intid} is not an LPI INTID")
-        if cmd.icid >= 1 << ICID_BITS:
-            return self._error(f"MAPTI: ICID {cmd.icid:#x} >= 2^{ICID_BITS}")
-        entry = ITE(0, cmd.intid, cmd.icid).encode().to_bytes(ITE_ESZ, "little")
+        if event_id >= events:
+            return self._error(f"{name}: EventID {event_id:#x} exceeds the ITT's {events} events")
+        if not GIC_LPI_OFFSET <= intid < 1 << INTID_BITS:
+            return self._error(f"{name}: pINTID {intid} is not an LPI INTID")
+        if icid >= 1 << ICID_BITS:
+            return self._error(f"{name}: ICID {icid:#x} >= 2^{ICID_BITS}")
+        entry = ITE(0, intid, icid).encode().to_bytes(ITE_ESZ, "little")
         try:
-            self.machine.memory.write(self.initiator, itt + cmd.event_id * ITE_ESZ, entry)
+            self.machine.memory.write(self.initiator, itt + event_id * ITE_ESZ, entry)
         except Stage2Fault:
             self.stalled = True
             raise

@@ -14,7 +14,7 @@ from collections.abc import Generator
 import pytest
 
 from sim.actors.its_hw import ITSHardware, MediationRefused
-from sim.its.commands import MAPD, MAPTI
+from sim.its.commands import MAPD, MAPI, MAPTI
 from sim.its.tables import ITE
 from sim.memory.access import Stage2Fault
 from sim.memory.labels import LabelKind
@@ -106,6 +106,8 @@ def _commands(seed: Seeded, world) -> Generator:
     seed.done.append(its_hw.host_command(MAPD(0x43, 15, HOST_ITT - (1 << 20), True)))
     seed.done.append(its_hw.host_command(MAPTI(0x43, 0, 100, 0)))  # not an LPI
     seed.done.append(its_hw.host_command(MAPTI(0x43, 0, 8192, 1 << 16)))  # ICID
+    seed.done.append(its_hw.host_command(MAPI(0x43, 8192, 0)))  # EventID 8192 = pINTID 8192
+    seed.done.append(its_hw.host_command(MAPI(0x43, 100, 0)))  # EventID = pINTID 100
     seed.done.append(its_hw.host_command(MAPD(0x43, 0, 0, False)))  # unmap
     seed.done.append(its_hw.host_command(MAPTI(0x43, 0, 8192, 0)))  # unmapped again
     yield from ()
@@ -118,12 +120,16 @@ def test_command_errors_follow_the_architecture():
     seed = Seeded(_commands)
     _run, truth = audited(scenario(POOL), "userspace-serialization", seed)
     errors = seed.done
-    assert [e is None for e in errors] == [False, False, False, True, False, False, True, False]
-    assert "not mapped" in errors[0] and "not mapped" in errors[7]
+    ok = [e is None for e in errors]
+    assert ok == [False, False, False, True, False, False, True, False, True, False]
+    assert "not mapped" in errors[0] and "not mapped" in errors[9]
+    assert errors[7].startswith("MAPI: pINTID 100")
     assert "Size" in errors[1] and "DeviceID" in errors[2]
     assert "INTID" in errors[4] and "ICID" in errors[5]
     assert _its_hw(truth.world).command_errors == [e for e in errors if e]
-    assert not [r for r in truth.world.src.memory.log if r.actor == "src.its-hw" and r.write]
+    writes = [r for r in truth.world.src.memory.log if r.actor == "src.its-hw" and r.write]
+    itt = HOST_ITT - (1 << 20)
+    assert [(r.addr, r.length) for r in writes] == [(itt + 8192 * 8, 8)]  # the good MAPI
 
 
 def _mapd_onto_guest_memory(seed: Seeded, world) -> Generator:
