@@ -94,22 +94,24 @@ def _boot_one(kernel: Kernel, tools: Tools, mode: str, options: OracleOptions, p
     return Boot(kernel, mode, result, probe)
 
 
-def resolve_kernels(options: OracleOptions, progress: Progress) -> list[Kernel]:
+def run_oracle(options: OracleOptions, progress: Progress) -> OracleRun:
+    """Set up everything, boot every kernel in every mode, write the report if asked.
+
+    A user's kernel is checked before anything is installed or downloaded.
+    """
+    start = time.monotonic()
+    bad = [k for k in options.kernels if k not in DEBIAN_KERNELS]
+    if bad:
+        raise OracleSetupError(f"unknown kernel {bad[0]!r}: expected one of {DEBIAN_KERNELS}")
+    bad = [m for m in options.modes if m not in MODES]
+    if bad:
+        raise OracleSetupError(f"unknown mode {bad[0]!r}: expected one of {MODES}")
     kernels = []
     if options.kernel_image is not None:
         kernels.append(user_kernel(options.kernel_image, options.modules))
-    for which in options.kernels:
-        if which not in DEBIAN_KERNELS:
-            raise OracleSetupError(f"unknown kernel {which!r}: expected one of {DEBIAN_KERNELS}")
-        kernels.append(debian_kernel(which, progress))  # type: ignore[arg-type]
-    return kernels
-
-
-def run_oracle(options: OracleOptions, progress: Progress) -> OracleRun:
-    """Set up everything, boot every kernel in every mode, write the report if asked."""
-    start = time.monotonic()
     tools = ensure_host_tools(progress)
-    run = OracleRun(tools=tools, kernels=resolve_kernels(options, progress))
+    kernels += [debian_kernel(which, progress) for which in options.kernels]  # type: ignore[arg-type]
+    run = OracleRun(tools=tools, kernels=kernels)
     run.setup_s = time.monotonic() - start
     progress(f"set-up done in {run.setup_s:.1f} s")
     for kernel in run.kernels:
