@@ -323,6 +323,7 @@ def qemu_argv(
     cmdline_extra: str,
     memory_mib: int,
     cpus: int,
+    qemu_extra: Sequence[str] = (),
 ) -> list[str]:
     machine = "virt,gic-version=3,its=on" + (",virtualization=on" if nested else "")
     append = "console=ttyAMA0 panic=-1 rdinit=/init"
@@ -344,6 +345,7 @@ def qemu_argv(
         "-append", append,
         "-drive", f"file={out_disk},format=raw,if=none,id=out",
         "-device", "virtio-blk-device,drive=out",
+        *qemu_extra,
     ]  # fmt: skip
 
 
@@ -404,6 +406,7 @@ def run_l1(
     timeout_s: float = DEFAULT_TIMEOUT_S,
     init_timeout_s: float = INIT_TIMEOUT_S,
     output_mib: int = 64,
+    qemu_extra: Sequence[str] = (),
     progress: Progress = lambda line: None,
 ) -> BootResult:
     """Boot ``kernel`` with ``initramfs`` (from ``build_initramfs``) until it powers off.
@@ -411,7 +414,8 @@ def run_l1(
     Raises :class:`BootTimeout` (QEMU killed, with its process group) when the guest has
     not reached /init within ``init_timeout_s`` or not powered off within ``timeout_s``,
     and :class:`BootError` when it stopped without reaching /init or before the payload
-    finished; both carry the last console lines.
+    finished; both carry the last console lines. ``output_mib`` bounds /out (the disk's
+    size); ``qemu_extra`` is appended to QEMU's arguments (e.g. ``-trace``).
     """
     runs = cache_dir() / "runs"
     runs.mkdir(parents=True, exist_ok=True)
@@ -428,6 +432,7 @@ def run_l1(
         cmdline_extra=cmdline_extra,
         memory_mib=memory_mib,
         cpus=cpus,
+        qemu_extra=qemu_extra,
     )
     mode = "protected" if protected else ("nested" if nested else "no EL2")
     progress(f"boot {kernel.name} ({kernel.release or kernel.version}, {mode})")

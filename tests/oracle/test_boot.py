@@ -154,11 +154,12 @@ def test_output_from_console_hex_when_there_is_no_disk(qemu, kernel, initramfs, 
 
 def test_no_out_file_gives_no_output(qemu, kernel, initramfs, tmp_path):
     tools = qemu(f'say("{INIT_MARKER}", "{EXIT_MARKER} 0", "pkvm-sim-oracle: out none")')
-    r = run_l1(kernel, tools, initramfs, timeout_s=30, memory_mib=1024, cpus=4)
+    r = run_l1(kernel, tools, initramfs, timeout_s=30, memory_mib=1024, cpus=4, qemu_extra=["-S0"])
     assert r.output is None
     assert r.payload_status == 0
     argv = argv_of(tmp_path)
     assert (argv[argv.index("-m") + 1], argv[argv.index("-smp") + 1]) == ("1024", "4")
+    assert argv[-1] == "-S0"
 
 
 def test_dying_while_returning_out_is_a_boot_error(qemu, kernel, initramfs):
