@@ -55,6 +55,7 @@ DEFAULT_TIMEOUT_S = 600.0
 INIT_TIMEOUT_S = 240.0
 CONSOLE_TAIL = 20
 OUTPUT_MODULES = ("virtio_mmio", "virtio_blk")
+INITRAMFS_KEEP = 32  # built initramfs files kept in the cache (one per distinct payload)
 
 _EXIT = re.compile(re.escape(EXIT_MARKER) + r" (\d+)")
 _KVM_MODE = re.compile(r"kvm \[\d+\]: (.+?) mode initialized successfully")
@@ -299,7 +300,17 @@ def build_initramfs(
         tmp = out.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_bytes(gzip.compress(archive, compresslevel=6, mtime=0))
         tmp.rename(out)
+    now = time.time_ns()  # marks it used (the file system's own clock is coarser)
+    os.utime(out, ns=(now, now))
+    _prune(out.parent, keep=INITRAMFS_KEEP)
     return out
+
+
+def _prune(directory: Path, keep: int) -> None:
+    """Delete all but the ``keep`` most recently used initramfs files."""
+    built = sorted(directory.glob("*.cpio.gz"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    for old in built[keep:]:
+        old.unlink(missing_ok=True)
 
 
 def payload_initramfs(
