@@ -360,8 +360,9 @@ def qemu_argv(
     ]  # fmt: skip
 
 
-def _tail(lines: Sequence[str], n: int = CONSOLE_TAIL) -> str:
-    return "\n".join(f"  | {line}" for line in list(lines)[-n:]) or "  | (no console output)"
+def _tail(lines: Sequence[str], n: int = CONSOLE_TAIL, log: Path | None = None) -> str:
+    tail = "\n".join(f"  | {line}" for line in list(lines)[-n:]) or "  | (no console output)"
+    return tail + (f"\nwhole console: {log}" if log is not None else "")
 
 
 def _read_output(console_lines: list[str], disk: Path) -> bytes | None:
@@ -448,7 +449,8 @@ def run_l1(
     mode = "protected" if protected else ("nested" if nested else "no EL2")
     progress(f"boot {kernel.name} ({kernel.release or kernel.version}, {mode})")
     try:
-        return _run(argv, disk, timeout_s, min(init_timeout_s, timeout_s), kernel, progress)
+        log = runs / f"{kernel.name}-{mode.replace(' ', '-')}.console"
+        return _run(argv, disk, log, timeout_s, min(init_timeout_s, timeout_s), kernel, progress)
     finally:
         disk.unlink(missing_ok=True)
 
@@ -456,6 +458,7 @@ def run_l1(
 def _run(
     argv: list[str],
     disk: Path,
+    log: Path,
     timeout_s: float,
     init_timeout_s: float,
     kernel: Kernel,
@@ -510,23 +513,24 @@ def _run(
     elapsed = time.monotonic() - start
     what = f"{kernel.name} kernel ({kernel.image})"
     console = "\n".join(lines)
+    log.write_text(console + "\n")  # the latest boot's whole console, for a post-mortem
     if timed_out:
         raise BootTimeout(
             f"QEMU killed: {what} {timed_out} (timeout {timeout_s:.0f} s, /init within"
-            f" {init_timeout_s:.0f} s); last console lines:\n{_tail(recent)}",
+            f" {init_timeout_s:.0f} s); last console lines:\n{_tail(recent, log=log)}",
             console,
         )
     if not init_seen.is_set():
         raise BootError(
             f"{what} did not reach /init (QEMU exit {proc.returncode} after {elapsed:.1f} s);"
-            f" last console lines:\n{_tail(recent)}",
+            f" last console lines:\n{_tail(recent, log=log)}",
             console,
         )
     status = next((m for ln in lines if (m := _EXIT.search(ln))), None)
     if status is None:
         raise BootError(
             f"{what} stopped before the payload finished (QEMU exit {proc.returncode} after"
-            f" {elapsed:.1f} s); last console lines:\n{_tail(recent)}",
+            f" {elapsed:.1f} s); last console lines:\n{_tail(recent, log=log)}",
             console,
         )
     result = BootResult(

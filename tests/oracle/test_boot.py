@@ -42,7 +42,9 @@ def argv_of(tmp_path) -> list[str]:
     return json.loads((tmp_path / "argv.json").read_text())
 
 
-def test_a_panic_before_init_is_a_boot_error_with_the_last_console_lines(qemu, kernel, initramfs):
+def test_a_panic_before_init_is_a_boot_error_with_the_last_console_lines(
+    qemu, kernel, initramfs, cache
+):
     tools = qemu(
         """
         say(*BOOT, "[    3.1] Kernel panic - not syncing: VFS: Unable to mount root fs")
@@ -56,6 +58,9 @@ def test_a_panic_before_init_is_a_boot_error_with_the_last_console_lines(qemu, k
     assert "Kernel panic - not syncing: VFS: Unable to mount root fs" in message
     assert "boot line 39" in message
     assert "boot line 0" in exc.value.console  # the whole console is kept
+    log = cache / "runs" / "newest-nested.console"
+    assert f"whole console: {log}" in message
+    assert "boot line 0\n" in log.read_text()
     assert "boot line 10" not in message  # the last ~20 lines, not the whole console
     assert isinstance(exc.value, OracleSetupError)
 
