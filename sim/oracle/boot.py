@@ -196,6 +196,7 @@ if [ -f /lib/oracle-modules/order ]; then
 fi
 cd /
 (
+:
 """
 
 _EPILOGUE = """
@@ -209,7 +210,7 @@ if [ -e /out ]; then
   if [ -b /dev/vda ]; then
     printf '{magic}%d\\n' "$n" | dd of=/dev/vda conv=notrunc,fsync 2>/dev/null &&
       dd if=/out of=/dev/vda bs=1048576 seek=1 conv=notrunc,fsync 2>/dev/null &&
-      echo "{disk_marker} $n" || echo "{error_marker} writing /dev/vda"
+      echo "{disk_marker} $n" || echo "{error_marker} writing $n bytes to /dev/vda"
   else
     echo 1 > /proc/sys/kernel/printk
     echo "{hex_marker} $n"
@@ -369,8 +370,10 @@ def _read_output(console_lines: list[str], disk: Path) -> bytes | None:
     """/out from the disk (header + bytes at 1 MiB) or from the console's hex lines."""
     for line in console_lines:
         if line.startswith(OUT_ERROR_MARKER):
+            size = disk.stat().st_size - OUT_OFFSET
             raise BootError(
-                f"the guest could not write /out: {line}\n{_tail(console_lines)}",
+                f"the guest could not write /out: {line} (the disk holds {size >> 20} MiB:"
+                f" a larger output_mib?)\n{_tail(console_lines)}",
                 "\n".join(console_lines),
             )
         if line.startswith(OUT_DISK_MARKER):

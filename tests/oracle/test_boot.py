@@ -176,10 +176,12 @@ def test_dying_while_returning_out_is_a_boot_error(qemu, kernel, initramfs):
 
 def test_a_failed_disk_write_is_a_boot_error(qemu, kernel, initramfs):
     tools = qemu(
-        f'say("{INIT_MARKER}", "{EXIT_MARKER} 0", "pkvm-sim-oracle: out error writing /dev/vda")'
+        f'say("{INIT_MARKER}", "{EXIT_MARKER} 0",'
+        ' "pkvm-sim-oracle: out error writing 9999999 bytes to /dev/vda")'
     )
-    with pytest.raises(BootError, match=r"could not write /out: .*writing /dev/vda"):
-        run_l1(kernel, tools, initramfs, timeout_s=30)
+    with pytest.raises(BootError, match=r"could not write /out: .*writing 9999999 bytes") as exc:
+        run_l1(kernel, tools, initramfs, timeout_s=30, output_mib=8)
+    assert "the disk holds 8 MiB" in str(exc.value)
 
 
 def test_a_missing_qemu_is_a_clear_error(kernel, initramfs, fake_tools):

@@ -52,6 +52,13 @@ def test_gnu_cpio_reads_the_archive(tmp_path):
     assert listing.splitlines()[1].endswith(" a/f")
 
 
+@pytest.mark.skipif(shutil.which("sh") is None, reason="no sh to parse the script")
+@pytest.mark.parametrize("payload", ["", "echo a > /out", "exit 3\n\n"])
+def test_init_is_valid_shell_for_any_payload(payload):
+    done = subprocess.run(["sh", "-n"], input=init_script(payload).encode(), capture_output=True)
+    assert done.returncode == 0, done.stderr
+
+
 def test_init_prints_the_marker_first_and_powers_off_last():
     script = init_script("echo hello > /out\n")
     lines = script.splitlines()
