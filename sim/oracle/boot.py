@@ -352,6 +352,7 @@ def qemu_argv(
         "-m", str(memory_mib),
         "-nographic",
         "-no-reboot",
+        "-nic", "none",  # no default virtio-net: no option ROM needed, no L1 MSI traffic
         "-kernel", str(kernel.image),
         "-initrd", str(initramfs),
         "-append", append,

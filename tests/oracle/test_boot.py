@@ -135,6 +135,7 @@ def test_output_from_the_disk_and_the_mode_line(qemu, kernel, initramfs, tmp_pat
     assert argv[argv.index("-kernel") + 1] == str(kernel.image)
     assert argv[argv.index("-initrd") + 1] == str(initramfs)
     assert "virtio-blk-device,drive=out" in argv
+    assert argv[argv.index("-nic") + 1] == "none"
     assert not os.path.exists(argv[argv.index("-drive") + 1][5:].split(",")[0])  # cleaned up
 
 
