@@ -328,8 +328,6 @@ class ITSDMA(Behaviour):
         self.world.env.process(self._dma())
 
     def _dma(self) -> Generator:
-        from sim.actors.its_hw import MediationRefused
-
         yield self.world.env.timeout(self.spec.at_ms * 1000.0)
         lo, hi = self.guest_ram()
         runs = self.machine.memory.labels.runs(lo, hi - lo)
@@ -338,14 +336,33 @@ class ITSDMA(Behaviour):
             self.blocked.append("no guest secret to aim at")
             return
         itt = victim & ~0xFF
+        if self._map(0xFFFF, itt, victim):
+            return
+        # EL2 checks that an ITT is host memory: put a 2-event ITT on a host page and
+        # name an EventID whose ITE would land on the secret (the ITS must refuse it).
+        self._map(0xFFFE, lo - PAGE_SIZE, victim, size=0)
+
+    def _map(self, device_id: int, itt: int, victim: int, size: int | None = None) -> bool:
+        """MAPD an ITT at ``itt`` and MAPTI the EventID whose ITE is at ``victim``; False
+        if EL2 refused the MAPD (the caller may try another way)."""
+        from sim.actors.its_hw import MediationRefused
+
+        event = (victim - itt) // ITE_ESZ
+        if size is None:
+            size = max(event.bit_length(), 1) - 1  # an ITT of 2^(size+1) events holds it
         its_hw = self.machine.its_hw
         try:
-            its_hw.host_command(MAPD(0xFFFF, 0, itt, True))
-            its_hw.host_command(MAPTI(0xFFFF, (victim - itt) // 8, 8192, 0))
+            for cmd in (MAPD(device_id, size, itt, True), MAPTI(device_id, event, 8192, 0)):
+                error = its_hw.host_command(cmd)
+                if error is not None:
+                    self.blocked.append(f"ITS command error: {error}")
+                    break
         except MediationRefused as exc:
             self.blocked.append(str(exc))
+            return False
         except Stage2Fault as fault:
             self.blocked.append(f"IOMMU fault: {fault.reason}")
+        return True
 
 
 class TamperState(Behaviour):

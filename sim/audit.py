@@ -9,8 +9,10 @@ Three kinds, all read off what happened in a run:
   secret or kernel data), or that sits on a private page the writer's IOMMU domain does
   not grant (only DMA can); ITS structures the guest shared or granted, and free bytes
   there, are the guest's accepted risk;
-- trust: an ownership change EL2 made on the host's word alone: a host claim, or a MAPD
-  EL2 parsed from a queue slot the host wrote last.
+- trust: an ownership change EL2 made on the host's word alone: a host claim, a MAPD
+  EL2 parsed from queue bytes the host wrote (judged at EL2's read of the slot: what it
+  read, and whether those are the bytes the guest left there), or a page the destination
+  re-shared because the source had shared it on the host's word.
 
 Each violation names time, actor, address range, victim label, proposal and the chain
 of events behind it: the access, the transition that opened the page, its cause.
@@ -19,6 +21,7 @@ of events behind it: the access, the transition that opened the page, its cause.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from functools import partial
 from typing import TYPE_CHECKING, Literal
 
@@ -38,6 +41,8 @@ GUEST_DATA = {LabelKind.SECRET, LabelKind.KERNEL}
 # write (which may reach a private page).
 READS_WATCHED = (LabelKind.SECRET,)
 WRITES_WATCHED = (LabelKind.SECRET, LabelKind.KERNEL, LabelKind.CMDQ)
+# Transitions after which the host no longer holds a page the guest had shared.
+SHARE_ENDS = (Transition.GUEST_UNSHARE_HOST, Transition.HOST_RECLAIM_SHARED_PAGE)
 
 
 class Violation(BaseModel):
@@ -73,9 +78,17 @@ class Auditor:
         self.world = world
         self.violations: list[Violation] = []
         self.claims: list[Violation] = []
-        # Who last wrote each command-queue slot: EL2 acting on a slot the host wrote is
-        # acting on host input, whatever it believes.
-        self.slot_writer: dict[tuple[str, int], str] = {}
+        # Command-queue slots, by (machine, address). A slot the host (or a DMA master)
+        # wrote since the guest last wrote it: who, and what the slot held as the guest
+        # left it (the guest writes whole commands).
+        self._host_wrote: dict[tuple[str, int], tuple[str, bytes]] = {}
+        # At EL2's latest read of a slot: the host actor whose bytes it read, if the
+        # bytes were not the guest's. EL2 acting on them acts on host input, whatever
+        # it believes; rewriting the guest's bytes unchanged, or after EL2 read them,
+        # gives the host nothing.
+        self._el2_read: dict[tuple[str, int], str] = {}
+        # Pages shared on the host's word and still shared: (machine, pfn) -> why.
+        self._host_word: dict[tuple[str, int], str] = {}
         from sim.world import RAM_BASE
 
         self._ram_lo, self._ram_hi = RAM_BASE, RAM_BASE + world.ram_size
@@ -83,6 +96,7 @@ class Auditor:
             machine.memory.watch(
                 partial(self._on_access, machine), READS_WATCHED, WRITES_WATCHED, dma_writes=True
             )
+            machine.memory.watch(partial(self._on_queue_read, machine), (LabelKind.CMDQ,), ())
             machine.memory.ownership.watchers.append(
                 lambda pfn, nr, done, m=machine: done and self._on_change(m)
             )
@@ -96,7 +110,7 @@ class Auditor:
         memory = machine.memory
         kinds = memory.labels.kinds(rec.addr, rec.length)
         if rec.write and LabelKind.CMDQ in kinds:
-            self._note_queue_write(machine, rec, host)
+            self._note_queue_write(machine, who, rec)
         if not (host or who.dma):
             return
         if not rec.write and LabelKind.SECRET not in kinds:
@@ -119,13 +133,43 @@ class Auditor:
                 if hit:
                     self._record(machine, who, rec, start, end, str(label), pfn, private)
 
-    def _note_queue_write(self, machine: Machine, rec: AccessRecord, host: bool) -> None:
-        """Remember who last wrote each command-queue slot the write touched."""
-        writer = rec.actor if host else ""
-        for start, end, label in machine.memory.labels.runs(rec.addr, rec.length):
-            if label.kind is LabelKind.CMDQ:  # the queue is slot aligned
-                for slot in range(start - start % ITS_CMD_SIZE, end, ITS_CMD_SIZE):
-                    self.slot_writer[machine.name, slot] = writer
+    @staticmethod
+    def _slots(machine: Machine, addr: int, length: int) -> Iterator[int]:
+        """The command-queue slots an access touches (the queue is slot aligned)."""
+        for start, end, label in machine.memory.labels.runs(addr, length):
+            if label.kind is LabelKind.CMDQ:
+                yield from range(start - start % ITS_CMD_SIZE, end, ITS_CMD_SIZE)
+
+    def _note_queue_write(self, machine: Machine, who: Initiator, rec: AccessRecord) -> None:
+        """A write to the queue, seen before its bytes land: a guest write makes the
+        slots the guest's again; the host's first write over the guest's bytes keeps a
+        copy of them; EL2 importing the guest's memory brings the source's record along
+        with the source's bytes."""
+        source = self.world.src.name
+        for slot in self._slots(machine, rec.addr, rec.length):
+            key = (machine.name, slot)
+            if who.component == HOST:
+                before = self._host_wrote.get(key)
+                guests = before[1] if before else machine.memory.peek(slot, ITS_CMD_SIZE)
+                self._host_wrote[key] = (rec.actor, guests)
+            elif who.name == machine.lowvisor.name and (source, slot) in self._host_wrote:
+                self._host_wrote[key] = self._host_wrote[source, slot]
+            else:
+                self._host_wrote.pop(key, None)
+
+    def _on_queue_read(self, machine: Machine, who: Initiator, rec: AccessRecord) -> None:
+        """EL2 reads queue slots: judge, for each, whose bytes it is reading."""
+        if rec.write or not rec.allowed or who.name != machine.lowvisor.name:
+            return
+        if not (self._host_wrote or self._el2_read):
+            return  # the host never wrote the queue: every slot holds the guest's bytes
+        for slot in self._slots(machine, rec.addr, rec.length):
+            key = (machine.name, slot)
+            wrote = self._host_wrote.get(key)
+            if wrote and machine.memory.peek(slot, ITS_CMD_SIZE) != wrote[1]:
+                self._el2_read[key] = wrote[0]
+            else:
+                self._el2_read.pop(key, None)
 
     def _record(self, machine, who, rec, start, end, victim, pfn, private) -> None:
         if who.dma:
@@ -155,22 +199,44 @@ class Auditor:
         )
 
     def _on_change(self, machine: Machine) -> None:
-        """EL2 just shared a page on host input: a host claim, or a queue slot the host
-        wrote. A trust violation, with what the page held at that moment."""
+        """EL2 just shared a page on host input: a host claim, queue bytes the host
+        wrote, or a share the source made on host input, carried across. A trust
+        violation, with what the page held at that moment."""
         change = machine.memory.ownership.history[-1]
+        pfns = range(change.first_pfn, change.first_pfn + change.nr_pages)
+        if change.transition in SHARE_ENDS:
+            for pfn in pfns:
+                self._host_word.pop((machine.name, pfn), None)
+            return
         if change.transition is not Transition.GUEST_SHARE_HOST:
             return
-        if change.cause.startswith("host claim"):
+        migrated = re.match(r"migration: as on ([\w-]+), ", change.cause)
+        if migrated:
+            source = sorted(
+                {w for p in pfns if (w := self._host_word.get((migrated[1], p))) is not None}
+            )
+            if not source:
+                return  # the guest's own share, or EL2's on the guest's word
+            why = (
+                f"EL2 re-shared the page because {migrated[1]} had shared it on the host's"
+                f" word: {'; '.join(source)}"
+            )
+        elif change.cause.startswith("host claim"):
             why = (
                 f"the host asked EL2 to share page {change.first_pfn << PAGE_SHIFT:#x}"
                 f" ({change.cause})"
             )
         else:
             slot = re.search(r"queue slot (0x[0-9a-f]+)", change.cause)
-            writer = slot and self.slot_writer.get((machine.name, int(slot[1], 16)))
+            writer = slot and self._el2_read.get((machine.name, int(slot[1], 16)))
             if not writer:
                 return
-            why = f"{writer} wrote the queue slot EL2 parsed ({change.cause})"
+            why = (
+                f"{writer} wrote the bytes EL2 read from the queue slot, not the guest"
+                f" ({change.cause})"
+            )
+        for pfn in pfns:
+            self._host_word[machine.name, pfn] = why
         addr = change.first_pfn << PAGE_SHIFT
         length = change.nr_pages << PAGE_SHIFT
         labels = machine.memory.labels

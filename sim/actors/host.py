@@ -48,6 +48,7 @@ class Host:
             name=self.machine.name,
             probe=False,
             initiator=initiator,
+            kernel=self.world.scenario.kernel,
             clears_entries=proposal.kvm_clears_entries,
         )
 

@@ -13,13 +13,27 @@ from collections.abc import Generator
 from typing import TYPE_CHECKING
 
 from sim.memory.access import Initiator, IOMMUDomain, Perm
-from sim.memory.ownership import OwnershipError, PageState, Transition
+from sim.memory.ownership import OwnershipChange, OwnershipError, PageState, Transition
 from sim.memory.physmem import PAGE_SHIFT, PAGE_SIZE
 
 if TYPE_CHECKING:
     from sim.world import Machine, World
 
 ITS_DMA_MASTER = "its-hw"
+
+
+def share_causes(history: list[OwnershipChange], pfns: set[int]) -> dict[int, str]:
+    """The cause of the share in effect on each of ``pfns``: the latest guest-to-host
+    share that covered it (each page in ``pfns`` must be shared now)."""
+    causes: dict[int, str] = {}
+    for change in reversed(history):
+        if change.transition is Transition.GUEST_SHARE_HOST:
+            for pfn in range(change.first_pfn, change.first_pfn + change.nr_pages):
+                if pfn in pfns:
+                    causes.setdefault(pfn, change.cause)
+            if len(causes) == len(pfns):
+                break
+    return causes
 
 
 class Lowvisor:
@@ -194,29 +208,34 @@ class Lowvisor:
 
         The RAM contents move as the platform migrates RAM (outside this model's scope,
         read and written by EL2 on both sides); the guest's page attributes must match,
-        so every page it had shared on the source is shared again here. Returns the
-        number of pages shared.
+        so every page shared on the source is shared again here, with the cause it was
+        shared for there (``migration: as on <source>, <cause>``): a page the host
+        obtained on the source is still the host's doing here. Returns the number of
+        pages shared.
         """
         from sim.world import RAM_BASE
 
         first = RAM_BASE >> PAGE_SHIFT
         end = first + (self.world.ram_size >> PAGE_SHIFT)
-        shared = 0
-        # The page states as they are now: the loop yields, and the source may go on
-        # changing its own (a held queue run on the source host ends a share there).
-        states = list(src.memory.ownership.runs(self.guest, first, end - first))
-        for start, stop, state in states:
-            if state is PageState.SHARED_OWNED:
-                for pfn in range(start, stop):
-                    yield from self._apply(
-                        Transition.GUEST_SHARE_HOST, pfn, 1, "migration: the guest had shared it"
-                    )
-                    shared += 1
+        src_own = src.memory.ownership
+        pfns = [
+            pfn
+            for start, stop, state in src_own.runs(self.guest, first, end - first)
+            if state is PageState.SHARED_OWNED
+            for pfn in range(start, stop)
+        ]
+        causes = share_causes(src_own.history, set(pfns))
+        # What the pages hold and their bytes first (RAM was pre-copied), then the
+        # page attributes.
+        for start, stop, label in src.memory.labels.runs(RAM_BASE, self.world.ram_size):
+            if label.kind != "free":
+                self.machine.memory.labels.set(start, stop - start, label)
         for pfn in src.memory.resident_pfns(first, end):
             addr = pfn << PAGE_SHIFT
             data = src.memory.read(src.lowvisor.fixmap, addr, PAGE_SIZE)
             self.machine.memory.write(self.fixmap, addr, data)
-        for start, stop, label in src.memory.labels.runs(RAM_BASE, self.world.ram_size):
-            if label.kind != "free":
-                self.machine.memory.labels.set(start, stop - start, label)
+        for pfn in pfns:
+            cause = f"migration: as on {src.name}, {causes[pfn]}"
+            yield from self._apply(Transition.GUEST_SHARE_HOST, pfn, 1, cause)
+        shared = len(pfns)
         return shared

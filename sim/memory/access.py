@@ -206,6 +206,13 @@ class MemorySystem:
         self._check(who, addr, len(data), write=True)
         self._pages.write(addr, data)
 
+    def peek(self, addr: int, length: int) -> bytes:
+        """The bytes at ``addr`` as they are now, for an observer of the run (the audit).
+
+        Not an access: nothing is checked or logged. No actor may use it; actors read
+        through :meth:`read`."""
+        return self._pages.read(addr, length)
+
     def _poison(self, first_pfn: int, nr_pages: int) -> None:
         # pKVM clears a guest page before handing it back to the host.
         self._pages.fill(first_pfn, nr_pages, 0)

@@ -39,10 +39,12 @@ class IOMMUGatedITS(Proposal):
                 yield from lowvisor.iommu_map(pfn, "guest maps ITS memory for the ITS")
 
     def after_probe(self, guest: Guest) -> Generator:
+        """Map the tables the probe allocated, each over all it spans (L2 device tables
+        come later, through ``on_table_alloc``)."""
         for addr, size in [
             (guest.prop, 1 << 16),
             *[(p, 1 << 16) for p in guest.pend],
-            (guest.device_table, PAGE_SIZE),
+            (guest.device_table, guest.device_table_size),  # flat: 512 KiB; 2-level: L1
             (guest.collection_table, 1 << 16),
             (guest.cmdq, guest.cmdq_size),
         ]:

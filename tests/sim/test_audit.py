@@ -152,12 +152,19 @@ class Truth:
     writes: list[Hit] = field(default_factory=list)  # guest bytes a host/DMA write hit
     samples: list[tuple[float, str, Spans]] = field(default_factory=list)
     extra: list[Callable] = field(default_factory=list)  # seeding processes to start
-    # (machine, addr, time_ms) of each host-claim ownership change -> labels on the page then
+    # (machine, addr, time_ms) of each share on the host's word -> labels on the page then
     claimed: dict[tuple, str] = field(default_factory=dict)
-    # (machine, slot) -> component that last wrote that 32-byte command-queue slot
-    slot_writer: dict[tuple, str] = field(default_factory=dict)
-    # (machine, addr, length, time_ms) of shares EL2 made parsing a slot the host wrote
+    # (machine, slot) -> the bytes the guest last wrote into that command-queue slot
+    guest_wrote: dict[tuple, bytes] = field(default_factory=dict)
+    # (machine, slot) -> whether EL2's latest read of that slot got other bytes
+    el2_read_forged: dict[tuple, bool] = field(default_factory=dict)
+    # (machine, addr, length, time_ms) of shares EL2 made parsing a slot whose bytes, when
+    # it read them, were not the guest's
     forged_shares: list[tuple] = field(default_factory=list)
+    # (machine, pfn) shared on a host claim or a forged slot, and not unshared since
+    host_word: set[tuple] = field(default_factory=set)
+    # (machine, addr, length, time_ms) of shares the destination made of such pages
+    migrated_shares: list[tuple] = field(default_factory=list)
 
     def install(self, world) -> None:
         self.world = world
@@ -166,26 +173,72 @@ class Truth:
             machine.memory.ownership.watchers.append(
                 lambda first, nr, done, m=machine: self._on_pages(m, done)
             )
+            machine.memory.write = self._recording_writes(machine, machine.memory.write)
         world.env.process(self._sample())
         for seed in self.extra:
             world.env.process(seed(world))
+
+    def _queue_slots(self, machine, addr: int, length: int) -> list[int]:
+        return [
+            a
+            for s, e, lab in machine.memory.labels.runs(addr, length)
+            if lab.kind is LabelKind.CMDQ
+            for a in range(s & ~31, e, 32)
+        ]
+
+    def _recording_writes(self, machine, write):
+        """Keep a copy of what the guest writes into queue slots (and what EL2 copies in
+        on import: the source's record comes with the source's bytes)."""
+
+        def recorded(who: Initiator, addr: int, data: bytes) -> None:
+            write(who, addr, data)
+            for slot in self._queue_slots(machine, addr, len(data)):
+                key = (machine.name, slot)
+                if who.component == GUEST and who.name.endswith(".lowvisor"):
+                    source = self.world.src.name
+                    if (source, slot) in self.guest_wrote and machine.name != source:
+                        self.guest_wrote[key] = self.guest_wrote[source, slot]
+                elif who.component == GUEST:
+                    self.guest_wrote[key] = data[slot - addr : slot - addr + 32]
+
+        return recorded
 
     def _on_pages(self, machine, done: bool) -> None:
         if not done:
             return
         change = machine.memory.ownership.history[-1]
+        addr, length = change.first_pfn << PAGE_SHIFT, change.nr_pages << PAGE_SHIFT
+        pages = {
+            (machine.name, p) for p in range(change.first_pfn, change.first_pfn + change.nr_pages)
+        }
+        if change.transition in (
+            Transition.GUEST_UNSHARE_HOST,
+            Transition.HOST_RECLAIM_SHARED_PAGE,
+        ):
+            self.host_word -= pages
+        if change.transition is not Transition.GUEST_SHARE_HOST:
+            return
+        when = change.time / 1000
         slot = re.search(r"queue slot (0x[0-9a-f]+)", change.cause)
-        if slot and self.slot_writer.get((machine.name, int(slot[1], 16))) == HOST:
-            addr, length = change.first_pfn << PAGE_SHIFT, change.nr_pages << PAGE_SHIFT
-            self.forged_shares.append((machine.name, addr, length, change.time / 1000))
-        if change.cause.startswith("host claim"):
-            addr, length = change.first_pfn << PAGE_SHIFT, change.nr_pages << PAGE_SHIFT
-            labels = sorted({str(lab) for _, _, lab in machine.memory.labels.runs(addr, length)})
-            self.claimed[machine.name, addr, change.time / 1000] = ", ".join(labels)
+        if change.cause.startswith("migration"):
+            source = {(self.world.src.name, p) for _, p in pages}
+            if not source & self.host_word:
+                return
+            self.migrated_shares.append((machine.name, addr, length, when))
+        elif slot and self.el2_read_forged.get((machine.name, int(slot[1], 16))):
+            self.forged_shares.append((machine.name, addr, length, when))
+        elif not change.cause.startswith("host claim"):
+            return
+        labels = sorted({str(lab) for _, _, lab in machine.memory.labels.runs(addr, length)})
+        self.claimed[machine.name, addr, when] = ", ".join(labels)
+        self.host_word |= pages
 
     def _on_access(self, machine, who: Initiator, rec) -> None:
-        if rec.write and rec.allowed and rec.length == 32:
-            self.slot_writer[machine.name, rec.addr] = who.component
+        if rec.allowed and not rec.write and who.name == f"{machine.name}.lowvisor":
+            for slot in self._queue_slots(machine, rec.addr, rec.length):
+                got = machine.memory._pages.read(slot, 32)
+                wanted = self.guest_wrote.get((machine.name, slot))
+                self.el2_read_forged[machine.name, slot] = got != wanted
         if not rec.allowed or not (who.component == HOST or who.dma):
             return
         lo = max(rec.addr, RAM_BASE)
@@ -352,9 +405,11 @@ def check_trust(run: AuditRun, truth: Truth) -> None:
     *release* of a claim counts is `test_releasing_a_claim_is_not_an_unverified_share`.)"""
     trust = [v for v in run.violations if v.kind == "trust"]
     reported = sorted((v.machine, v.addr, v.length, v.time_ms) for v in trust)
-    shares = host_claims(truth, shares_only=True) + truth.forged_shares
+    shares = host_claims(truth, shares_only=True) + truth.forged_shares + truth.migrated_shares
     assert set(shares) <= set(reported)
-    assert set(reported) <= set(host_claims(truth)) | set(truth.forged_shares)
+    assert set(reported) <= set(host_claims(truth)) | set(truth.forged_shares) | set(
+        truth.migrated_shares
+    )
     assert len(reported) == len(set(reported))
     assert run.summary.unverified_shares == len(trust) >= len(shares)
     assert {v.how for v in trust} <= {"unverified-share"}
@@ -415,7 +470,7 @@ CORPUS = [
         "share-cmdq-snoop",
         "forge-queued-mapd",
         False,
-        {"did-read", "could-read", "wrote"},
+        {"did-read", "could-read", "wrote", "unverified-share"},
         "attack",
     ),
     (
@@ -511,6 +566,26 @@ CORPUS = [
         {"unverified-share"},
         None,
     ),
+    # trust timing: EL2 parsed host bytes (the forgery landed before EL2's read), and the
+    # destination re-shares what the host obtained on the source
+    (
+        "trust/snoop-forge-kz",
+        KZ,
+        "share-cmdq-snoop",
+        "forge-queued-mapd",
+        False,
+        {"unverified-share"},
+        None,
+    ),
+    (
+        "trust/claims-kept-kz",
+        KZ,
+        "share-host-claims",
+        "keep-stale-share",
+        True,
+        {"unverified-share"},
+        None,
+    ),
 ]
 
 
@@ -524,6 +599,7 @@ def test_the_corpus_covers_every_kind_under_every_proposal_where_it_can_occur():
         assert ("wrote", proposal) in covered
     assert ("wrote", "userspace-serialization") in covered
     assert ("unverified-share", "share-host-claims") in covered
+    assert ("unverified-share", "share-cmdq-snoop") in covered
     dma = {case[2] for case in CORPUS if case[6] == "its-hw"}
     assert dma == {
         "trusted-host",

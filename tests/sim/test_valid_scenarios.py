@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from sim.actors.alloc import slub_order
 from sim.memory.labels import LabelKind
 from sim.memory.ownership import HOST, PageState
-from sim.memory.physmem import PAGE_SHIFT, PAGE_SIZE
+from sim.memory.physmem import PAGE_SIZE
 from sim.run import collect, simulate
 from sim.scenario import ALL_PROPOSALS, Scenario
 
@@ -95,25 +95,6 @@ def valid_scenarios(draw) -> Scenario:
     )
 
 
-def _known_gap(world) -> bool:
-    """Issue 12, gap 8 (fixed on another branch): iommu-gated-its maps only the first
-    4 KiB of the device table into the ITS's IOMMU domain, so a DeviceID from 0x200 up in
-    a flat table, or a restore walking the level-1 table past its first page (no valid
-    DTE left to end the walk), faults: SAVE/RESTORE -EFAULT on device-table pages only."""
-    faults = [f for m in world.machines.values() for f in m.memory.faults]
-    return (
-        world.proposal.name == "iommu-gated-its"
-        and bool(faults)
-        and all(
-            f.record.actor.endswith("its-hw")
-            # the guest's labels (the source's are cleared at teardown)
-            and set(world.dst.memory.labels.kinds(f.pfn << PAGE_SHIFT, PAGE_SIZE))
-            == {LabelKind.DEVICE_TABLE}
-            for f in faults
-        )
-    )
-
-
 # A handful in CI; PKVM_SIM_VALID_EXAMPLES=300 for a longer hunt.
 EXAMPLES = int(os.environ.get("PKVM_SIM_VALID_EXAMPLES", "6"))
 
@@ -128,8 +109,7 @@ def test_every_valid_scenario_runs_to_a_result_under_every_proposal(scenario):
         c = result.correctness
         assert 0 <= c.ok_after_migration <= c.expected_translations
         assert result.exposure.peak_exposed_bytes <= result.exposure.secret_bytes
-        if honest and not _known_gap(world):
-            # an honest host keeps the ITS working under every proposal
+        if honest:  # an honest host keeps the ITS working under every proposal
             assert c.its_correct, (proposal, c.its_errors, c.command_failures, c.mismatches)
             assert c.kvm_faults == 0, proposal
 
