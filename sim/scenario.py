@@ -169,6 +169,14 @@ class HostSpec(_Strict):
     behaviours: list[BehaviourSpec] = [Honest()]
 
 
+def _short(value: object) -> str:
+    """A parameter as a name shows it: ``2`` for 2.0, every digit where ``g`` would round."""
+    if isinstance(value, float):
+        short = f"{value:g}"
+        return short if float(short) == value else repr(value)
+    return str(value)
+
+
 def describe_behaviours(behaviours: list) -> str:
     """A host's behaviours as one name: each kind with the parameters it was given that
     differ from the defaults, joined by " + " (``read-everything(period_ms=2) +
@@ -178,9 +186,7 @@ def describe_behaviours(behaviours: list) -> str:
         if b.kind == "honest":
             continue
         params = b.model_dump(exclude_defaults=True, exclude={"kind"})
-        args = ", ".join(
-            f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
-        )
+        args = ", ".join(f"{k}={_short(v)}" for k, v in params.items())
         parts.append(f"{b.kind}({args})" if args else b.kind)
     return " + ".join(parts) or "honest"
 

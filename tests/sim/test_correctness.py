@@ -21,7 +21,13 @@ from sim.memory.ownership import Transition
 from sim.report.markdown import render
 from sim.report.text import render_text
 from sim.run import collect, run, simulate
-from sim.scenario import ALL_PROPOSALS, Scenario, describe_behaviours, load_scenario
+from sim.scenario import (
+    ALL_PROPOSALS,
+    ReadEverything,
+    Scenario,
+    describe_behaviours,
+    load_scenario,
+)
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
 CLEARS = "host claim: entry KVM clears in the queue"
@@ -149,6 +155,12 @@ def test_composed_behaviours_with_parameters_name_one_matrix_row():
     base = runs[0].summary
     assert base.its_correct and (base.did_read_bytes, base.corrupted_bytes) == (0, 0)
     assert scenario_row(load_scenario(SCENARIOS / "small-vm.yaml")) is None
+    # Different parameters, different rows: a name never rounds a parameter away.
+    specs = [ReadEverything(kind="read-everything", period_ms=p) for p in (1.0000001, 1.0)]
+    assert [describe_behaviours([s]) for s in specs] == [
+        "read-everything(period_ms=1.0000001)",
+        "read-everything",  # the default
+    ]
     single = with_attack(scenario, "its-dma")  # one attack with its defaults: a plain row
     assert scenario_row(single) is None
     assert audit_run(with_attack(scenario, None), "share-host-claims").behaviours == ["honest"]
