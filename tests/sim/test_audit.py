@@ -4,9 +4,11 @@ runs of proposals whose design allows no violation report none.
 The expected bytes never come from the auditor. A recorder hooked into the same world
 (`Truth`) keeps its own copy of what happened, straight from the model's ground truth:
 every allowed host or DMA access with the labels and page states it met at that instant
-(labels on the source are cleared at teardown, so they have to be caught live), and a
+(labels of poisoned pages are cleared at teardown, so they have to be caught live), and a
 sampler that, every quarter millisecond, lists the secret bytes lying on host-readable
-pages. The audit's report is then compared with that record byte for byte.
+pages and those a DMA master the host drives reaches (from the IOMMU domains, the
+registered masters and the page states, recomputed here). The audit's report is then
+compared with that record byte for byte.
 """
 
 from __future__ import annotations
@@ -151,6 +153,7 @@ class Truth:
     reads: list[Hit] = field(default_factory=list)  # secret bytes a host/DMA read got
     writes: list[Hit] = field(default_factory=list)  # guest bytes a host/DMA write hit
     samples: list[tuple[float, str, Spans]] = field(default_factory=list)
+    dma_samples: list[tuple[float, str, Spans]] = field(default_factory=list)
     extra: list[Callable] = field(default_factory=list)  # seeding processes to start
     # (machine, addr, time_ms) of each host-claim ownership change -> labels on the page then
     claimed: dict[tuple, str] = field(default_factory=dict)
@@ -200,7 +203,10 @@ class Truth:
                     if label.kind is LabelKind.SECRET:
                         self.reads.append(hit)
                     continue
-                private = memory.ownership.state(GUEST, pfn) is PageState.OWNED
+                guest_state = memory.ownership.state(GUEST, pfn)
+                if guest_state is PageState.NOPAGE:
+                    continue  # torn down: the page is no longer the guest's
+                private = guest_state is PageState.OWNED
                 consented = (
                     who.dma
                     and label.kind in ITS_STRUCTURES
@@ -222,6 +228,31 @@ class Truth:
                     out.append((max(start, pfn << PAGE_SHIFT), min(end, (pfn + 1) << PAGE_SHIFT)))
         return merge(out)
 
+    def dma_reachable_now(self, machine) -> Spans:
+        """Secret bytes a DMA master the host drives could read or write, right now: one
+        behind an IOMMU where its domain grants the page, one with none anywhere, unless
+        EL2 mediates it (then host-owned pages only)."""
+        memory = machine.memory
+
+        def reaches(pfn: int) -> bool:
+            for name, mediated in memory.host_dma.items():
+                domain = memory.iommu.get(name)
+                if domain is not None:
+                    if domain.allows(pfn, write=False) or domain.allows(pfn, write=True):
+                        return True
+                elif not mediated or memory.ownership.state(HOST, pfn) is PageState.OWNED:
+                    return True
+            return False
+
+        out = []
+        for start, end, label in memory.labels.labelled():
+            if label.kind is not LabelKind.SECRET:
+                continue
+            for pfn in range(start >> PAGE_SHIFT, ((end - 1) >> PAGE_SHIFT) + 1):
+                if reaches(pfn):
+                    out.append((max(start, pfn << PAGE_SHIFT), min(end, (pfn + 1) << PAGE_SHIFT)))
+        return merge(out)
+
     def _sample(self) -> Generator:
         env = self.world.env
         end = self.world.scenario.workload.duration_ms * 1000.0
@@ -229,6 +260,7 @@ class Truth:
         while env.now < end:
             for machine in self.world.machines.values():
                 self.samples.append((env.now, machine.name, self.exposed_now(machine)))
+                self.dma_samples.append((env.now, machine.name, self.dma_reachable_now(machine)))
             yield env.timeout(SAMPLE_US)
 
     def spans(self, hits: list[Hit]) -> dict[str, Spans]:
@@ -312,26 +344,43 @@ def check_writes(run: AuditRun, truth: Truth) -> None:
 
 
 def check_exposure(run: AuditRun, truth: Truth) -> None:
-    """could-read: at every sample, the open intervals are exactly the secret bytes on
-    host-readable pages; and they are the exposure tracker's intervals, one for one."""
-    could = [v for v in run.violations if v.how == "could-read"]
-    for t_us, machine, exposed in truth.samples:
-        open_now = merge(
-            (v.addr, v.addr + v.length)
-            for v in could
-            if v.machine == machine and v.time_ms * 1000 <= t_us < v.end_ms * 1000
-        )
-        assert open_now == exposed, (machine, t_us)
+    """could-read and dma-reachable: at every sample, the open intervals are exactly the
+    secret bytes on host-readable pages (on pages a host-driven DMA master reaches); they
+    are the trackers' intervals, one for one; and the peak is at least the largest
+    sampled union over both machines (a guest byte on both counts once)."""
     world = truth.world
-    tracked = sorted(
-        (name, i.addr, i.length, i.start / 1000, i.end / 1000)
-        for name, m in world.machines.items()
-        for i in m.exposure.intervals
-    )
-    reported = sorted((v.machine, v.addr, v.length, v.time_ms, v.end_ms) for v in could)
-    assert reported == tracked
-    peak = max((size(s) for _, _, s in truth.samples), default=0)
-    assert run.summary.could_read_peak_bytes >= peak
+    for how, samples, tracker in (
+        ("could-read", truth.samples, "exposure"),
+        ("dma-reachable", truth.dma_samples, "dma_exposure"),
+    ):
+        could = [v for v in run.violations if v.how == how]
+        for t_us, machine, exposed in samples:
+            open_now = merge(
+                (v.addr, v.addr + v.length)
+                for v in could
+                if v.machine == machine and v.time_ms * 1000 <= t_us < v.end_ms * 1000
+            )
+            assert open_now == exposed, (how, machine, t_us)
+        tracked = sorted(
+            (name, i.addr, i.length, i.start / 1000, i.end / 1000)
+            for name, m in world.machines.items()
+            for i in getattr(m, tracker).intervals
+        )
+        reported = sorted((v.machine, v.addr, v.length, v.time_ms, v.end_ms) for v in could)
+        assert reported == tracked
+        union: dict[float, list] = {}
+        for t_us, _machine, exposed in samples:
+            union.setdefault(t_us, []).extend(exposed)
+        peak = max((size(merge(s)) for s in union.values()), default=0)
+        summary = run.summary
+        got = (
+            summary.could_read_peak_bytes
+            if how == "could-read"
+            else (summary.dma_reachable_peak_bytes)
+        )
+        assert got >= peak, how
+        if not could:
+            assert got == 0, how
 
 
 def host_claims(truth: Truth, shares_only: bool = False) -> list[tuple]:
@@ -628,11 +677,10 @@ def test_seeded_host_read_of_part_of_a_secret_is_reported_exactly():
     seed = Seeded(_read_part_of_a_secret)
     run, truth = audited(scenario(KZ), "share-enlightened-guest", seed)
     ((machine, addr, length, victim),) = seed.done
-    did = [v for v in run.violations if v.how == "did-read"]
+    did = [v for v in run.violations if v.how == "did-read" and v.actor == "src.host.attack"]
     assert [(v.machine, v.actor, v.addr, v.length, v.victim, v.time_ms) for v in did] == [
         (machine, "src.host.attack", addr, length, victim, SEED_AT_US / 1000)
     ]
-    assert run.summary.did_read_bytes == 32
     check_all(run, truth)
 
 
@@ -655,9 +703,12 @@ def _read_across_a_secret_edge(seed: Seeded, world) -> Generator:
 def test_seeded_read_straddling_a_secret_reports_only_the_secret_bytes():
     seed = Seeded(_read_across_a_secret_edge)
     run, truth = audited(scenario(KZ), "share-cmdq-snoop", seed)
-    did = [(v.machine, v.addr, v.length, v.victim) for v in run.violations if v.how == "did-read"]
+    did = [
+        (v.machine, v.addr, v.length, v.victim)
+        for v in run.violations
+        if v.how == "did-read" and v.actor == "src.host.attack"
+    ]
     assert did == seed.done
-    assert run.summary.did_read_bytes == sum(d[2] for d in seed.done)
     check_all(run, truth)
 
 
@@ -675,7 +726,7 @@ def test_seeded_read_of_a_private_secret_faults_and_is_no_violation(proposal):
     seed = Seeded(_read_a_private_secret)
     run, truth = audited(scenario(KZ), proposal, seed)
     assert len(seed.faults) == 1
-    assert not [v for v in run.violations if v.how == "did-read"]
+    assert not [v for v in run.violations if v.how == "did-read" and v.actor == "src.host.attack"]
     check_all(run, truth)
 
 
@@ -872,9 +923,12 @@ def test_did_read_bytes_counts_distinct_bytes_when_reads_overlap():
     seed = Seeded(_overlapping_partial_reads)
     run, truth = audited(scenario(KZ), "share-enlightened-guest", seed)
     ((machine, start, distinct),) = seed.done
-    assert truth.spans(truth.reads) == {machine: [(start, start + distinct)]}
-    assert violation_spans(run.violations, "did-read") == {machine: [(start, start + 96)]}
-    assert run.summary.did_read_bytes == distinct == 96
+    attack = [h for h in truth.reads if h.actor == "src.host.attack"]
+    assert truth.spans(attack) == {machine: [(start, start + distinct)]} and distinct == 96
+    ours = [v for v in run.violations if v.actor == "src.host.attack"]
+    assert violation_spans(ours, "did-read") == {machine: [(start, start + 96)]}
+    # With the VMM's reads of the pages it streamed: still each byte once.
+    assert run.summary.did_read_bytes == sum(size(s) for s in truth.spans(truth.reads).values())
 
 
 def _dma_write_to_a_private_itt(seed: Seeded, world) -> Generator:
@@ -921,6 +975,10 @@ def test_dma_write_straddling_the_start_of_guest_ram_is_reported():
 
 # ---- hypothesis: honest runs of proposals whose design allows no violation -----------------
 
+# On a platform whose physical ITS cannot reach guest memory (EL2 mediates the host's
+# commands to it, or the ITS sits behind an IOMMU): with no IOMMU and no mediation the
+# host-driven ITS reaches every secret (test_exposure.py), and with kzalloc'd ITTs the
+# ITS's IOMMU domain maps their slab neighbours.
 NO_VIOLATION_BY_DESIGN = {
     "linux-shared-pool": [
         "share-host-claims",  # every table page is the driver's share: nothing to claim
@@ -929,7 +987,7 @@ NO_VIOLATION_BY_DESIGN = {
         "share-enlightened-guest",
         "share-cmdq-snoop",
     ],
-    "linux-kzalloc": ["userspace-serialization", "iommu-gated-its"],
+    "linux-kzalloc": ["userspace-serialization"],
 }
 
 
@@ -975,6 +1033,7 @@ def honest_scenarios(draw, allocator: str) -> Scenario:
                 "churn": churn,
             },
             "migration": {"at_ms": draw(st.floats(2.0, 25.0))},
+            "lowvisor": {"mediate_physical_its": True},
         }
     )
 
@@ -991,6 +1050,7 @@ def test_random_honest_runs_report_no_violation(allocator, proposal, data):
     assert run.violations == []
     s = run.summary
     assert (s.could_read_peak_bytes, s.did_read_bytes, s.corrupted_bytes) == (0, 0, 0)
+    assert (s.dma_reachable_peak_bytes, s.dma_reachable_byte_ms) == (0, 0.0)
     assert s.unverified_shares == 0
 
 
