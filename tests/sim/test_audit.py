@@ -14,6 +14,7 @@ compared with that record byte for byte.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import re
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from hypothesis import strategies as st
 import sim.run
 from sim.audit import Violation
 from sim.its.tables import ITE
-from sim.matrix import AuditRun, audit_run
+from sim.matrix import DURATION_TOLERANCE, AuditRun, audit_run, cell
 from sim.memory.access import Initiator, Stage2Fault
 from sim.memory.labels import Label, LabelKind
 from sim.memory.ownership import HOST, PageState, Transition
@@ -46,6 +47,7 @@ ITS_STRUCTURES = {
 GUEST_DATA = {LabelKind.SECRET, LabelKind.KERNEL}
 SAMPLE_US = 250.0
 SAMPLE_PHASE_US = 0.0137  # off the grid of event times, so no sample ties with an event
+AFTER_TEARDOWN = 8  # samples taken after the source's teardown
 
 Spans = list[tuple[int, int]]  # sorted, merged [start, end) byte ranges
 
@@ -253,11 +255,20 @@ class Truth:
                     out.append((max(start, pfn << PAGE_SHIFT), min(end, (pfn + 1) << PAGE_SHIFT)))
         return merge(out)
 
+    def torn_down(self) -> bool:
+        history = self.world.src.memory.ownership.history
+        return any(c.cause == "teardown" for c in history)
+
     def _sample(self) -> Generator:
+        """Every SAMPLE_US over the window, and on past the source's teardown (what the
+        host keeps then is still exposure), for AFTER_TEARDOWN more samples."""
         env = self.world.env
         end = self.world.scenario.workload.duration_ms * 1000.0
         yield env.timeout(SAMPLE_PHASE_US)
-        while env.now < end:
+        after = 0
+        while env.now < end or after < AFTER_TEARDOWN:
+            if self.torn_down():
+                after += 1
             for machine in self.world.machines.values():
                 self.samples.append((env.now, machine.name, self.exposed_now(machine)))
                 self.dma_samples.append((env.now, machine.name, self.dma_reachable_now(machine)))
@@ -369,8 +380,10 @@ def check_exposure(run: AuditRun, truth: Truth) -> None:
         reported = sorted((v.machine, v.addr, v.length, v.time_ms, v.end_ms) for v in could)
         assert reported == tracked
         union: dict[float, list] = {}
+        window = world.scenario.workload.duration_ms * 1000.0
         for t_us, _machine, exposed in samples:
-            union.setdefault(t_us, []).extend(exposed)
+            if t_us < window:
+                union.setdefault(t_us, []).extend(exposed)
         peak = max((size(merge(s)) for s in union.values()), default=0)
         summary = run.summary
         got = (
@@ -530,6 +543,24 @@ CORPUS = [
     ("dma/snoop", POOL, "share-cmdq-snoop", "its-dma", False, {"wrote"}, "its-hw"),
     ("dma/userspace", POOL, "userspace-serialization", "its-dma", False, {"wrote"}, "its-hw"),
     ("dma/userspace-kz", KZ, "userspace-serialization", "its-dma", False, {"wrote"}, "its-hw"),
+    # dma-reachable: secrets a DMA master the host drives could read or write
+    ("reach/trusted", POOL, "trusted-host", "honest", False, {"dma-reachable"}, None),
+    ("reach/userspace", POOL, "userspace-serialization", "honest", False, {"dma-reachable"}, None),
+    ("reach/iommu-kz", KZ, "iommu-gated-its", "honest", False, {"dma-reachable"}, None),
+    ("reach/snoop-kz", KZ, "share-cmdq-snoop", "honest", True, {"dma-reachable"}, None),
+    # ... and the physical ITS aimed at a secret its IOMMU domain maps
+    (
+        "dma/iommu-kz",
+        KZ,
+        "iommu-gated-its",
+        "its-dma",
+        False,
+        {"wrote", "dma-reachable"},
+        "its-hw",
+    ),
+    # did-read by an honest VMM: the shared pages it streams hold co-located secrets
+    ("stream/enlight-kz", KZ, "share-enlightened-guest", "honest", False, {"did-read"}, "vmm"),
+    ("stream/snoop-kz", KZ, "share-cmdq-snoop", "honest", False, {"did-read"}, "vmm"),
     # unverified-share: EL2 shared a page on the host's word
     ("trust/claims-kz", KZ, "share-host-claims", "honest", False, {"unverified-share"}, None),
     (
@@ -562,6 +593,9 @@ def test_the_corpus_covers_every_kind_under_every_proposal_where_it_can_occur():
         assert ("did-read", proposal) in covered
         assert ("wrote", proposal) in covered
     assert ("wrote", "userspace-serialization") in covered
+    for proposal in (*protected_shares, "userspace-serialization", "iommu-gated-its"):
+        assert ("dma-reachable", proposal) in covered or proposal in protected_shares[:2]
+    assert ("wrote", "iommu-gated-its") in covered
     assert ("unverified-share", "share-host-claims") in covered
     dma = {case[2] for case in CORPUS if case[6] == "its-hw"}
     assert dma == {
@@ -570,6 +604,7 @@ def test_the_corpus_covers_every_kind_under_every_proposal_where_it_can_occur():
         "share-enlightened-guest",
         "share-cmdq-snoop",
         "userspace-serialization",
+        "iommu-gated-its",
     }
 
 
@@ -587,6 +622,71 @@ def test_mutation_is_detected_with_the_right_bytes(
     if actor is not None:
         hows = expected & {"did-read", "wrote"}
         assert any(v.actor.endswith(actor) for v in run.violations if v.how in hows)
+
+
+def test_what_the_guest_had_shared_stays_exposed_after_teardown():
+    """The sampler runs on past the source's teardown: the secrets on the pages the guest
+    had shared are still there and host-readable, and the audit's intervals say so."""
+    run, truth = audited(scenario(KZ), "share-enlightened-guest")
+    teardown = next(
+        c.time for c in truth.world.src.memory.ownership.history if c.cause == "teardown"
+    )
+    after = [s for t, m, s in truth.samples if m == "src" and t > teardown]
+    assert len(after) >= AFTER_TEARDOWN - 1 and all(size(s) > 0 for s in after)
+    check_all(run, truth)
+
+
+def union_byte_us(violations: list[Violation], how: str, window_us: float) -> float:
+    """byte x us of the ``how`` intervals (which check_exposure matches with the samples),
+    each guest byte once per instant over both machines, inside the window."""
+    spans = [v for v in violations if v.how == how]
+    cuts = sorted({x for v in spans for x in (v.addr, v.addr + v.length)})
+    total = 0.0
+    for lo, hi in itertools.pairwise(cuts):
+        times = merge(
+            (v.time_ms * 1000, min(v.end_ms * 1000, window_us))
+            for v in spans
+            if v.addr <= lo and hi <= v.addr + v.length
+        )
+        total += (hi - lo) * sum(e - s for s, e in times)
+    return total
+
+
+# (id, allocator, proposal, attack, churn, exposed longer?): the matrix's verdict on
+# duration, against the byte x ms recomputed from the intervals the samples vouch for
+# (a ratio far from the tolerance either way).
+DURATION_CASES = [
+    ("claims-kept-kz", KZ, "share-host-claims", "keep-stale-share", True, True),
+    ("snoop-held-kz", KZ, "share-cmdq-snoop", "keep-stale-share", True, True),
+    ("enlight-delayed-kz", KZ, "share-enlightened-guest", "delay-commands", False, False),
+]
+
+
+@pytest.mark.parametrize(
+    ("allocator", "proposal", "attack", "churn", "longer"),
+    [pytest.param(*case[1:], id=case[0]) for case in DURATION_CASES],
+)
+def test_the_matrix_counts_a_longer_exposure_as_a_success(
+    allocator, proposal, attack, churn, longer
+):
+    base, base_truth = audited(scenario(allocator, churn=churn), proposal)
+    run, truth = audited(scenario(allocator, [{"kind": attack}], churn=churn), proposal)
+    check_all(base, base_truth)
+    window = truth.world.scenario.workload.duration_ms * 1000.0
+    before = union_byte_us(base.violations, "could-read", window)
+    after = union_byte_us(run.violations, "could-read", window)
+    assert base.summary.could_read_byte_ms == pytest.approx(before / 1000, abs=1e-2)
+    assert run.summary.could_read_byte_ms == pytest.approx(after / 1000, abs=1e-2)
+    ratio = after / before
+    verdict = cell(attack, base, run)
+    if longer:
+        assert ratio > 1 + 2 * DURATION_TOLERANCE, ratio
+        assert verdict.outcome == "succeeded" and "exposed longer" in verdict.why, verdict
+        assert verdict.byte_ms > 0
+    else:
+        assert ratio < 1 + DURATION_TOLERANCE / 2, ratio
+        assert "longer" not in verdict.why, verdict
+    check_all(run, truth)
 
 
 def test_write_outside_entries_reports_the_bytes_that_now_hold_its_pattern():
