@@ -36,6 +36,7 @@ class _Model(BaseModel):
 
 
 class AuditSummary(_Model):
+    window_ms: float  # exposure is measured over [0, window_ms): the workload's duration
     could_read_peak_bytes: int  # each guest byte once per instant, over both machines
     could_read_byte_ms: float
     dma_reachable_peak_bytes: int  # secret bytes a DMA master the host drives reaches
@@ -133,6 +134,7 @@ def audit_run(scenario: Scenario, proposal: str) -> AuditRun:
     blocked = [b for m in world.machines.values() for h in m.host.behaviours for b in h.blocked]
     blocked += [r for m in world.machines.values() for r in m.lowvisor.refusals]
     summary = AuditSummary(
+        window_ms=scenario.workload.duration_ms,
         could_read_peak_bytes=result.exposure.peak_exposed_bytes,
         could_read_byte_ms=result.exposure.exposed_byte_ms,
         dma_reachable_peak_bytes=result.exposure.dma_reachable_peak_bytes,
@@ -173,7 +175,14 @@ def cell(attack: str, base: AuditRun, run: AuditRun) -> Cell:
     b, a = base.summary, run.summary
 
     def spans(r: AuditRun, how: str) -> set[tuple]:
-        return {(v.machine, v.addr, v.length, v.victim) for v in r.violations if v.how == how}
+        """Secret runs exposed ``how`` at some time inside the window (both runs are
+        compared over the same window; an attack that slows the run down is not
+        credited with what happens after the honest run's window closed)."""
+        return {
+            (v.machine, v.addr, v.length, v.victim)
+            for v in r.violations
+            if v.how == how and v.time_ms < r.summary.window_ms
+        }
 
     exposed = spans(run, "could-read") - spans(base, "could-read")
     dma_exposed = spans(run, "dma-reachable") - spans(base, "dma-reachable")

@@ -171,7 +171,10 @@ def test_share_cmdq_snoop_blocks_the_claim_but_stale_shares_outlive_the_unmap(ma
             assert "outlived MAPD V=0" in cell.why
             exposed = new(run, base, "could-read")
             assert exposed and all(v.victim.startswith("secret:") for v in exposed), attack
-            assert cell.bytes > 0 and cell.duration_ms >= window
+            # New bytes inside the window, or the same ones for longer (the cell compares
+            # runs over the scenario's window; a hold can push the reuse past it).
+            assert cell.bytes > 0 or cell.byte_ms > 0, cell
+            assert cell.duration_ms >= window
         # Sitting on the MAPD V=0 holds the share as long as the host holds the queue.
         hold = m.runs["keep-stale-share", "share-cmdq-snoop"].summary.post_unmap_share_ms
         delay = m.runs["delay-commands", "share-cmdq-snoop"].summary.post_unmap_share_ms
