@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from sim.exposure import ExposureInterval
 from sim.its.regs import ITS_CMD_SIZE
 from sim.memory.access import AccessRecord, Initiator
 from sim.memory.labels import LabelKind
@@ -66,6 +67,17 @@ def _describe(change: OwnershipChange | None) -> str:
         f"t={change.time / 1000:.3f} ms {change.transition.spec.kernel_name}"
         f" pfn {change.first_pfn:#x}+{change.nr_pages}: {change.cause or 'no cause given'}"
     )
+
+
+def _dma_opening(interval: ExposureInterval) -> str:
+    """What made a secret DMA-reachable: the guest put it on a page the master already
+    reached, the page entered the master's IOMMU domain, or a page-state change."""
+    at = f"t={interval.start / 1000:.3f} ms"
+    if interval.trigger == "label":
+        return f"opened at {at} when the guest stored the secret on a page already reached"
+    if interval.trigger == "iommu":
+        return f"opened at {at} when the page was mapped into the master's IOMMU domain"
+    return f"opened by {_describe(interval.opened_by)}"
 
 
 class Auditor:
@@ -228,7 +240,7 @@ class Auditor:
                                 f"{where} from {interval.start / 1000:.3f} to"
                                 f" {end / 1000:.3f} ms (byte x ms counted up to"
                                 f" {tracker.window_end / 1000:g} ms)",
-                                f"the page's last ownership change: {_describe(interval.opened_by)}"
+                                _dma_opening(interval)
                                 if dma
                                 else f"opened by {_describe(interval.opened_by)}",
                             ),

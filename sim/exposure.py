@@ -44,6 +44,7 @@ class ExposureInterval:
     end: float  # us
     opened_by: OwnershipChange | None  # the page's last ownership change at opening
     via: str = "the host's stage-2 maps the page"  # how the host reached it at opening
+    trigger: str = "page"  # what opened it: a "page" state, a "label" or an "iommu" change
 
     def byte_us(self, window_end: float = float("inf")) -> float:
         return self.length * max(0.0, min(self.end, window_end) - self.start)
@@ -68,13 +69,13 @@ class ExposureTracker:
         self.peak = 0
         self.byte_us = 0.0
         self._last = clock()
-        self._open: dict[int, dict[Run, tuple[float, OwnershipChange | None, str]]] = {}
+        self._open: dict[int, dict[Run, tuple[float, OwnershipChange | None, str, str]]] = {}
         self.intervals: list[ExposureInterval] = []
         memory.ownership.watchers.append(self._on_pages)
         memory.labels.watchers.append(self._on_bytes)
         if reach == "dma":
-            memory.iommu.watchers.append(self._on_pages)
-        self._refresh(0, 1 << (48 - PAGE_SHIFT))
+            memory.iommu.watchers.append(self._on_iommu)
+        self._refresh(0, 1 << (48 - PAGE_SHIFT), "page")
 
     @property
     def exposed_secrets(self) -> set[str]:
@@ -99,14 +100,20 @@ class ExposureTracker:
         if not done:
             self._advance()
         else:
-            self._refresh(first_pfn, first_pfn + nr_pages)
+            self._refresh(first_pfn, first_pfn + nr_pages, "page")
+
+    def _on_iommu(self, first_pfn: int, nr_pages: int, done: bool) -> None:
+        if not done:
+            self._advance()
+        else:
+            self._refresh(first_pfn, first_pfn + nr_pages, "iommu")
 
     def _on_bytes(self, addr: int, length: int, done: bool) -> None:
         if not done:
             self._advance()
         else:
             end = addr + length
-            self._refresh(addr >> PAGE_SHIFT, (end + PAGE_SIZE - 1) >> PAGE_SHIFT)
+            self._refresh(addr >> PAGE_SHIFT, (end + PAGE_SIZE - 1) >> PAGE_SHIFT, "label")
 
     def _exposed_runs(self, first_pfn: int, end_pfn: int) -> dict[int, tuple[set[Run], str]]:
         out: dict[int, tuple[set[Run], str]] = {}
@@ -123,7 +130,7 @@ class ExposureTracker:
                     out.setdefault(pfn, (set(), how[pfn]))[0].add((lo, hi, label.name))
         return out
 
-    def _refresh(self, first_pfn: int, end_pfn: int) -> None:
+    def _refresh(self, first_pfn: int, end_pfn: int, trigger: str) -> None:
         """Re-derive which secret runs on pages ``[first_pfn, end_pfn)`` are exposed."""
         now = self.clock()
         fresh = self._exposed_runs(first_pfn, end_pfn)
@@ -132,16 +139,16 @@ class ExposureTracker:
             before = self._open.get(pfn, {})
             after, via = fresh.get(pfn, (set(), ""))
             for run in set(before) - after:
-                opened, cause, was = before.pop(run)
+                opened, cause, was, why = before.pop(run)
                 self.current -= run[1] - run[0]
                 self.intervals.append(
-                    ExposureInterval(run[0], run[1] - run[0], run[2], opened, now, cause, was)
+                    ExposureInterval(run[0], run[1] - run[0], run[2], opened, now, cause, was, why)
                 )
             new = after - set(before)
             if new:
                 cause = self.memory.ownership.last_change(pfn)
                 for run in new:
-                    before[run] = (now, cause, via)
+                    before[run] = (now, cause, via, trigger)
                     self.current += run[1] - run[0]
             if before:
                 self._open[pfn] = before
@@ -155,9 +162,9 @@ class ExposureTracker:
         self._advance()
         now = self.clock()
         for runs in self._open.values():
-            for run, (opened, cause, via) in runs.items():
+            for run, (opened, cause, via, why) in runs.items():
                 self.intervals.append(
-                    ExposureInterval(run[0], run[1] - run[0], run[2], opened, now, cause, via)
+                    ExposureInterval(run[0], run[1] - run[0], run[2], opened, now, cause, via, why)
                 )
         self._open.clear()
 
