@@ -991,8 +991,8 @@ def test_releasing_a_claim_is_not_an_unverified_share():
 
 def test_an_unverified_share_names_what_the_page_held_when_el2_shared_it():
     """The victim of a trust violation is what the shared page held at that moment: for
-    secret-page-as-itt, secrets. (The source's labels are cleared at teardown, so labels
-    read after the run say "free" there.)"""
+    secret-page-as-itt, secrets. (The source's poisoned pages lose their labels at
+    teardown, so labels read after the run may say "free" there.)"""
     run, truth = audited(scenario(POOL, [{"kind": "secret-page-as-itt"}]), "share-host-claims")
     trust = [v for v in run.violations if v.kind == "trust"]
     assert any(v.machine == "src" for v in trust)
