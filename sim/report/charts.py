@@ -266,11 +266,16 @@ def write_charts(
         bar_chart(
             results,
             out / "exposure.png",
-            "Secret bytes the host could read (honest host); what the worst attack read,"
-            " exposed or corrupted",
+            "Secret bytes the host could read, or reach by DMA (honest host); what the worst"
+            " attack read, exposed or corrupted",
             [
                 ("peak secret B (symlog)", lambda r: r.exposure.peak_exposed_bytes, True),
                 ("secret B x ms (symlog)", lambda r: r.exposure.exposed_byte_ms, True),
+                (
+                    "peak DMA-reachable B (symlog)",
+                    lambda r: r.exposure.dma_reachable_peak_bytes,
+                    True,
+                ),
                 ("worst attack: B gained", lambda r: 0, True),
                 ("worst attack: B corrupted", lambda r: 0, True),
             ],

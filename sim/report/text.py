@@ -24,7 +24,8 @@ def render_text(
         if rows and rows[0].cost_overrides:
             out += textwrap.wrap(f"  cost overrides: {rows[0].cost_overrides}", WIDTH)
         out.append(
-            f"  {'proposal':<24}{'secret B':>9}{'ITS ms':>8}{'hcalls':>8}{'shared':>8}{'kept':>6}"
+            f"  {'proposal':<24}{'secret B':>9}{'DMA B':>8}{'ITS ms':>8}{'hcalls':>7}"
+            f"{'shared':>7}{'kept':>5}"
         )
         for r in rows:
             kept = (
@@ -34,8 +35,9 @@ def render_text(
             )
             out.append(
                 f"  {r.proposal:<24}{r.exposure.peak_exposed_bytes:>9,}"
-                f"{r.costs.its_downtime_ms:>8.3f}{r.costs.hypercalls:>8,}"
-                f"{r.costs.pages_shared:>8,}{kept:>6}"
+                f"{r.exposure.dma_reachable_peak_bytes:>8,}"
+                f"{r.costs.its_downtime_ms:>8.3f}{r.costs.hypercalls:>7,}"
+                f"{r.costs.pages_shared:>7,}{kept:>5}"
             )
         cells = matrices.get(scenario.name, [])
         for proposal in dict.fromkeys(c.proposal for c in cells):
