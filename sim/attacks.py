@@ -328,18 +328,23 @@ class ITSDMA(Behaviour):
         self.world.env.process(self._dma())
 
     def _dma(self) -> Generator:
-        yield self.world.env.timeout(self.spec.at_ms * 1000.0)
-        lo, hi = self.guest_ram()
-        runs = self.machine.memory.labels.runs(lo, hi - lo)
-        victim = next((s for s, _e, label in runs if label.kind is LabelKind.SECRET), None)
+        env = self.world.env
+        yield env.timeout(self.spec.at_ms * 1000.0)
+        # Wait, until the migration pauses the VM, for a secret the ITS reaches.
+        end = self.world.scenario.workload.duration_ms * 1000.0
+        victim, reachable = self._victim()
+        while victim is not None and not reachable and not self.world.paused and env.now < end:
+            yield env.timeout(1000.0)
+            victim, reachable = self._victim()
         if victim is None:
             self.blocked.append("no guest secret to aim at")
             return
-        itt = victim & ~0xFF
+        itt = victim & ~0xFF  # an ITT is 256-byte aligned
         if self._map(0xFFFF, itt, victim):
             return
         # EL2 checks that an ITT is host memory: put a 2-event ITT on a host page and
         # name an EventID whose ITE would land on the secret (the ITS must refuse it).
+        lo, _hi = self.guest_ram()
         self._map(0xFFFE, lo - PAGE_SIZE, victim, size=0)
 
     def _map(self, device_id: int, itt: int, victim: int, size: int | None = None) -> bool:
@@ -363,6 +368,26 @@ class ITSDMA(Behaviour):
         except Stage2Fault as fault:
             self.blocked.append(f"IOMMU fault: {fault.reason}")
         return True
+
+    def _victim(self) -> tuple[int | None, bool]:
+        """Where an attacker aims, and whether its DMA master reaches it: a secret of the
+        guest's on a page the ITS reaches (a co-located secret on a page the ITS's IOMMU
+        domain maps, say), else the guest's first secret. The host knows what its ITS
+        may reach (the ITTs it was told of); where the secrets are it is told (the worst
+        case for the guest). Pages the guest no longer holds (torn down) are no target."""
+        lo, hi = self.guest_ram()
+        memory = self.machine.memory
+        state = memory.ownership.state
+        guest = self.world.guest_name
+        first = None
+        for start, _end, label in memory.labels.runs(lo, hi - lo):
+            pfn = start >> PAGE_SHIFT
+            if label.kind is not LabelKind.SECRET or not state(guest, pfn).accessible:
+                continue
+            if memory.dma_reaches(pfn) is not None:
+                return start, True
+            first = start if first is None else first
+        return first, False
 
 
 class TamperState(Behaviour):

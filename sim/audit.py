@@ -2,13 +2,15 @@
 
 Three kinds, all read off what happened in a run:
 
-- confidentiality: a secret byte the host *could* read (an exposure interval from the
-  tracker, with its duration) or *did* read (an allowed host or DMA read in the access
-  log that overlapped it);
+- confidentiality: a secret byte the host *could* read through its stage-2, or a DMA
+  master it drives could read or write (exposure intervals from the trackers, with their
+  durations), or *did* read (an allowed host or DMA read in the access log that
+  overlapped it), before or after teardown (pKVM hands shared pages back unpoisoned);
 - integrity: a guest byte the host or a DMA master wrote that is guest data (labelled
   secret or kernel data), or that sits on a private page the writer's IOMMU domain does
   not grant (only DMA can); ITS structures the guest shared or granted, and free bytes
-  there, are the guest's accepted risk;
+  there, are the guest's accepted risk; a page the guest has left (torn down) is
+  no longer the guest's to corrupt, though reading its secrets is still a read;
 - trust: an ownership change EL2 made on the host's word alone: a host claim, a MAPD
   EL2 parsed from queue bytes the host wrote (judged at EL2's read of the slot: what it
   read, and whether those are the bytes the guest left there), or a page the destination
@@ -27,6 +29,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from sim.exposure import ExposureInterval
 from sim.its.regs import ITS_CMD_SIZE
 from sim.memory.access import AccessRecord, Initiator
 from sim.memory.labels import LabelKind
@@ -49,7 +52,7 @@ class Violation(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: Literal["confidentiality", "integrity", "trust"]
-    how: Literal["could-read", "did-read", "wrote", "unverified-share"]
+    how: Literal["could-read", "dma-reachable", "did-read", "wrote", "unverified-share"]
     machine: str
     proposal: str
     time_ms: float
@@ -69,6 +72,17 @@ def _describe(change: OwnershipChange | None) -> str:
         f"t={change.time / 1000:.3f} ms {change.transition.spec.kernel_name}"
         f" pfn {change.first_pfn:#x}+{change.nr_pages}: {change.cause or 'no cause given'}"
     )
+
+
+def _dma_opening(interval: ExposureInterval) -> str:
+    """What made a secret DMA-reachable: the guest put it on a page the master already
+    reached, the page entered the master's IOMMU domain, or a page-state change."""
+    at = f"t={interval.start / 1000:.3f} ms"
+    if interval.trigger == "label":
+        return f"opened at {at} when the guest stored the secret on a page already reached"
+    if interval.trigger == "iommu":
+        return f"opened at {at} when the page was mapped into the master's IOMMU domain"
+    return f"opened by {_describe(interval.opened_by)}"
 
 
 class Auditor:
@@ -122,7 +136,10 @@ class Auditor:
         for pfn in range(first >> PAGE_SHIFT, ((last - 1) >> PAGE_SHIFT) + 1):
             page_lo = max(first, pfn << PAGE_SHIFT)
             page_hi = min(last, (pfn + 1) << PAGE_SHIFT)
-            private = memory.ownership.state(self.world.guest_name, pfn) is PageState.OWNED
+            guest_state = memory.ownership.state(self.world.guest_name, pfn)
+            if rec.write and guest_state is PageState.NOPAGE:
+                continue  # the guest left this page (teardown): a write harms no guest
+            private = guest_state is PageState.OWNED
             # A DMA master may touch a private page only where its IOMMU domain grants it.
             granted = domain is not None and domain.allows(pfn, rec.write)
             for start, end, label in memory.labels.runs(page_lo, page_hi - page_lo):
@@ -263,30 +280,38 @@ class Auditor:
     def _exposures(self) -> list[Violation]:
         out = []
         for machine in self.world.machines.values():
-            tracker = machine.exposure
-            for interval in tracker.intervals:
-                end = interval.end
-                out.append(
-                    Violation(
-                        kind="confidentiality",
-                        how="could-read",
-                        machine=machine.name,
-                        proposal=self.world.proposal.name,
-                        time_ms=interval.start / 1000,
-                        end_ms=end / 1000,
-                        actor=f"{machine.name}.host",
-                        addr=interval.addr,
-                        length=interval.length,
-                        victim=f"secret:{interval.secret}",
-                        byte_ms=round(interval.byte_us(tracker.window_end) / 1000, 6),
-                        chain=(
-                            f"secret bytes on a host-readable page from"
-                            f" {interval.start / 1000:.3f} to {end / 1000:.3f} ms"
-                            f" (byte x ms counted up to {tracker.window_end / 1000:g} ms)",
-                            f"opened by {_describe(interval.opened_by)}",
-                        ),
+            for tracker in (machine.exposure, machine.dma_exposure):
+                dma = tracker.reach == "dma"
+                for interval in tracker.intervals:
+                    end = interval.end
+                    where = (
+                        f"secret bytes a DMA master the host drives reaches ({interval.via})"
+                        if dma
+                        else "secret bytes on a host-readable page"
                     )
-                )
+                    out.append(
+                        Violation(
+                            kind="confidentiality",
+                            how="dma-reachable" if dma else "could-read",
+                            machine=machine.name,
+                            proposal=self.world.proposal.name,
+                            time_ms=interval.start / 1000,
+                            end_ms=end / 1000,
+                            actor=f"{machine.name}.host",
+                            addr=interval.addr,
+                            length=interval.length,
+                            victim=f"secret:{interval.secret}",
+                            byte_ms=round(interval.byte_us(tracker.window_end) / 1000, 6),
+                            chain=(
+                                f"{where} from {interval.start / 1000:.3f} to"
+                                f" {end / 1000:.3f} ms (byte x ms counted up to"
+                                f" {tracker.window_end / 1000:g} ms)",
+                                _dma_opening(interval)
+                                if dma
+                                else f"opened by {_describe(interval.opened_by)}",
+                            ),
+                        )
+                    )
         return out
 
     def all(self) -> list[Violation]:

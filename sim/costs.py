@@ -86,6 +86,14 @@ class CostModel(BaseModel):
         "measured: memoryview copies of 4 KiB ran at 9.5 GB/s on this machine (sweep 5-30)",
         "copying serialized state between kernel and VMM buffers",
     )
+    el2_seal_gbps: float = cited(
+        2.0,
+        "GB/s",
+        "estimate (sweep 0.5-10): AES-GCM on one core with the Armv8 Cryptographic"
+        " Extensions, a few GB/s; no pKVM figure exists (upstream migrates no protected VM)",
+        "EL2 encrypts and authenticates each guest-private page the save dirtied before the"
+        " host may send it",
+    )
     network_gbps: float = cited(
         10.0,
         "Gb/s",

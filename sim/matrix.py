@@ -4,12 +4,14 @@ Each cell runs the scenario with one host under one proposal and compares it wit
 honest run of the same proposal. A row's host is one behaviour with its default
 parameters (named by its kind), or any list of behaviours with their parameters, composed
 (named by :func:`sim.scenario.describe_behaviours`, e.g. a scenario's own host).
-What the attack adds is what it achieved: secret bytes exposed that the honest run never
-exposed, secret bytes read, guest bytes written, unverified shares, a share that outlived
-the guest's MAPD V=0 for longer, or an ITS that no longer works (translations broken,
-commands failing: availability). Comparing *which* bytes rather than byte x ms keeps the verdict
-free of the timing shifts an attack causes. If it added nothing, the cell says what
-stopped it, from the refusals and faults the attack met.
+What the attack adds is what it achieved: secret bytes exposed (to the host's stage-2 or
+to a DMA master it drives) that the honest run never exposed, the same secrets exposed
+for longer (byte x ms more than ``DURATION_TOLERANCE`` above the honest run's), secret
+bytes read, guest bytes written, unverified shares, a share that outlived the guest's
+MAPD V=0 for longer, or an ITS that no longer works (translations broken, commands
+failing: availability). The tolerance keeps the timing shifts an attack causes (a
+command run a little later) from counting as gains. If it added nothing, the cell says
+what stopped it, from the refusals and faults the attack met.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ from sim.scenario import ATTACK_SPECS, Honest, Scenario, describe_behaviours
 
 ATTACK_DEFAULTS = {cls.model_fields["kind"].annotation.__args__[0]: cls for cls in ATTACK_SPECS}
 WINDOW_TOLERANCE_MS = 0.1  # a share outliving MAPD V=0 by less is processing time
+# An attack run exposing secrets for at most this fraction more byte x ms than the honest
+# run (same bytes) has gained nothing beyond timing noise; more is a longer exposure.
+DURATION_TOLERANCE = 0.10
 
 
 class _Model(BaseModel):
@@ -34,8 +39,11 @@ class _Model(BaseModel):
 
 
 class AuditSummary(_Model):
-    could_read_peak_bytes: int
+    window_ms: float  # exposure is measured over [0, window_ms): the workload's duration
+    could_read_peak_bytes: int  # each guest byte once per instant, over both machines
     could_read_byte_ms: float
+    dma_reachable_peak_bytes: int  # secret bytes a DMA master the host drives reaches
+    dma_reachable_byte_ms: float
     did_read_bytes: int  # distinct secret bytes read
     corrupted_bytes: int  # distinct guest bytes written
     unverified_shares: int
@@ -63,7 +71,8 @@ class Cell(_Model):
     why: str
     bytes: int = 0  # read + corrupted + newly exposed secret bytes
     corrupted: int = 0  # guest bytes written that the honest run did not write
-    byte_ms: float = 0.0
+    byte_ms: float = 0.0  # stage-2 exposure the attack added (B x ms)
+    dma_byte_ms: float = 0.0  # DMA reach the attack added (B x ms)
     duration_ms: float = 0.0
 
 
@@ -130,8 +139,11 @@ def audit_run(scenario: Scenario, proposal: str) -> AuditRun:
     blocked = [b for m in world.machines.values() for h in m.host.behaviours for b in h.blocked]
     blocked += [r for m in world.machines.values() for r in m.lowvisor.refusals]
     summary = AuditSummary(
+        window_ms=scenario.workload.duration_ms,
         could_read_peak_bytes=result.exposure.peak_exposed_bytes,
-        could_read_byte_ms=round(sum(v.byte_ms for v in violations if v.how == "could-read"), 6),
+        could_read_byte_ms=result.exposure.exposed_byte_ms,
+        dma_reachable_peak_bytes=result.exposure.dma_reachable_peak_bytes,
+        dma_reachable_byte_ms=result.exposure.dma_reachable_byte_ms,
         did_read_bytes=_distinct_bytes(violations, "did-read"),
         corrupted_bytes=_distinct_bytes(violations, "wrote"),
         unverified_shares=sum(1 for v in violations if v.kind == "trust"),
@@ -194,9 +206,17 @@ def cell(attack: str, base: AuditRun, run: AuditRun) -> Cell:
     b, a = base.summary, run.summary
 
     def spans(r: AuditRun, how: str) -> set[tuple]:
-        return {(v.machine, v.addr, v.length, v.victim) for v in r.violations if v.how == how}
+        """Secret runs exposed ``how`` at some time inside the window (both runs are
+        compared over the same window; an attack that slows the run down is not
+        credited with what happens after the honest run's window closed)."""
+        return {
+            (v.machine, v.addr, v.length, v.victim)
+            for v in r.violations
+            if v.how == how and v.time_ms < r.summary.window_ms
+        }
 
     exposed = spans(run, "could-read") - spans(base, "could-read")
+    dma_exposed = spans(run, "dma-reachable") - spans(base, "dma-reachable")
     read = _count(_coverage(run.violations, "did-read"), _coverage(base.violations, "did-read"))
     wrote = _count(_coverage(run.violations, "wrote"), _coverage(base.violations, "wrote"))
     trust = a.unverified_shares - b.unverified_shares
@@ -208,6 +228,15 @@ def cell(attack: str, base: AuditRun, run: AuditRun) -> Cell:
         parts.append(f"corrupted {wrote} B")
     if exposed:
         parts.append(f"exposed {sum(s[2] for s in exposed)} more secret B")
+    if dma_exposed:
+        parts.append(f"made {sum(s[2] for s in dma_exposed)} more secret B DMA-reachable")
+    for what, before, after in (
+        ("exposed", b.could_read_byte_ms, a.could_read_byte_ms),
+        ("DMA-reachable", b.dma_reachable_byte_ms, a.dma_reachable_byte_ms),
+    ):
+        # (From nothing, the exposure is new bytes, reported above.)
+        if before > 0 and after > before * (1 + DURATION_TOLERANCE):
+            parts.append(f"secrets {what} longer: {after:,.1f} B x ms against {before:,.1f} honest")
     if trust > 0:
         parts.append(f"{trust} unverified shares")
     if window > WINDOW_TOLERANCE_MS:
@@ -221,9 +250,10 @@ def cell(attack: str, base: AuditRun, run: AuditRun) -> Cell:
             proposal=run.proposal,
             outcome="succeeded",
             why=", ".join(parts),
-            bytes=read + wrote + sum(s[2] for s in exposed),
+            bytes=read + wrote + sum(s[2] for s in exposed) + sum(s[2] for s in dma_exposed),
             corrupted=wrote,
             byte_ms=round(max(a.could_read_byte_ms - b.could_read_byte_ms, 0.0), 6),
+            dma_byte_ms=round(max(a.dma_reachable_byte_ms - b.dma_reachable_byte_ms, 0.0), 6),
             duration_ms=round(max(end - start, window, 0.0), 6),
         )
     if b.its_correct and not a.its_correct:

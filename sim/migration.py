@@ -45,9 +45,30 @@ def _check(machine: Machine, guest: Guest, tag: str, out: list[str]) -> tuple[in
     return ok, expected
 
 
-def _pages_written(machine: Machine, since: float, actors: set[str]) -> int:
+def _pages_written(machine: Machine, since: float, actors: set[str]) -> list[int]:
     """Distinct pages the given initiators wrote since ``since`` (the save dirtied them)."""
-    return len(machine.memory.log.pages_written(since, actors))
+    return sorted(machine.memory.log.pages_written(since, actors))
+
+
+def stream_pages(world: World, machine: Machine, pfns: list[int]) -> Generator:
+    """Put the pages the save dirtied into the migration stream.
+
+    A page the host's stage-2 maps (the guest shared it) travels in the clear: the VMM
+    reads it like any host memory, and whatever secret sits on it is read. A page still
+    private to the guest is exported by EL2, encrypted and integrity-protected with a key
+    only the two machines' EL2 hold (the model's choice: upstream pKVM migrates no
+    protected VM; TDX's MigTD and CCA's planned migration move private state encrypted),
+    so the host handles ciphertext and reads no guest byte of it.
+    """
+    from sim.memory.ownership import HOST
+
+    state = machine.memory.ownership.state
+    for pfn in pfns:
+        addr = pfn << PAGE_SHIFT
+        if state(HOST, pfn).accessible:
+            machine.memory.read(machine.host.cpu, addr, PAGE_SIZE)
+        else:
+            yield from machine.lowvisor.export_private_page(pfn)
 
 
 def memory_map(world: World, machine: Machine) -> list:
@@ -94,7 +115,8 @@ def migrate(world: World, correctness: Correctness) -> Generator:
             yield from behaviour.after_save(payload)
         its_actors = {src.host.its.kvm.who.name}
         dirtied = _pages_written(src, start, its_actors)
-        stream = dirtied * PAGE_SIZE + len(payload.blob)
+        yield from stream_pages(world, src, dirtied)
+        stream = len(dirtied) * PAGE_SIZE + len(payload.blob)
         world.ledger.stream_bytes += stream
         phase = env.now
         yield env.timeout(stream * 8 / (costs.network_gbps * 1e3))

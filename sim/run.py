@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 
 from sim import attacks
 from sim.audit import Auditor
+from sim.exposure import union_totals
 from sim.memory.labels import LabelKind
 from sim.memory.ownership import Transition
 from sim.migration import migrate
@@ -31,10 +32,14 @@ class _Result(BaseModel):
 
 
 class ExposureResult(_Result):
+    """Each guest byte counts once per instant, on however many machines it is exposed."""
+
     secret_bytes: int  # secret bytes the guest holds
-    peak_exposed_bytes: int  # most secret bytes the host could read at once
+    peak_exposed_bytes: int  # most secret bytes the host's stage-2 could read at once
     exposed_byte_ms: float  # integral of that over time
     exposed_secrets: int  # distinct secrets the host could read at some time
+    dma_reachable_peak_bytes: int  # most secret bytes a host-driven DMA master reached
+    dma_reachable_byte_ms: float  # integral of that over time
 
 
 class CostResult(_Result):
@@ -122,6 +127,7 @@ def simulate(scenario: Scenario, proposal_name: str) -> World:
         env.run()
     for machine in world.machines.values():
         machine.exposure.finish()
+        machine.dma_exposure.finish()
     return world
 
 
@@ -156,11 +162,18 @@ def collect(world: World) -> RunResult:
         for ch in history
         if ch.transition.spec.tlbi and ch.cause not in ("VM creation", "teardown")
     )
+    window = world.scenario.workload.duration_ms * 1000.0
+    peak, byte_us = union_totals((i for m in machines for i in m.exposure.intervals), window)
+    dma_peak, dma_byte_us = union_totals(
+        (i for m in machines for i in m.dma_exposure.intervals), window
+    )
     exposure = ExposureResult(
         secret_bytes=_secret_bytes(world),
-        peak_exposed_bytes=max(m.exposure.peak for m in machines),
-        exposed_byte_ms=round(sum(m.exposure.byte_us for m in machines) / 1000.0, 3),
+        peak_exposed_bytes=peak,
+        exposed_byte_ms=round(byte_us / 1000.0, 3),
         exposed_secrets=len(set().union(*(m.exposure.exposed_secrets for m in machines))),
+        dma_reachable_peak_bytes=dma_peak,
+        dma_reachable_byte_ms=round(dma_byte_us / 1000.0, 3),
     )
     guest = world.guest
     held, needed = guest.itt_memory()

@@ -86,10 +86,15 @@ class World:
             memory.ownership.add_guest(GUEST)
             window = scenario.workload.duration_ms * 1000.0
             exposure = ExposureTracker(memory, clock, window_end=window)
-            machine = Machine(name, memory, exposure)
+            dma = ExposureTracker(memory, clock, window_end=window, reach="dma")
+            machine = Machine(name, memory, exposure, dma)
             machine.lowvisor = Lowvisor(self, machine)
             machine.host = Host(self, machine)
             machine.its_hw = ITSHardware(machine)
+            # The host drives the physical ITS, a DMA master: what it reaches is exposure.
+            memory.add_host_dma(
+                machine.its_hw.initiator.name, scenario.lowvisor.mediate_physical_its
+            )
             self.machines[name] = machine
         self.guest: Guest = Guest(self, self.src)
         self.paused = False
@@ -130,7 +135,8 @@ class Machine:
 
     name: str
     memory: MemorySystem
-    exposure: ExposureTracker
+    exposure: ExposureTracker  # secrets the host's stage-2 reaches
+    dma_exposure: ExposureTracker  # secrets a DMA master the host drives reaches
     lowvisor: Lowvisor = field(init=False)
     host: Host = field(init=False)
     its_hw: ITSHardware = field(init=False)

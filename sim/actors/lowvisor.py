@@ -63,6 +63,8 @@ class Lowvisor:
         from sim.world import RAM_BASE
 
         transition = Transition.HOST_DONATE_GUEST if protected else Transition.HOST_SHARE_GUEST
+        if protected and self.world.proposal.its_behind_iommu:
+            self._its_domain()  # the ITS sits behind an IOMMU from the start: deny all
         self.machine.memory.ownership.apply(
             transition,
             RAM_BASE >> PAGE_SHIFT,
@@ -74,7 +76,13 @@ class Lowvisor:
     def teardown_vm(self) -> None:
         """The VM left this machine: reclaim its pages (pKVM poisons the private ones).
 
-        A normal VM's pages simply go back to the host, contents and all.
+        ``__pkvm_reclaim_dying_guest_page`` (pkvm.c) calls
+        ``__pkvm_host_reclaim_page_guest`` (mem_protect.c), which runs
+        ``hyp_poison_page()`` only on a page the guest owned (``PKVM_PAGE_OWNED``); a page
+        the guest had shared (``PKVM_PAGE_SHARED_OWNED``) goes back to the host as it is.
+        So the guest's bytes on shared pages stay (labels kept: their secrets remain
+        exposed, and host reads of them are reads); poisoned pages hold nothing. A normal
+        VM's pages simply go back to the host, contents and all.
         """
         from sim.world import RAM_BASE
 
@@ -90,9 +98,7 @@ class Lowvisor:
             }.get(state)
             if transition is None:
                 continue
-            if transition is not Transition.HOST_UNSHARE_GUEST:
-                # Private pages are poisoned on the way back; shared ones were already
-                # the host's to read. Either way no guest data is left to protect.
+            if transition.spec.poison:
                 labels.clear(start << PAGE_SHIFT, (stop - start) << PAGE_SHIFT)
             ownership.apply(transition, start, stop - start, guest=self.guest, cause="teardown")
 
@@ -201,7 +207,14 @@ class Lowvisor:
         """EL2 reads guest memory through the guest's stage-2 (fixmap)."""
         return self.machine.memory.read(self.fixmap, gpa, length)
 
-    # ---- migration: guest memory arrives from the source -------------------------------------
+    # ---- migration: guest memory leaves and arrives ---------------------------------------
+
+    def export_private_page(self, pfn: int) -> Generator:
+        """Encrypt one guest-private page for the migration stream (the host gets
+        ciphertext only): EL2 reads it through the guest's stage-2 and seals it."""
+        self.read_guest(pfn << PAGE_SHIFT, PAGE_SIZE)
+        costs = self.world.costs
+        yield self.world.charge(self.name, PAGE_SIZE / (costs.el2_seal_gbps * 1e3))
 
     def import_guest(self, src: Machine) -> Generator[object, object, int]:
         """Recreate the guest's memory: same bytes, same labels, same shared pages.

@@ -80,7 +80,9 @@ def _print_run(run) -> None:
     errors = ", ".join(f"{e} x{n}" for e, n in s.command_errors.items()) or "none"
     print(
         f"  could read {s.could_read_peak_bytes:,} secret B at peak"
-        f" ({s.could_read_byte_ms:,.1f} B x ms), did read {s.did_read_bytes:,} B,"
+        f" ({s.could_read_byte_ms:,.1f} B x ms), DMA could reach"
+        f" {s.dma_reachable_peak_bytes:,} ({s.dma_reachable_byte_ms:,.1f} B x ms),"
+        f" did read {s.did_read_bytes:,} B,"
         f" corrupted {s.corrupted_bytes:,} B, {s.unverified_shares} unverified shares,"
         f" translations {'kept' if s.translations_preserved else 'BROKEN'},"
         f" ITS command errors: {errors}"
@@ -88,7 +90,10 @@ def _print_run(run) -> None:
     c = run.result.correctness
     for line in (c.its_errors + c.command_failures)[:MAX_SHOWN]:
         print(f"  [its-failure] {line}")
-    for v in run.violations[:MAX_SHOWN]:
+    # What the host did first, then what it could have done (stage-2, then DMA).
+    rank = {"could-read": 1, "dma-reachable": 2}
+    shown = sorted(run.violations, key=lambda v: rank.get(v.how, 0))[:MAX_SHOWN]
+    for v in shown:
         span = f"{v.time_ms:.3f}" + (f"-{v.end_ms:.3f}" if v.end_ms is not None else "")
         print(
             f"  [{v.kind}/{v.how}] t={span} ms {v.machine} {v.actor}"

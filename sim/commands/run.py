@@ -26,6 +26,11 @@ def print_result(result) -> None:
     rows = [
         ("secret bytes exposed (peak)", f"{e.peak_exposed_bytes:,} of {e.secret_bytes:,}"),
         ("secret byte x ms exposed", f"{e.exposed_byte_ms:,.1f}"),
+        (
+            "secret bytes DMA-reachable (peak)",
+            f"{e.dma_reachable_peak_bytes:,} of {e.secret_bytes:,}",
+        ),
+        ("secret byte x ms DMA-reachable", f"{e.dma_reachable_byte_ms:,.1f}"),
         ("downtime", f"{c.downtime_ms:.3f} ms"),
         ("ITS part of downtime", f"{c.its_downtime_ms:.3f} ms ({c.its_downtime_share:.2%})"),
         ("hypercalls", f"{c.hypercalls:,}"),

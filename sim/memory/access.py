@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from sim.memory.accesslog import AccessLog, AccessRecord
 from sim.memory.intervals import IntervalMap
 from sim.memory.labels import LabelKind, LabelMap
-from sim.memory.ownership import PageOwnership, PageState
+from sim.memory.ownership import HOST, PageOwnership, PageState
 from sim.memory.physmem import PAGE_SHIFT, PAGE_SIZE, PhysicalPages, page_span
 
 PHYS_ADDR_BITS = 48
@@ -60,10 +60,16 @@ class IOMMUDomain:
 
     def __init__(self) -> None:
         self._perms: IntervalMap[Perm] = IntervalMap(Perm.NONE)
+        # Called with (first_pfn, nr_pages, done) before and after a mapping changes.
+        self.watchers: list[Callable[[int, int, bool], None]] = []
 
     def map(self, addr: int, length: int, perm: Perm = Perm.RW) -> None:
         span = page_span(addr, length)
+        for watch in self.watchers:
+            watch(span.start, len(span), False)
         self._perms.assign(span.start, span.stop, perm)
+        for watch in self.watchers:
+            watch(span.start, len(span), True)
 
     def unmap(self, addr: int, length: int) -> None:
         self.map(addr, length, Perm.NONE)
@@ -76,6 +82,36 @@ class IOMMUDomain:
 
     def allows(self, pfn: int, write: bool) -> bool:
         return bool(self._perms[pfn].value & (_W if write else _R))
+
+
+class DomainTable(dict[str, IOMMUDomain]):
+    """The IOMMU domains of one machine, by DMA master name. Every domain put in the
+    table tells the table's watchers when its mappings change (the exposure tracker)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.watchers: list[Callable[[int, int, bool], None]] = []
+
+    def _hook(self, domain: IOMMUDomain) -> IOMMUDomain:
+        for watch in self.watchers:
+            if watch not in domain.watchers:
+                domain.watchers.append(watch)
+        return domain
+
+    def __setitem__(self, name: str, domain: IOMMUDomain) -> None:
+        added = name not in self
+        if added:  # the master is now checked: what it reaches may shrink
+            for watch in self.watchers:
+                watch(0, _MAX_PFN, False)
+        super().__setitem__(name, self._hook(domain))
+        if added:
+            for watch in self.watchers:
+                watch(0, _MAX_PFN, True)
+
+    def setdefault(self, name: str, domain: IOMMUDomain) -> IOMMUDomain:  # type: ignore[override]
+        if name not in self:
+            self[name] = domain
+        return self[name]
 
 
 class Stage2Fault(Exception):
@@ -107,7 +143,10 @@ class MemorySystem:
         self.ownership.on_poison = self._poison
         self._views = self.ownership.views  # component -> its stage-2 states, by pfn
         self.labels = LabelMap()
-        self.iommu: dict[str, IOMMUDomain] = {}
+        self.iommu = DomainTable()
+        # DMA masters the host drives, by name: True if EL2 mediates the host's commands
+        # to it so that it reaches only host memory (see ``dma_reaches``).
+        self.host_dma: dict[str, bool] = {}
         self.log = AccessLog()
         self.faults: list[Stage2Fault] = []
         # Observers of checked accesses (the audit), called before the bytes move:
@@ -162,6 +201,33 @@ class MemorySystem:
         for start, _end, state in self.ownership.runs(who.component, span.start, len(span)):
             if state is NOPAGE:
                 return start, f"{who.component} {_NOPAGE}"
+        return None
+
+    def add_host_dma(self, name: str, mediated: bool = False) -> None:
+        """Register a DMA master the host drives (``mediated``: EL2 vets its commands)."""
+        for watch in self.iommu.watchers:
+            watch(0, _MAX_PFN, False)
+        self.host_dma[name] = mediated
+        for watch in self.iommu.watchers:
+            watch(0, _MAX_PFN, True)
+
+    def dma_reaches(self, pfn: int) -> str | None:
+        """How a DMA master the host drives can read or write page ``pfn``, or None.
+
+        A master behind an IOMMU reaches what its domain grants (read or write); one
+        with no IOMMU reaches every page, unless EL2 mediates the host's commands to it,
+        in which case it reaches host-owned pages only (its_hw.py: EL2 refuses a MAPD
+        whose ITT is not host memory; the ITS honours the ITT's size).
+        """
+        for name, mediated in self.host_dma.items():
+            domain = self.iommu.get(name)
+            if domain is not None:
+                if domain.allows(pfn, write=False) or domain.allows(pfn, write=True):
+                    return f"{name}'s IOMMU domain grants the page"
+            elif not mediated:
+                return f"{name} has no IOMMU in front of it"
+            elif self.ownership.state(HOST, pfn) is PageState.OWNED:
+                return f"{name} may use host memory (EL2 mediates its commands)"
         return None
 
     def _check(self, who: Initiator, addr: int, length: int, write: bool) -> None:

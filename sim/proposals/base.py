@@ -36,6 +36,7 @@ class Proposal:
     el2_loc_cost: ClassVar[str | None] = None  # CostModel field: EL2 lines it adds
     guest_shares_tables: ClassVar[bool] = True  # mainline Linux shares its ITS tables
     host_claims: ClassVar[bool] = False  # EL2 offers the host a "share this guest page" call
+    its_behind_iommu: ClassVar[bool] = False  # the ITS's DMA is checked by an IOMMU domain
     # KVM zeroes the DTE on MAPD V=0 and the ITE on DISCARD while it runs the queue
     # (real 6.1.192 and 7.3.4 do); False: this proposal's KVM keeps them out of guest memory.
     kvm_clears_entries: ClassVar[bool] = True

@@ -28,6 +28,7 @@ class IOMMUGatedITS(Proposal):
     summary = "the ITS reaches guest memory only through an IOMMU domain the guest sets up"
     el2_loc_cost = "el2_loc_iommu_gated_its"
     guest_shares_tables = False
+    its_behind_iommu = True
 
     def its_initiator(self, machine: Machine) -> Initiator:
         return machine.lowvisor.its_dma_initiator()

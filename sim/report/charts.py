@@ -283,11 +283,16 @@ def write_charts(
         bar_chart(
             results,
             out / "exposure.png",
-            f"Secret bytes the host could read (host: {_hosts(results)}); what the worst"
-            " attack (matrix row) read, exposed or corrupted",
+            f"Secret bytes the host could read, or reach by DMA (host: {_hosts(results)});"
+            " what the worst attack (matrix row) read, exposed or corrupted",
             [
                 ("peak secret B (symlog)", lambda r: r.exposure.peak_exposed_bytes, True),
                 ("secret B x ms (symlog)", lambda r: r.exposure.exposed_byte_ms, True),
+                (
+                    "peak DMA-reachable B (symlog)",
+                    lambda r: r.exposure.dma_reachable_peak_bytes,
+                    True,
+                ),
                 ("worst attack: B gained", lambda r: 0, True),
                 ("worst attack: B corrupted", lambda r: 0, True),
             ],

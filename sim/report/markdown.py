@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sim.costs import CostModel
-from sim.matrix import scenario_row
+from sim.matrix import DURATION_TOLERANCE, scenario_row
 from sim.proposals import PROPOSALS
 from sim.run import RunResult
 from sim.scenario import Scenario, describe_behaviours
@@ -14,6 +14,8 @@ COLUMNS = [
     ("proposal", lambda r: f"`{r.proposal}`"),
     ("peak secret B exposed", lambda r: f"{r.exposure.peak_exposed_bytes:,}"),
     ("secret B x ms", lambda r: f"{r.exposure.exposed_byte_ms:,.1f}"),
+    ("peak secret B DMA-reachable", lambda r: f"{r.exposure.dma_reachable_peak_bytes:,}"),
+    ("DMA secret B x ms", lambda r: f"{r.exposure.dma_reachable_byte_ms:,.1f}"),
     ("ITS downtime ms", lambda r: f"{r.costs.its_downtime_ms:.3f}"),
     ("ITS share", lambda r: f"{r.costs.its_downtime_share:.2%}"),
     ("hypercalls", lambda r: f"{r.costs.hypercalls:,}"),
@@ -98,8 +100,14 @@ def render(
         "",
         "## Reading the columns",
         "",
-        "- *peak secret B exposed*: guest bytes labelled secret on pages the host could read",
-        "  at one time; *secret B x ms* integrates that over the run.",
+        "- *peak secret B exposed*: guest bytes labelled secret on pages the host's stage-2",
+        "  could read at one time; *secret B x ms* integrates that over the run. A byte on",
+        "  both machines at once (between import and teardown) counts once; pages the guest",
+        "  had shared go back to the host unpoisoned at teardown and stay exposed.",
+        "- *peak secret B DMA-reachable*, *DMA secret B x ms*: the same for secret bytes a DMA",
+        "  master the host drives (the physical ITS) could read or write: what its IOMMU",
+        "  domain grants, every guest page if it has no IOMMU, host memory only if EL2",
+        "  mediates the host's ITS commands (`lowvisor.mediate_physical_its`).",
         "- *ITS downtime*: pause to ITS restored, including guest page states re-shared on the",
         "  destination; *ITS share* is its fraction of the whole downtime.",
         "- *pages shared (by proposal)*: guest pages shared with the host on either machine;",
@@ -143,7 +151,9 @@ def render(
                 "",
                 "Host behaviours against each protected proposal, each compared with the",
                 "proposal's run under an honest host (`trusted-host` has no protection to",
-                "attack; `pkvm-sim audit` shows the violations and their chains). Row: the",
+                "attack; `pkvm-sim audit` shows the violations and their chains). Exposing the",
+                f"same secrets for longer counts: byte x ms (stage-2 or DMA) more than"
+                f" {DURATION_TOLERANCE:.0%} above the honest run's is a success. Row: the",
                 f"host in that run, {row}:",
                 "",
             ]

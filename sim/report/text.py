@@ -26,20 +26,21 @@ def render_text(
         hosts = ", ".join(sorted({r.host for r in rows}))
         out += textwrap.wrap(f"  host: {hosts}", WIDTH, subsequent_indent="    ")
         out.append(
-            f"  {'proposal':<24}{'secret B':>9}{'ITS ms':>7}{'hcalls':>7}{'shared':>7}"
-            f"{'errs':>6}{'ok':>4}"
+            f"  {'proposal':<24}{'secret B':>9}{'DMA B':>8}{'ITS ms':>7}{'hcalls':>7}"
+            f"{'shared':>7}{'err':>4}{'ok':>4}"
         )
         for r in rows:
             c = r.correctness
             errors = sum(c.command_errors.values()) + len(c.its_errors)
             out.append(
                 f"  {r.proposal:<24}{r.exposure.peak_exposed_bytes:>9,}"
+                f"{r.exposure.dma_reachable_peak_bytes:>8,}"
                 f"{r.costs.its_downtime_ms:>7.3f}{r.costs.hypercalls:>7,}"
-                f"{r.costs.pages_shared:>7,}{errors:>6,}{'yes' if c.its_correct else 'NO':>4}"
+                f"{r.costs.pages_shared:>7,}{errors:>4,}{'yes' if c.its_correct else 'NO':>4}"
             )
         out += textwrap.wrap(
-            "  errs: ITS commands KVM failed and SAVE/RESTORE errors; ok: no error"
-            " and every translation kept",
+            "  DMA B: secret bytes reachable by DMA; err: ITS commands KVM failed"
+            " and SAVE/RESTORE errors; ok: no error and every translation kept",
             WIDTH,
             subsequent_indent="    ",
         )

@@ -96,6 +96,12 @@ def new(run, base, how: str) -> list:
     ]
 
 
+def not_dma_reach(violations: list) -> list:
+    """All but the ``dma-reachable`` exposure of the physical ITS, which with no IOMMU
+    and no EL2 mediation reaches every guest secret under every proposal."""
+    return [v for v in violations if v.how != "dma-reachable"]
+
+
 def test_the_bundled_scenarios_cover_both_allocators(matrices):
     assert len(matrices) >= 4
     allocators = {m.scenario.guest.allocator for m in matrices.values()}
@@ -165,7 +171,10 @@ def test_share_cmdq_snoop_blocks_the_claim_but_stale_shares_outlive_the_unmap(ma
             assert "outlived MAPD V=0" in cell.why
             exposed = new(run, base, "could-read")
             assert exposed and all(v.victim.startswith("secret:") for v in exposed), attack
-            assert cell.bytes > 0 and cell.duration_ms >= window
+            # New bytes inside the window, or the same ones for longer (the cell compares
+            # runs over the scenario's window; a hold can push the reuse past it).
+            assert cell.bytes > 0 or cell.byte_ms > 0, cell
+            assert cell.duration_ms >= window
         # Sitting on the MAPD V=0 holds the share as long as the host holds the queue.
         hold = m.runs["keep-stale-share", "share-cmdq-snoop"].summary.post_unmap_share_ms
         delay = m.runs["delay-commands", "share-cmdq-snoop"].summary.post_unmap_share_ms
@@ -193,8 +202,9 @@ def test_share_enlightened_guest_with_kzalloc_exposes_co_located_secrets(matrice
     for m in matrices.values():
         base = m.base("share-enlightened-guest")
         if m not in kz:
-            # Mainline's shared pool: ITT pages hold only ITTs, nothing is exposed.
-            assert base.violations == [], m.scenario.name
+            # Mainline's shared pool: ITT pages hold only ITTs, nothing is exposed to the
+            # host's stage-2 (the ITS, with no IOMMU, reaches everything by DMA: below).
+            assert not_dma_reach(base.violations) == [], m.scenario.name
             continue
         exposed = [v for v in base.violations if v.how == "could-read"]
         assert exposed and base.summary.could_read_peak_bytes > 0, m.scenario.name
@@ -209,10 +219,10 @@ def test_share_enlightened_guest_with_kzalloc_exposes_co_located_secrets(matrice
 
 def test_userspace_serialization_has_no_guest_memory_violation_on_the_migration_path(matrices):
     for name, m in matrices.items():
-        assert m.base("userspace-serialization").violations == [], name
+        assert not_dma_reach(m.base("userspace-serialization").violations) == [], name
         for attack in MIGRATION_PATH:
             run = m.runs[attack, "userspace-serialization"]
-            assert run.violations == [], (name, attack, run.violations[:3])
+            assert not_dma_reach(run.violations) == [], (name, attack, run.violations[:3])
             cell = m.cells[attack, "userspace-serialization"]
             assert cell.outcome != "succeeded", (name, attack, cell)
 
@@ -229,11 +239,14 @@ def test_userspace_serialization_cells_succeed_only_for_the_physical_its_attack(
 
 
 def test_its_dma_succeeds_under_every_proposal_without_an_iommu(matrices):
+    """And under iommu-gated-its where the ITS's domain maps a page holding a secret (a
+    kzalloc'd ITT's slab neighbours): its-dma aims there."""
     for name, m in matrices.items():
         for proposal in PROTECTED:
             cell = m.cells["its-dma", proposal]
             run = m.runs["its-dma", proposal]
-            if proposal == "iommu-gated-its":
+            reachable = m.base(proposal).summary.dma_reachable_peak_bytes
+            if proposal == "iommu-gated-its" and not reachable:
                 assert cell.outcome == "blocked", (name, cell)
                 assert cell.why.startswith("IOMMU fault"), cell.why
                 assert not [v for v in run.violations if v.actor.endswith("its-hw")]
@@ -348,7 +361,9 @@ def test_no_mix_of_host_behaviours_violates_guest_memory_under_userspace_seriali
     scenario,
 ):
     run = audit_run(scenario, "userspace-serialization")
-    hows = sorted({v.how for v in run.violations})
+    # The physical ITS, with no IOMMU, reaches every secret by DMA whatever the host
+    # does on the migration path (tests/sim/test_exposure.py); nothing else is allowed.
+    hows = sorted({v.how for v in run.violations} - {"dma-reachable"})
     assert hows == [], (hows, [b.kind for b in scenario.host.behaviours])
     s = run.summary
     assert (s.could_read_peak_bytes, s.did_read_bytes, s.corrupted_bytes) == (0, 0, 0)
@@ -362,18 +377,37 @@ def test_audit_exits_1_when_it_finds_violations(capsys):
     path = str(SCENARIOS / "kzalloc-dense-secrets.yaml")
     assert main(["audit", path, "--proposal", "share-enlightened-guest"]) == 1
     out = capsys.readouterr().out
-    assert "[confidentiality/could-read]" in out
+    # What the host did comes first: even an honest VMM reads the co-located secrets on
+    # the shared ITT pages the save dirtied, to stream them.
+    assert "[confidentiality/did-read]" in out and "src.host.vmm" in out
     assert out.rstrip().endswith("violations found")
 
 
-def test_audit_exits_0_when_there_are_none(capsys):
+def mediated_copy(name: str, tmp_path: Path) -> str:
+    """A bundled scenario with EL2 mediating the host's physical ITS commands, so that
+    the ITS reaches no guest memory (without it, every secret is DMA-reachable)."""
+    text = (SCENARIOS / name).read_text()
+    assert "lowvisor:" not in text
+    path = tmp_path / name
+    path.write_text(text + "lowvisor:\n  mediate_physical_its: true\n")
+    return str(path)
+
+
+def test_audit_exits_1_for_an_its_with_no_iommu_even_under_userspace_serialization(capsys):
     path = str(SCENARIOS / "shared-pool-dense-secrets.yaml")
+    assert main(["audit", path, "--proposal", "userspace-serialization"]) == 1
+    out = capsys.readouterr().out
+    assert "[confidentiality/dma-reachable]" in out and "no IOMMU in front of it" in out
+
+
+def test_audit_exits_0_when_there_are_none(capsys, tmp_path):
+    path = mediated_copy("shared-pool-dense-secrets.yaml", tmp_path)
     assert main(["audit", path, "--proposal", "userspace-serialization"]) == 0
     assert capsys.readouterr().out.rstrip().endswith("no violation found")
 
 
-def test_audit_exits_0_for_migration_path_attacks_on_userspace_serialization(capsys):
-    path = str(SCENARIOS / "small-vm.yaml")
+def test_audit_exits_0_for_migration_path_attacks_on_userspace_serialization(capsys, tmp_path):
+    path = mediated_copy("small-vm.yaml", tmp_path)
     argv = ["audit", path, "--proposal", "userspace-serialization"]
     argv += ["--attack", "secret-page-as-itt", "--attack", "forge-queued-mapd"]
     assert main(argv) == 0

@@ -4,14 +4,17 @@ runs of proposals whose design allows no violation report none.
 The expected bytes never come from the auditor. A recorder hooked into the same world
 (`Truth`) keeps its own copy of what happened, straight from the model's ground truth:
 every allowed host or DMA access with the labels and page states it met at that instant
-(labels on the source are cleared at teardown, so they have to be caught live), and a
+(labels of poisoned pages are cleared at teardown, so they have to be caught live), and a
 sampler that, every quarter millisecond, lists the secret bytes lying on host-readable
-pages. The audit's report is then compared with that record byte for byte.
+pages and those a DMA master the host drives reaches (from the IOMMU domains, the
+registered masters and the page states, recomputed here). The audit's report is then
+compared with that record byte for byte.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import re
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
@@ -23,7 +26,7 @@ from hypothesis import strategies as st
 import sim.run
 from sim.audit import Violation
 from sim.its.tables import ITE
-from sim.matrix import AuditRun, audit_run
+from sim.matrix import DURATION_TOLERANCE, AuditRun, audit_run, cell
 from sim.memory.access import Initiator, Stage2Fault
 from sim.memory.labels import Label, LabelKind
 from sim.memory.ownership import HOST, PageState, Transition
@@ -44,6 +47,7 @@ ITS_STRUCTURES = {
 GUEST_DATA = {LabelKind.SECRET, LabelKind.KERNEL}
 SAMPLE_US = 250.0
 SAMPLE_PHASE_US = 0.0137  # off the grid of event times, so no sample ties with an event
+AFTER_TEARDOWN = 8  # samples taken after the source's teardown
 
 Spans = list[tuple[int, int]]  # sorted, merged [start, end) byte ranges
 
@@ -151,6 +155,7 @@ class Truth:
     reads: list[Hit] = field(default_factory=list)  # secret bytes a host/DMA read got
     writes: list[Hit] = field(default_factory=list)  # guest bytes a host/DMA write hit
     samples: list[tuple[float, str, Spans]] = field(default_factory=list)
+    dma_samples: list[tuple[float, str, Spans]] = field(default_factory=list)
     extra: list[Callable] = field(default_factory=list)  # seeding processes to start
     # (machine, addr, time_ms) of each share on the host's word -> labels on the page then
     claimed: dict[tuple, str] = field(default_factory=dict)
@@ -253,7 +258,10 @@ class Truth:
                     if label.kind is LabelKind.SECRET:
                         self.reads.append(hit)
                     continue
-                private = memory.ownership.state(GUEST, pfn) is PageState.OWNED
+                guest_state = memory.ownership.state(GUEST, pfn)
+                if guest_state is PageState.NOPAGE:
+                    continue  # torn down: the page is no longer the guest's
+                private = guest_state is PageState.OWNED
                 consented = (
                     who.dma
                     and label.kind in ITS_STRUCTURES
@@ -275,13 +283,48 @@ class Truth:
                     out.append((max(start, pfn << PAGE_SHIFT), min(end, (pfn + 1) << PAGE_SHIFT)))
         return merge(out)
 
+    def dma_reachable_now(self, machine) -> Spans:
+        """Secret bytes a DMA master the host drives could read or write, right now: one
+        behind an IOMMU where its domain grants the page, one with none anywhere, unless
+        EL2 mediates it (then host-owned pages only)."""
+        memory = machine.memory
+
+        def reaches(pfn: int) -> bool:
+            for name, mediated in memory.host_dma.items():
+                domain = memory.iommu.get(name)
+                if domain is not None:
+                    if domain.allows(pfn, write=False) or domain.allows(pfn, write=True):
+                        return True
+                elif not mediated or memory.ownership.state(HOST, pfn) is PageState.OWNED:
+                    return True
+            return False
+
+        out = []
+        for start, end, label in memory.labels.labelled():
+            if label.kind is not LabelKind.SECRET:
+                continue
+            for pfn in range(start >> PAGE_SHIFT, ((end - 1) >> PAGE_SHIFT) + 1):
+                if reaches(pfn):
+                    out.append((max(start, pfn << PAGE_SHIFT), min(end, (pfn + 1) << PAGE_SHIFT)))
+        return merge(out)
+
+    def torn_down(self) -> bool:
+        history = self.world.src.memory.ownership.history
+        return any(c.cause == "teardown" for c in history)
+
     def _sample(self) -> Generator:
+        """Every SAMPLE_US over the window, and on past the source's teardown (what the
+        host keeps then is still exposure), for AFTER_TEARDOWN more samples."""
         env = self.world.env
         end = self.world.scenario.workload.duration_ms * 1000.0
         yield env.timeout(SAMPLE_PHASE_US)
-        while env.now < end:
+        after = 0
+        while env.now < end or after < AFTER_TEARDOWN:
+            if self.torn_down():
+                after += 1
             for machine in self.world.machines.values():
                 self.samples.append((env.now, machine.name, self.exposed_now(machine)))
+                self.dma_samples.append((env.now, machine.name, self.dma_reachable_now(machine)))
             yield env.timeout(SAMPLE_US)
 
     def spans(self, hits: list[Hit]) -> dict[str, Spans]:
@@ -365,26 +408,45 @@ def check_writes(run: AuditRun, truth: Truth) -> None:
 
 
 def check_exposure(run: AuditRun, truth: Truth) -> None:
-    """could-read: at every sample, the open intervals are exactly the secret bytes on
-    host-readable pages; and they are the exposure tracker's intervals, one for one."""
-    could = [v for v in run.violations if v.how == "could-read"]
-    for t_us, machine, exposed in truth.samples:
-        open_now = merge(
-            (v.addr, v.addr + v.length)
-            for v in could
-            if v.machine == machine and v.time_ms * 1000 <= t_us < v.end_ms * 1000
-        )
-        assert open_now == exposed, (machine, t_us)
+    """could-read and dma-reachable: at every sample, the open intervals are exactly the
+    secret bytes on host-readable pages (on pages a host-driven DMA master reaches); they
+    are the trackers' intervals, one for one; and the peak is at least the largest
+    sampled union over both machines (a guest byte on both counts once)."""
     world = truth.world
-    tracked = sorted(
-        (name, i.addr, i.length, i.start / 1000, i.end / 1000)
-        for name, m in world.machines.items()
-        for i in m.exposure.intervals
-    )
-    reported = sorted((v.machine, v.addr, v.length, v.time_ms, v.end_ms) for v in could)
-    assert reported == tracked
-    peak = max((size(s) for _, _, s in truth.samples), default=0)
-    assert run.summary.could_read_peak_bytes >= peak
+    for how, samples, tracker in (
+        ("could-read", truth.samples, "exposure"),
+        ("dma-reachable", truth.dma_samples, "dma_exposure"),
+    ):
+        could = [v for v in run.violations if v.how == how]
+        for t_us, machine, exposed in samples:
+            open_now = merge(
+                (v.addr, v.addr + v.length)
+                for v in could
+                if v.machine == machine and v.time_ms * 1000 <= t_us < v.end_ms * 1000
+            )
+            assert open_now == exposed, (how, machine, t_us)
+        tracked = sorted(
+            (name, i.addr, i.length, i.start / 1000, i.end / 1000)
+            for name, m in world.machines.items()
+            for i in getattr(m, tracker).intervals
+        )
+        reported = sorted((v.machine, v.addr, v.length, v.time_ms, v.end_ms) for v in could)
+        assert reported == tracked
+        union: dict[float, list] = {}
+        window = world.scenario.workload.duration_ms * 1000.0
+        for t_us, _machine, exposed in samples:
+            if t_us < window:
+                union.setdefault(t_us, []).extend(exposed)
+        peak = max((size(merge(s)) for s in union.values()), default=0)
+        summary = run.summary
+        got = (
+            summary.could_read_peak_bytes
+            if how == "could-read"
+            else (summary.dma_reachable_peak_bytes)
+        )
+        assert got >= peak, how
+        if not could:
+            assert got == 0, how
 
 
 def host_claims(truth: Truth, shares_only: bool = False) -> list[tuple]:
@@ -546,6 +608,24 @@ CORPUS = [
     ("dma/snoop", POOL, "share-cmdq-snoop", "its-dma", False, {"wrote"}, "its-hw"),
     ("dma/userspace", POOL, "userspace-serialization", "its-dma", False, {"wrote"}, "its-hw"),
     ("dma/userspace-kz", KZ, "userspace-serialization", "its-dma", False, {"wrote"}, "its-hw"),
+    # dma-reachable: secrets a DMA master the host drives could read or write
+    ("reach/trusted", POOL, "trusted-host", "honest", False, {"dma-reachable"}, None),
+    ("reach/userspace", POOL, "userspace-serialization", "honest", False, {"dma-reachable"}, None),
+    ("reach/iommu-kz", KZ, "iommu-gated-its", "honest", False, {"dma-reachable"}, None),
+    ("reach/snoop-kz", KZ, "share-cmdq-snoop", "honest", True, {"dma-reachable"}, None),
+    # ... and the physical ITS aimed at a secret its IOMMU domain maps
+    (
+        "dma/iommu-kz",
+        KZ,
+        "iommu-gated-its",
+        "its-dma",
+        False,
+        {"wrote", "dma-reachable"},
+        "its-hw",
+    ),
+    # did-read by an honest VMM: the shared pages it streams hold co-located secrets
+    ("stream/enlight-kz", KZ, "share-enlightened-guest", "honest", False, {"did-read"}, "vmm"),
+    ("stream/snoop-kz", KZ, "share-cmdq-snoop", "honest", False, {"did-read"}, "vmm"),
     # unverified-share: EL2 shared a page on the host's word
     ("trust/claims-kz", KZ, "share-host-claims", "honest", False, {"unverified-share"}, None),
     (
@@ -598,6 +678,9 @@ def test_the_corpus_covers_every_kind_under_every_proposal_where_it_can_occur():
         assert ("did-read", proposal) in covered
         assert ("wrote", proposal) in covered
     assert ("wrote", "userspace-serialization") in covered
+    for proposal in (*protected_shares, "userspace-serialization", "iommu-gated-its"):
+        assert ("dma-reachable", proposal) in covered or proposal in protected_shares[:2]
+    assert ("wrote", "iommu-gated-its") in covered
     assert ("unverified-share", "share-host-claims") in covered
     assert ("unverified-share", "share-cmdq-snoop") in covered
     dma = {case[2] for case in CORPUS if case[6] == "its-hw"}
@@ -607,6 +690,7 @@ def test_the_corpus_covers_every_kind_under_every_proposal_where_it_can_occur():
         "share-enlightened-guest",
         "share-cmdq-snoop",
         "userspace-serialization",
+        "iommu-gated-its",
     }
 
 
@@ -624,6 +708,71 @@ def test_mutation_is_detected_with_the_right_bytes(
     if actor is not None:
         hows = expected & {"did-read", "wrote"}
         assert any(v.actor.endswith(actor) for v in run.violations if v.how in hows)
+
+
+def test_what_the_guest_had_shared_stays_exposed_after_teardown():
+    """The sampler runs on past the source's teardown: the secrets on the pages the guest
+    had shared are still there and host-readable, and the audit's intervals say so."""
+    run, truth = audited(scenario(KZ), "share-enlightened-guest")
+    teardown = next(
+        c.time for c in truth.world.src.memory.ownership.history if c.cause == "teardown"
+    )
+    after = [s for t, m, s in truth.samples if m == "src" and t > teardown]
+    assert len(after) >= AFTER_TEARDOWN - 1 and all(size(s) > 0 for s in after)
+    check_all(run, truth)
+
+
+def union_byte_us(violations: list[Violation], how: str, window_us: float) -> float:
+    """byte x us of the ``how`` intervals (which check_exposure matches with the samples),
+    each guest byte once per instant over both machines, inside the window."""
+    spans = [v for v in violations if v.how == how]
+    cuts = sorted({x for v in spans for x in (v.addr, v.addr + v.length)})
+    total = 0.0
+    for lo, hi in itertools.pairwise(cuts):
+        times = merge(
+            (v.time_ms * 1000, min(v.end_ms * 1000, window_us))
+            for v in spans
+            if v.addr <= lo and hi <= v.addr + v.length
+        )
+        total += (hi - lo) * sum(e - s for s, e in times)
+    return total
+
+
+# (id, allocator, proposal, attack, churn, exposed longer?): the matrix's verdict on
+# duration, against the byte x ms recomputed from the intervals the samples vouch for
+# (a ratio far from the tolerance either way).
+DURATION_CASES = [
+    ("claims-kept-kz", KZ, "share-host-claims", "keep-stale-share", True, True),
+    ("snoop-held-kz", KZ, "share-cmdq-snoop", "keep-stale-share", True, True),
+    ("enlight-delayed-kz", KZ, "share-enlightened-guest", "delay-commands", False, False),
+]
+
+
+@pytest.mark.parametrize(
+    ("allocator", "proposal", "attack", "churn", "longer"),
+    [pytest.param(*case[1:], id=case[0]) for case in DURATION_CASES],
+)
+def test_the_matrix_counts_a_longer_exposure_as_a_success(
+    allocator, proposal, attack, churn, longer
+):
+    base, base_truth = audited(scenario(allocator, churn=churn), proposal)
+    run, truth = audited(scenario(allocator, [{"kind": attack}], churn=churn), proposal)
+    check_all(base, base_truth)
+    window = truth.world.scenario.workload.duration_ms * 1000.0
+    before = union_byte_us(base.violations, "could-read", window)
+    after = union_byte_us(run.violations, "could-read", window)
+    assert base.summary.could_read_byte_ms == pytest.approx(before / 1000, abs=1e-2)
+    assert run.summary.could_read_byte_ms == pytest.approx(after / 1000, abs=1e-2)
+    ratio = after / before
+    verdict = cell(attack, base, run)
+    if longer:
+        assert ratio > 1 + 2 * DURATION_TOLERANCE, ratio
+        assert verdict.outcome == "succeeded" and "exposed longer" in verdict.why, verdict
+        assert verdict.byte_ms > 0
+    else:
+        assert ratio < 1 + DURATION_TOLERANCE / 2, ratio
+        assert "longer" not in verdict.why, verdict
+    check_all(run, truth)
 
 
 def test_write_outside_entries_reports_the_bytes_that_now_hold_its_pattern():
@@ -714,11 +863,10 @@ def test_seeded_host_read_of_part_of_a_secret_is_reported_exactly():
     seed = Seeded(_read_part_of_a_secret)
     run, truth = audited(scenario(KZ), "share-enlightened-guest", seed)
     ((machine, addr, length, victim),) = seed.done
-    did = [v for v in run.violations if v.how == "did-read"]
+    did = [v for v in run.violations if v.how == "did-read" and v.actor == "src.host.attack"]
     assert [(v.machine, v.actor, v.addr, v.length, v.victim, v.time_ms) for v in did] == [
         (machine, "src.host.attack", addr, length, victim, SEED_AT_US / 1000)
     ]
-    assert run.summary.did_read_bytes == 32
     check_all(run, truth)
 
 
@@ -741,9 +889,12 @@ def _read_across_a_secret_edge(seed: Seeded, world) -> Generator:
 def test_seeded_read_straddling_a_secret_reports_only_the_secret_bytes():
     seed = Seeded(_read_across_a_secret_edge)
     run, truth = audited(scenario(KZ), "share-cmdq-snoop", seed)
-    did = [(v.machine, v.addr, v.length, v.victim) for v in run.violations if v.how == "did-read"]
+    did = [
+        (v.machine, v.addr, v.length, v.victim)
+        for v in run.violations
+        if v.how == "did-read" and v.actor == "src.host.attack"
+    ]
     assert did == seed.done
-    assert run.summary.did_read_bytes == sum(d[2] for d in seed.done)
     check_all(run, truth)
 
 
@@ -761,7 +912,7 @@ def test_seeded_read_of_a_private_secret_faults_and_is_no_violation(proposal):
     seed = Seeded(_read_a_private_secret)
     run, truth = audited(scenario(KZ), proposal, seed)
     assert len(seed.faults) == 1
-    assert not [v for v in run.violations if v.how == "did-read"]
+    assert not [v for v in run.violations if v.how == "did-read" and v.actor == "src.host.attack"]
     check_all(run, truth)
 
 
@@ -926,8 +1077,8 @@ def test_releasing_a_claim_is_not_an_unverified_share():
 
 def test_an_unverified_share_names_what_the_page_held_when_el2_shared_it():
     """The victim of a trust violation is what the shared page held at that moment: for
-    secret-page-as-itt, secrets. (The source's labels are cleared at teardown, so labels
-    read after the run say "free" there.)"""
+    secret-page-as-itt, secrets. (The source's poisoned pages lose their labels at
+    teardown, so labels read after the run may say "free" there.)"""
     run, truth = audited(scenario(POOL, [{"kind": "secret-page-as-itt"}]), "share-host-claims")
     trust = [v for v in run.violations if v.kind == "trust"]
     assert any(v.machine == "src" for v in trust)
@@ -958,9 +1109,12 @@ def test_did_read_bytes_counts_distinct_bytes_when_reads_overlap():
     seed = Seeded(_overlapping_partial_reads)
     run, truth = audited(scenario(KZ), "share-enlightened-guest", seed)
     ((machine, start, distinct),) = seed.done
-    assert truth.spans(truth.reads) == {machine: [(start, start + distinct)]}
-    assert violation_spans(run.violations, "did-read") == {machine: [(start, start + 96)]}
-    assert run.summary.did_read_bytes == distinct == 96
+    attack = [h for h in truth.reads if h.actor == "src.host.attack"]
+    assert truth.spans(attack) == {machine: [(start, start + distinct)]} and distinct == 96
+    ours = [v for v in run.violations if v.actor == "src.host.attack"]
+    assert violation_spans(ours, "did-read") == {machine: [(start, start + 96)]}
+    # With the VMM's reads of the pages it streamed: still each byte once.
+    assert run.summary.did_read_bytes == sum(size(s) for s in truth.spans(truth.reads).values())
 
 
 def _dma_write_to_a_private_itt(seed: Seeded, world) -> Generator:
@@ -1007,6 +1161,10 @@ def test_dma_write_straddling_the_start_of_guest_ram_is_reported():
 
 # ---- hypothesis: honest runs of proposals whose design allows no violation -----------------
 
+# On a platform whose physical ITS cannot reach guest memory (EL2 mediates the host's
+# commands to it, or the ITS sits behind an IOMMU): with no IOMMU and no mediation the
+# host-driven ITS reaches every secret (test_exposure.py), and with kzalloc'd ITTs the
+# ITS's IOMMU domain maps their slab neighbours.
 NO_VIOLATION_BY_DESIGN = {
     "linux-shared-pool": [
         "share-host-claims",  # every table page is the driver's share: nothing to claim
@@ -1015,7 +1173,7 @@ NO_VIOLATION_BY_DESIGN = {
         "share-enlightened-guest",
         "share-cmdq-snoop",
     ],
-    "linux-kzalloc": ["userspace-serialization", "iommu-gated-its"],
+    "linux-kzalloc": ["userspace-serialization"],
 }
 
 
@@ -1061,6 +1219,7 @@ def honest_scenarios(draw, allocator: str) -> Scenario:
                 "churn": churn,
             },
             "migration": {"at_ms": draw(st.floats(2.0, 25.0))},
+            "lowvisor": {"mediate_physical_its": True},
         }
     )
 
@@ -1077,6 +1236,7 @@ def test_random_honest_runs_report_no_violation(allocator, proposal, data):
     assert run.violations == []
     s = run.summary
     assert (s.could_read_peak_bytes, s.did_read_bytes, s.corrupted_bytes) == (0, 0, 0)
+    assert (s.dma_reachable_peak_bytes, s.dma_reachable_byte_ms) == (0, 0.0)
     assert s.unverified_shares == 0
 
 

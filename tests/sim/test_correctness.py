@@ -131,12 +131,15 @@ def test_a_failed_command_is_shown_in_the_report_the_summary_and_the_audit(capsy
     row = next(line for line in summary.splitlines() if "share-enlightened-guest" in line)
     assert row.split()[-2:] == [str(sum(c.command_errors.values()) + len(c.its_errors)), "NO"]
     assert "host: forge-queued-mapd" in summary
-    # The audit fails a run whose ITS failed, even with no violation in it.
+    # The audit names a run whose ITS failed and fails with it.
     argv = ["audit", str(SCENARIOS / "small-vm.yaml"), "--proposal", "userspace-serialization"]
     assert main([*argv, "--attack", "tamper-state"]) == 1
     out = capsys.readouterr().out
-    assert "no violation found" in out and "ITS failures in 1 runs (host: tamper-state)" in out
-    assert main(argv) == 0  # the honest host of small-vm: nothing to report
+    assert "ITS failures in 1 runs (host: tamper-state)" in out
+    assert "translations BROKEN" in out
+    argv = ["audit", str(SCENARIOS / "small-vm.yaml"), "--proposal", "iommu-gated-its"]
+    assert main(argv) == 0  # small-vm's honest host under an IOMMU: nothing to report
+    assert "ITS failures" not in capsys.readouterr().out
 
 
 def test_composed_behaviours_with_parameters_name_one_matrix_row():
