@@ -55,6 +55,9 @@ class Restore(_Strict):
 
     name: str
     patches: tuple[MemFill, ...] = ()
+    # Commands the destination's vCPU queues after GITS_CTLR is restored (as in the
+    # source VM: one at a time, CWRITER bumped, CREADR read back), before the re-save.
+    commands: tuple[Hex, ...] = ()
 
 
 class Stream(_Strict):
@@ -69,6 +72,9 @@ class Stream(_Strict):
     fill: tuple[MemFill, ...] = ()
     regs: tuple[RegWrite, ...] = ()
     commands: tuple[Hex, ...] = ()  # 32 bytes (64 hex digits) each, little-endian dwords
+    # Guest writes the vCPU makes after the last command, before the registers are read
+    # and SAVE_TABLES (e.g. clearing a level-1 device-table entry KVM has used).
+    fill_after: tuple[MemFill, ...] = ()
     save: bool = True
     save_pending: bool = True
     restores: tuple[Restore, ...] = ()
@@ -93,6 +99,7 @@ class RestoreResult(_Strict):
     resave_ret: int | None = None  # SAVE_TABLES in the second VM, if the restore succeeded
     memory: Words = {}  # the second VM's RAM after the re-save
     regs: dict[str, int] = {}
+    creadr: tuple[int, ...] = ()  # GITS_CREADR after each of the restore's commands
 
 
 class Observation(_Strict):
