@@ -405,3 +405,89 @@ def describe_command(hexcmd: str) -> str:
         for k, v in vars(cmd).items()
     )
     return f"{type(cmd).__name__}({fields})"
+
+
+# ---- where 6.1 and 7.3 differ (the kernel-generation parameter of VirtualITS) -------------
+
+
+def _commands(stream: Stream):
+    for h in stream.commands + tuple(c for rs in stream.restores for c in rs.commands):
+        try:
+            yield decode(bytes.fromhex(h))
+        except CommandDecodeError:
+            continue
+
+
+def _lpi_mapped_twice(stream: Stream) -> bool:
+    seen: set[int] = set()
+    for c in _commands(stream):
+        name = type(c).__name__
+        if name in ("MAPTI", "MAPI"):
+            lpi = c.intid if name == "MAPTI" else c.event_id
+            if lpi in seen:
+                return True
+            seen.add(lpi)
+    return False
+
+
+def _mapc_unmap(stream: Stream) -> bool:
+    return any(type(c).__name__ == "MAPC" and not c.valid for c in _commands(stream))
+
+
+def _mapc_unmap_bad_target(stream: Stream) -> bool:
+    return any(
+        type(c).__name__ == "MAPC" and not c.valid and c.target >= stream.nr_vcpus
+        for c in _commands(stream)
+    )
+
+
+def _level1_changed(stream: Stream) -> bool:
+    """A two-level device table whose level-1 entries change after the MAPDs (the guest
+    clears one, or a restore patches the level-1 table)."""
+    baser0 = _last_regs(stream).get("GITS_BASER0", 0)
+    if not baser0 & r.GITS_BASER_INDIRECT:
+        return False
+    base = r.baser_addr(baser0)
+    end = base + r.baser_nr_pages(baser0) * r.SZ_64K
+    return any(base <= f.gpa < end for f in stream.fill_after)
+
+
+KERNEL_DIFFERENCES: tuple[Known, ...] = (
+    Known(
+        key="*",
+        title="a second MAPTI/MAPI onto a mapped LPI",
+        reason="7.3 keeps the first ITE and fails the second with -EEXIST, freeing the new"
+        " ITE and a collection the MAPTI created; 6.1 shares the LPI between both ITEs",
+        source="7.3 vgic-its.c:vgic_its_cmd_handle_mapi -> vgic_its_map_lpi (-EEXIST);"
+        " 6.1 vgic-its.c:vgic_add_lpi returns the existing irq",
+        applies=_lpi_mapped_twice,
+        resolution="model fixed: VirtualITS(kernel=...) one_ite_per_lpi",
+    ),
+    Known(
+        key="*save*:*ite*",  # save, save_pending (RAM holds the save's bytes), resave
+        title="SAVE_TABLES with an ITE whose collection was unmapped (MAPC V=0)",
+        reason="both save a zero ITE for it (vgic_its_save_ite); 7.3's next-EventID offset"
+        " skips zeroed ITEs, 6.1's points at the next ITE",
+        source="7.3 vgic-its.c:compute_next_eventid_offset; vgic-its.c:vgic_its_save_ite",
+        applies=_mapc_unmap,
+        resolution="model fixed: VirtualITS(kernel=...) next_ite_skips_zeroed",
+    ),
+    Known(
+        key="*",
+        title="SAVE_TABLES with a device vgic_its_check_id() now rejects",
+        reason="7.3 skips the device ('Don't fail a save...') and its next chain skips it;"
+        " 6.1 returns -EINVAL before writing the collection table",
+        source="7.3 vgic-its.c:vgic_its_save_device_tables, compute_next_devid_offset",
+        applies=_level1_changed,
+        resolution="model fixed: VirtualITS(kernel=...) save_skips_rejected_devices",
+    ),
+    Known(
+        key="*",  # the kept collection shows in CTEs, and in ITEs that still use it
+        title="MAPC V=0 with an out-of-range target",
+        reason="6.1 checks the target against online vCPUs before V (keeps the collection);"
+        " 7.3 frees the collection whatever the target",
+        source="vgic-its.c:vgic_its_cmd_handle_mapc (6.1 vs 7.3)",
+        applies=_mapc_unmap_bad_target,
+        resolution="model fixed: VirtualITS(kernel=...) mapc_unmap_ignores_target",
+    ),
+)

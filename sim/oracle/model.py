@@ -24,7 +24,6 @@ Every access, including the observer's, goes through :class:`MemorySystem`.
 
 from __future__ import annotations
 
-import inspect
 import re
 from collections.abc import Iterable
 
@@ -51,16 +50,6 @@ GITS_OFFSETS = {
 }
 _GICR_RE = re.compile(r"GICR(\d+)_(CTLR|PROPBASER|PENDBASER)$")
 
-# include/linux/irqchip/arm-gic-v3.h
-GICR_CTLR_ENABLE_LPIS = 1 << 0
-GICR_CTLR_CES = 1 << 1
-GICR_CTLR_IR = 1 << 2
-# vgic-mmio-v3.c: PROPBASER_RES0_MASK, PENDBASER_RES0_MASK
-PROPBASER_RES0_MASK = r.genmask(63, 59) | r.genmask(55, 52) | r.genmask(6, 5)
-PENDBASER_RES0_MASK = (
-    1 << 63 | r.genmask(61, 59) | r.genmask(55, 52) | r.genmask(15, 12) | r.genmask(6, 0)
-)
-
 
 class StreamError(ValueError):
     """A stream the VMM could not run as written (names the stream and the field)."""
@@ -78,9 +67,6 @@ def generation(kernel: str) -> str:
 def errno(error: ITSError | None) -> int:
     """An ioctl's return value: 0, or the negative errno KVM returns."""
     return 0 if error is None else error.code
-
-
-_VITS_TAKES_KERNEL = "kernel" in inspect.signature(VirtualITS.__init__).parameters
 
 
 # ---- one VM ---------------------------------------------------------------------------
@@ -117,7 +103,6 @@ def _in_ram(stream: Stream, gpa: int, length: int) -> bool:
 
 
 def _vits(stream: Stream, mem: MemorySystem, kernel: str, name: str) -> VirtualITS:
-    kwargs = {"kernel": generation(kernel)} if _VITS_TAKES_KERNEL else {}
     return VirtualITS(
         nr_vcpus=stream.nr_vcpus,
         ram_base=stream.ram_base,
@@ -126,7 +111,7 @@ def _vits(stream: Stream, mem: MemorySystem, kernel: str, name: str) -> VirtualI
         guest=GUEST,
         name=name,
         probe=False,
-        **kwargs,
+        kernel=generation(kernel),
     )
 
 
@@ -157,7 +142,7 @@ def _write_reg(stream: Stream, its: VirtualITS, name: str, value: int) -> None:
     elif m[2] == "PENDBASER":
         its.write_pendbaser(vcpu, value)
     else:
-        its.set_lpis_enabled(vcpu, bool(value & GICR_CTLR_ENABLE_LPIS))
+        its.set_lpis_enabled(vcpu, bool(value & r.GICR_CTLR_ENABLE_LPIS))
 
 
 def _run_commands(stream: Stream, its: VirtualITS, commands: Iterable[str]) -> tuple[int, ...]:
@@ -176,40 +161,14 @@ def _run_commands(stream: Stream, its: VirtualITS, commands: Iterable[str]) -> t
 
 
 def read_regs(its: VirtualITS) -> dict[str, int]:
-    """The registers as the VMM reads them (KVM_DEV_ARM_VGIC_GRP_ITS_REGS and
-    KVM_DEV_ARM_VGIC_GRP_REDIST_REGS: the same handlers as the guest's reads).
-
-    GICR_CTLR: ``vgic_mmio_read_v3r_ctlr`` adds IR and CES (vGIC implementation rev 3 on
-    both 6.1 and 7.3). PROPBASER/PENDBASER are stored by KVM sanitised
-    (``vgic_sanitise_propbaser``/``_pendbaser``: RES0 bits cleared, OuterShareable read
-    as InnerShareable, inner non-cacheable as RaWb, outer other than nC/SameAsInner as
-    SameAsInner); ``vgic_mmio_read_pendbase`` clears PTZ. The model keeps the raw values
-    (it acts on no attribute bit), so the sanitisation is applied here; it is idempotent.
-    """
+    """The registers as the VMM reads them: KVM_DEV_ARM_VGIC_GRP_ITS_REGS (the guest's
+    GITS_* read handlers) and KVM_DEV_ARM_VGIC_GRP_REDIST_REGS (GICR<n>_CTLR with IR and
+    CES, PROPBASER, PENDBASER with PTZ read as 0; all as KVM stored them, sanitised)."""
     regs = {name: its.mmio_read(off) for name, off in GITS_OFFSETS.items()}
     for vcpu in its.vcpus:
-        n = vcpu.vcpu_id
-        ctlr = GICR_CTLR_IR | GICR_CTLR_CES
-        regs[f"GICR{n}_CTLR"] = ctlr | (GICR_CTLR_ENABLE_LPIS if vcpu.lpis_enabled else 0)
-        regs[f"GICR{n}_PROPBASER"] = _sanitise_attrs(its.propbaser) & ~PROPBASER_RES0_MASK
-        pend = _sanitise_attrs(vcpu.pendbaser) & ~PENDBASER_RES0_MASK
-        regs[f"GICR{n}_PENDBASER"] = pend & ~r.GICR_PENDBASER_PTZ
+        for reg in ("CTLR", "PROPBASER", "PENDBASER"):
+            regs[f"GICR{vcpu.vcpu_id}_{reg}"] = its.redist_read(vcpu.vcpu_id, f"GICR_{reg}")
     return regs
-
-
-def _sanitise_attrs(reg: int) -> int:
-    """vgic_sanitise_{shareability,inner_cacheability,outer_cacheability} on a GICR
-    PROPBASER/PENDBASER (shareability [11:10], inner [9:7], outer [58:56])."""
-    share = (reg >> 10) & 3
-    if share == 2:  # OuterShareable -> InnerShareable
-        reg = (reg & ~(3 << 10)) | 1 << 10
-    inner = (reg >> 7) & 7
-    if inner in (0, 1):  # nCnB, nC -> RaWb
-        reg = (reg & ~(7 << 7)) | 3 << 7
-    outer = (reg >> 56) & 7
-    if outer not in (0, 1):  # anything but SameAsInner / nC -> SameAsInner
-        reg &= ~(7 << 56)
-    return reg
 
 
 def snapshot(stream: Stream, mem: MemorySystem) -> Words:

@@ -13,7 +13,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sim.oracle.compare import KIND_DESCRIPTIONS, KNOWN, Comparison, Known, describe_command
+from sim.oracle.compare import (
+    KERNEL_DIFFERENCES,
+    KIND_DESCRIPTIONS,
+    KNOWN,
+    Comparison,
+    Known,
+    describe_command,
+)
 from sim.oracle.stream import Stream
 
 
@@ -39,6 +46,12 @@ class Resolved:
     resolution: str
 
 
+# The divergences real KVM showed that the kernel-generation parameter now models.
+RESOLVED: tuple[Resolved, ...] = tuple(
+    Resolved(k.key, k.title, k.source, k.resolution) for k in KERNEL_DIFFERENCES
+)
+
+
 def _fmt_bytes(n: int) -> str:
     for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if n >= size:
@@ -58,7 +71,7 @@ def render(
     runs: Sequence[KernelRun],
     *,
     known: Sequence[Known] = KNOWN,
-    resolved: Sequence[Resolved] = (),
+    resolved: Sequence[Resolved] = RESOLVED,
     title: str = "pkvm-sim oracle: real KVM beside the model",
 ) -> str:
     lines = [f"# {title}", ""]

@@ -489,7 +489,7 @@ class _Random:
         if kind == "garbage-unused-dte":
             patch = (lay.dte_addr(4) or lay.dt + 32, garbage)
         elif kind == "garbage-unused-ite":
-            patch = (itt + ((1 << bits) - 1) * 8, garbage)
+            patch = (itt + ((1 << min(bits, 8)) - 1) * 8, garbage)  # the last slot
         elif kind == "garbage-unused-cte":
             patch = (lay.ct + 8 * rng.randint(0, 3), garbage)
         elif kind == "dte-outside-ram":
@@ -501,10 +501,12 @@ class _Random:
         elif kind == "ite-bad-lpi":
             patch = (itt, ITE(0, 100, 0).encode())
         elif kind == "ite-next-past-itt":
-            patch = (itt, ITE(1 << bits, 8192, 0).encode())
+            patch = (itt, ITE(min(1 << bits, 0xFFFF), 8192, 0).encode())
         else:  # l1-cleared: the guest cleared a level-1 entry (flat: the DTE)
             patch = (lay.dt if lay.two_level else dte, 0)
         gpa, value = patch
+        if not lay.base <= gpa < lay.base + RAM_SIZE - 8:
+            raise AssertionError(f"{self.b.name}: {kind} patch at {gpa:#x} outside RAM")
         return Restore(name=kind, patches=(MemFill(gpa=gpa, data=_u64(value)),))
 
 
