@@ -337,14 +337,23 @@ def _gen(kernel: str) -> str:
 # ---- shrinking a diverging stream ------------------------------------------------------------
 
 
+BatchTest = Callable[[list[Stream]], list[bool]]
+
+
 def minimise(stream: Stream, still_diverges: Callable[[Stream], bool]) -> Stream:
     """A smaller stream that still diverges: delta debugging (ddmin) over the commands,
     then the restores and their commands, then the guest's fills. 1-minimal in each."""
-    if not still_diverges(stream):
+    return minimise_batch(stream, lambda streams: [still_diverges(s) for s in streams])
+
+
+def minimise_batch(stream: Stream, diverges: BatchTest) -> Stream:
+    """:func:`minimise` with the candidates of each ddmin round judged in one call, so a
+    real kernel can run a whole round in one boot (a fresh VM per candidate)."""
+    if not diverges([stream])[0]:
         raise ValueError(f"stream {stream.name} does not diverge: nothing to minimise")
 
     def shrink(items: tuple, rebuild: Callable[[tuple], Stream]) -> tuple:
-        return _ddmin(items, lambda sub: still_diverges(rebuild(sub)))
+        return _ddmin(items, lambda subs: diverges([rebuild(sub) for sub in subs]))
 
     s = stream
     cmds = shrink(s.commands, lambda sub: s.model_copy(update={"commands": sub}))
@@ -367,28 +376,32 @@ def _shrink_restore_commands(s: Stream, i: int, shrink) -> Stream:
     return with_cmds(shrink(s.restores[i].commands, with_cmds))
 
 
-def _ddmin(items: tuple, test: Callable[[tuple], bool]) -> tuple:
-    """Zeller's ddmin: a 1-minimal sub-sequence of ``items`` for which ``test`` holds
-    (``test(items)`` is assumed)."""
+def _ddmin(items: tuple, test_many: Callable[[list[tuple]], list[bool]]) -> tuple:
+    """Zeller's ddmin: a 1-minimal sub-sequence of ``items`` that passes the test
+    (``items`` is assumed to). Each round tests every subset, then every complement."""
     if not items:
         return items
-    if test(()):
+    if test_many([()])[0]:
         return ()
     n = 2
     while len(items) >= 2:
         chunk = math.ceil(len(items) / n)
         parts = [items[i : i + chunk] for i in range(0, len(items), chunk)]
-        for i, part in enumerate(parts):
-            if test(part):
-                items, n = part, 2
-                break
-            rest = tuple(x for j, p in enumerate(parts) if j != i for x in p)
-            if len(parts) > 2 and test(rest):
-                items, n = rest, max(n - 1, 2)
-                break
+        comps = []
+        if len(parts) > 2:  # with two parts each complement is the other part
+            comps = [
+                tuple(x for j, p in enumerate(parts) if j != i for x in p)
+                for i in range(len(parts))
+            ]
+        results = test_many(parts + comps)
+        hit_part, hit_comp = results[: len(parts)], results[len(parts) :]
+        if any(hit_part):
+            items, n = parts[hit_part.index(True)], 2
+        elif any(hit_comp):
+            items, n = comps[hit_comp.index(True)], max(n - 1, 2)
+        elif n >= len(items):
+            break
         else:
-            if n >= len(items):
-                break
             n = min(2 * n, len(items))
     return items
 

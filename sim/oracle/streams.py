@@ -339,6 +339,7 @@ MALFORMED = (
     "ite-bad-lpi",
     "ite-next-past-itt",
     "l1-cleared",
+    "dte-size-32",
 )
 
 
@@ -502,6 +503,8 @@ class _Random:
             patch = (itt, ITE(0, 100, 0).encode())
         elif kind == "ite-next-past-itt":
             patch = (itt, ITE(min(1 << bits, 0xFFFF), 8192, 0).encode())
+        elif kind == "dte-size-32":  # 32 EventID bits: KVM's int ITT size wraps
+            patch = (dte, DTE(True, 0, itt, 32).encode())
         else:  # l1-cleared: the guest cleared a level-1 entry (flat: the DTE)
             patch = (lay.dt if lay.two_level else dte, 0)
         gpa, value = patch

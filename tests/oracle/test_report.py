@@ -48,3 +48,51 @@ def test_report_renders_runs_sources_and_classes_with_minimal_streams(tmp_path):
     out = tmp_path / "reports" / "oracle.md"
     write(out, [run])
     assert out.read_text().startswith("# pkvm-sim oracle") and not list(out.parent.glob("*.tmp"))
+
+
+def test_evaluate_minimises_each_class_and_the_report_shows_it():
+    """The pipeline end to end, with the 6.1 model standing in for a 6.1 kernel."""
+    from sim.oracle.compare import describe_command
+    from sim.oracle.evaluate import evaluate
+    from sim.oracle.streams import known_divergence_streams
+
+    def kernel(streams):
+        return [
+            observe(s, kernel="6.1").model_copy(update={"source": "kvm", "kernel": "6.1.0-57"})
+            for s in streams
+        ]
+
+    calls = []
+
+    def rerun(streams):
+        calls.append(len(streams))
+        return kernel(streams)
+
+    sources = {"known-divergences": known_divergence_streams()}
+    kvm = kernel(sources["known-divergences"])
+    run = evaluate(
+        sources,
+        kvm,
+        kernel="7.3.4+deb13-arm64",
+        qemu="7.2",
+        mode="model",
+        wall_time=1.0,
+        rerun=rerun,
+    )
+    assert {c.name for c in run.comparisons if c.mismatches} == {
+        "kd-mapti-lpi-twice",
+        "kd-save-unmapped-collection",
+        "kd-save-l1-cleared",
+        "kd-mapc-v0-bad-target",
+    }
+    mini = run.minimal["save:cte"]  # first seen on kd-mapti-lpi-twice
+    cmds = [describe_command(h) for h in mini.commands]
+    assert cmds == [
+        "MAPD(device_id=0x1, size=0x1, itt_addr=0x40200000, valid=True)",
+        "MAPTI(device_id=0x1, event_id=0x2, intid=0x2001, icid=0x5)",
+        "MAPTI(device_id=0x1, event_id=0x3, intid=0x2001, icid=0x6)",
+    ]
+    assert len(calls) > 1 and max(calls) > 1  # rounds are batched
+    text = render([run])
+    assert "Minimal stream `kd-mapti-lpi-twice-min` (3 commands)" in text
+    assert "## Resolved divergences" in text and "vgic_its_map_lpi" in text

@@ -50,6 +50,7 @@ def test_random_streams_collide_on_few_ids(rand):
 def test_random_streams_cover_every_kind_of_command_and_error(rand):
     names, unknown = Counter(), 0
     bad_dev = bad_ev = bad_icid = bad_lpi = movall = 0
+    remaps = sum(remapped_live(s) for s in rand)
     for s in rand:
         sizes = {}
         for c in decoded(s):
@@ -71,6 +72,21 @@ def test_random_streams_cover_every_kind_of_command_and_error(rand):
     for name in ("INT", "CLEAR", "INV", "INVALL", "SYNC", "MOVALL"):
         assert names[name] > 0, name
     assert unknown and bad_dev and bad_ev and bad_icid and bad_lpi and movall
+    assert remaps
+
+
+def remapped_live(stream) -> bool:
+    """A MAPD V=1 on a device that has ITEs from an earlier MAPD (a remap over a live ITT)."""
+    mapped, live = set(), set()
+    for c in decoded(stream):
+        name = type(c).__name__
+        if name == "MAPD" and c.valid:
+            if c.device_id in live:
+                return True
+            mapped.add(c.device_id)
+        elif name == "MAPTI" and c.device_id in mapped:
+            live.add(c.device_id)
+    return False
 
 
 def test_random_streams_place_itts_over_other_tables_and_restore_malformed_ones(rand):
