@@ -51,7 +51,17 @@ class MemFill(_Strict):
 
 
 class Restore(_Strict):
-    """Restore the saved image into a second, fresh VM after ``patches`` are applied."""
+    """Restore the saved image into a second, fresh VM after ``patches`` are applied.
+
+    The second VM is configured like the first (vCPUs, RAM, protection, ``share``). Its
+    RAM gets the image (RAM after the last phase the first VM ran: SAVE_PENDING_TABLES,
+    else SAVE_TABLES, else the commands) and then ``patches``. Registers are restored
+    from the first VM's ``regs`` in the documented order: every redistributor's PROPBASER
+    and PENDBASER, then each GICR_CTLR (EnableLPIs), then GITS_CBASER, GITS_IIDR,
+    GITS_CREADR, GITS_CWRITER, GITS_BASER0, GITS_BASER1, RESTORE_TABLES, GITS_CTLR (written
+    whatever RESTORE_TABLES returned). Only if it returned 0: ``commands``, then
+    SAVE_TABLES (``resave_ret``). Then the registers and RAM are read.
+    """
 
     name: str
     patches: tuple[MemFill, ...] = ()
@@ -87,7 +97,11 @@ Words = dict[int, int]  # gpa (8-byte aligned) -> non-zero 64-bit little-endian 
 
 
 class Phase(_Strict):
-    """One KVM ioctl (or the command run) and guest RAM right after it."""
+    """One KVM ioctl (or the command run) and guest RAM right after it.
+
+    RAM as the VMM can read it: every page of a non-protected VM; of a protected VM only
+    the pages its guest shared (the others are not in the host's stage-2).
+    """
 
     ret: int = 0  # 0 or a negative errno, as the ioctl returned
     memory: Words = {}

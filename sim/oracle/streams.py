@@ -255,8 +255,9 @@ def _kut_builder(name: str, *, enable_lpis=None) -> _Builder:
     every online CPU, GITS_CTLR.Enabled. 4 vCPUs (the tests' its_prerequisites(4))."""
     lay = Layout(nr_vcpus=4, dt_pages=1)
     b = _Builder(name, lay)
-    b.reg("GITS_BASER0", KVM_INITIAL_BASER | lay.baser0(0))
-    b.reg("GITS_BASER1", KVM_INITIAL_BASER | lay.baser1(0))
+    # readq() of a bare ITS's BASER<n> also returns Type [58:56] and Entry_Size [52:48]
+    b.reg("GITS_BASER0", KVM_INITIAL_BASER | 1 << 56 | 7 << 48 | lay.baser0(0))
+    b.reg("GITS_BASER1", KVM_INITIAL_BASER | 4 << 56 | 7 << 48 | lay.baser1(0))
     b.reg("GITS_CBASER", lay.cbaser(0))
     b.reg("GITS_CWRITER", 0)
     for v in range(lay.nr_vcpus):
