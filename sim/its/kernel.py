@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 
 class KernelGen(enum.StrEnum):
-    """A kernel generation: ``"6.1"`` is Debian 6.1.192 (the pre-v6.13 vITS), ``"7.3"``
-    Debian 7.3.4 (current)."""
+    """A kernel generation: ``"6.1"`` is Debian 6.1.192 (LPIs on a list, refcounted per
+    ITE), ``"7.3"`` Debian 7.3.4 (current: LPIs in an xarray, one ITE per LPI)."""
 
     V6_1 = "6.1"
     V7_3 = "7.3"

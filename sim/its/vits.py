@@ -717,7 +717,7 @@ class VirtualITS:
         if device is not None:
             self._free_device(device)
         if not cmd.valid:
-            # Since v6.13 KVM clears the DTE in guest memory, mapped or not.
+            # Both kernels clear the DTE in guest memory, mapped or not.
             self._kvm_write_u64(gpa, 0)
             return None
         self.devices[cmd.device_id] = Device(cmd.device_id, cmd.itt_addr, num_eventid_bits)
@@ -795,7 +795,7 @@ class VirtualITS:
             return ITSError.E_ITS_DISCARD_UNMAPPED_INTERRUPT
         device = self.devices[cmd.device_id]
         self._free_ite(device, ite)
-        # Since v6.13 KVM clears the ITE in guest memory.
+        # Both kernels clear the ITE in guest memory.
         self._kvm_write_u64(device.itt_addr + cmd.event_id * ITE_ESZ, 0)
         return None
 
