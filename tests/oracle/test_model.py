@@ -108,3 +108,33 @@ def test_protected_guest_that_shares_nothing_advances_creadr_and_nothing_takes_e
     assert set(none.host_reads.values()) == {"fault"}
     no_itt = observe(streams["pkvm-share-no-itt"], kernel="7.3")
     assert no_itt.save.ret == -14  # the ITE write faults on the unshared ITT page
+
+
+def _tables(memory):
+    """The device table (level-2 pages excepted) and the collection table."""
+    return {g: w for g, w in memory.items() if LAY.dt <= g < LAY.cmdq}
+
+
+def test_the_dte_real_kvm_wrote_for_a_linux_device():
+    """real-software.md: KVM saved `80100000080c0081` for DeviceID 8 (next=8 to DeviceID
+    16, ITT 0x40600400, Size=1) after the captured 6.1 boot stream."""
+    s = tiny(
+        MAPC(0, 0, True),
+        MAPD(8, 1, 0x4060_0400, True),
+        MAPTI(8, 0, 8192, 0),
+        MAPD(16, 1, 0x4060_0600, True),
+        MAPTI(16, 0, 8193, 0),
+    )
+    assert observe(s, kernel="6.1").save.memory[LAY.dt + 8 * 8] == 0x8010_0000_080C_0081
+
+
+def test_real_linux_boot_creadr_follows_cwriter_and_the_restore_resaves_the_same_tables():
+    from sim.oracle.streams import real_guest_streams
+
+    for s in real_guest_streams():
+        obs = observe(s, kernel="6.1" if "6.1" in s.name else "7.3")
+        assert obs.creadr == tuple(32 * (i + 1) for i in range(len(s.commands)))
+        assert obs.save.ret == 0 and obs.save_pending.ret == 0
+        (restore,) = obs.restores
+        assert restore.ret == 0 and restore.resave_ret == 0
+        assert _tables(restore.memory) == _tables(obs.save_pending.memory)
