@@ -8,7 +8,8 @@ way the VMM configures KVM, and records what the VMM records, in the same shape:
    (``__pkvm_host_donate_guest``), which then MEM_SHAREs the ``share`` pages back one
    page at a time (``__pkvm_guest_share_host``);
 2. ``fill`` as guest writes, then ``regs`` in order as the vCPU's MMIO writes;
-3. each command written into the queue slot at GITS_CWRITER by the guest, CWRITER bumped
+3. each command written by the guest into the next queue slot (the guest keeps its own
+   queue pointer, from the GITS_CBASER and GITS_CWRITER values it wrote), CWRITER bumped
    (wrapping at the queue size), GITS_CREADR read back; then ``fill_after``;
 4. the registers as KVM's uaccess returns them, and RAM after the commands, after
    SAVE_TABLES and after SAVE_PENDING_TABLES, as sparse non-zero 64-bit words;
@@ -145,19 +146,37 @@ def _write_reg(stream: Stream, its: VirtualITS, name: str, value: int) -> None:
         its.set_lpis_enabled(vcpu, bool(value & r.GICR_CTLR_ENABLE_LPIS))
 
 
-def _run_commands(stream: Stream, its: VirtualITS, commands: Iterable[str]) -> tuple[int, ...]:
-    """Each command into the queue slot at CWRITER, CWRITER bumped, CREADR read back."""
+def _run_commands(
+    stream: Stream, its: VirtualITS, commands: Iterable[str], cbaser: int, cwriter: int
+) -> tuple[int, ...]:
+    """Each command written by the guest into the queue, CWRITER bumped, CREADR read.
+
+    The guest keeps its own copy of the queue pointer, as Linux does: command ``k`` goes
+    to ``CBASER.Physical_Address + (CWRITER + 32 k) mod size`` from the CBASER and
+    CWRITER values the guest wrote (``cbaser``, ``cwriter``; the address as written, before
+    KVM clears bits [15:12]), and CWRITER is then written with the next offset.
+    """
+    base, size = r.cbaser_addr(cbaser), r.cbaser_size(cbaser)
+    offset = r.cmd_offset(cwriter) % size
     creadr = []
     for i, hexcmd in enumerate(commands):
         raw = bytes.fromhex(hexcmd)
         if len(raw) != r.ITS_CMD_SIZE:
             raise StreamError(f"stream {stream.name}: command {i} is {len(raw)} bytes, not 32")
-        cbaser = its.mmio_read(r.GITS_CBASER)
-        cwriter = its.mmio_read(r.GITS_CWRITER)
-        _guest_write(stream, its, r.cbaser_addr(cbaser) + cwriter, raw, f"command {i}")
-        its.mmio_write(r.GITS_CWRITER, (cwriter + r.ITS_CMD_SIZE) % r.cbaser_size(cbaser))
+        _guest_write(stream, its, base + offset, raw, f"command {i}")
+        offset = (offset + r.ITS_CMD_SIZE) % size
+        its.mmio_write(r.GITS_CWRITER, offset)
         creadr.append(its.mmio_read(r.GITS_CREADR))
     return tuple(creadr)
+
+
+def _written(stream: Stream, name: str) -> int:
+    """The last value the stream's ``regs`` wrote to ``name`` (0 if none)."""
+    value = 0
+    for w in stream.regs:
+        if w.reg == name:
+            value = w.value
+    return value
 
 
 def read_regs(its: VirtualITS) -> dict[str, int]:
@@ -225,7 +244,8 @@ def _restore(
     resave_ret = None
     creadr: tuple[int, ...] = ()
     if ret == 0:
-        creadr = _run_commands(stream, its, restore.commands)
+        cbaser, cwriter = regs["GITS_CBASER"], regs["GITS_CWRITER"]
+        creadr = _run_commands(stream, its, restore.commands, cbaser, cwriter)
         resave_ret = errno(its.save_tables())
     return RestoreResult(
         name=restore.name,
@@ -245,7 +265,8 @@ def observe(stream: Stream, *, kernel: str) -> Observation:
         _guest_write(stream, its, fill.gpa, bytes.fromhex(fill.data), "fill")
     for reg in stream.regs:
         _write_reg(stream, its, reg.reg, reg.value)
-    creadr = _run_commands(stream, its, stream.commands)
+    cbaser, cwriter = _written(stream, "GITS_CBASER"), _written(stream, "GITS_CWRITER")
+    creadr = _run_commands(stream, its, stream.commands, cbaser, cwriter)
     for fill in stream.fill_after:
         _guest_write(stream, its, fill.gpa, bytes.fromhex(fill.data), "fill_after")
     commands = Phase(memory=snapshot(stream, mem))

@@ -59,7 +59,9 @@ class Restore(_Strict):
     from the first VM's ``regs`` in the documented order: every redistributor's PROPBASER
     and PENDBASER, then each GICR_CTLR (EnableLPIs), then GITS_CBASER, GITS_IIDR,
     GITS_CREADR, GITS_CWRITER, GITS_BASER0, GITS_BASER1, RESTORE_TABLES, GITS_CTLR (written
-    whatever RESTORE_TABLES returned). Only if it returned 0: ``commands``, then
+    whatever RESTORE_TABLES returned). Only if it returned 0: ``commands`` (the
+    destination's guest pointer starts from the restored GITS_CBASER and GITS_CWRITER,
+    as the source's starts from the values its ``regs`` wrote), then
     SAVE_TABLES (``resave_ret``). Then the registers and RAM are read.
     """
 
@@ -76,6 +78,8 @@ class Stream(_Strict):
     ram_base: int = L2_RAM_BASE
     ram_size: int = 16 << 20
     protected: bool = False
+    # The L2 program writes command k at CBASER.Physical_Address + (CWRITER + 32 k) mod
+    # the queue size, CBASER and CWRITER being the last values ``regs`` wrote to them.
     # Pages (gpa, 4 KiB page count) a protected guest MEM_SHAREs before anything else.
     # Ignored for a non-protected VM, whose RAM is the host's.
     share: tuple[tuple[int, int], ...] = ()
