@@ -13,7 +13,8 @@ way the VMM configures KVM, and records what the VMM records, in the same shape:
    (wrapping at the queue size), GITS_CREADR read back; then ``fill_after``;
 4. the registers as KVM's uaccess returns them, and RAM after the commands, after
    SAVE_TABLES and after SAVE_PENDING_TABLES, as sparse non-zero 64-bit words;
-5. each :class:`Restore` into a fresh second VM: the saved image plus patches, the
+5. each :class:`Restore` into a fresh second VM (whose vCPU has not run: a protected
+   one owns no page yet): the saved image plus patches written by the VMM, the
    registers in the documented order (redistributors, GITS_CBASER, the other GITS_*
    registers, RESTORE_TABLES, then GITS_CTLR), any commands, then a re-save;
 6. ``host_reads`` as host accesses through the stage-2 check.
@@ -73,29 +74,37 @@ def errno(error: ITSError | None) -> int:
 # ---- one VM ---------------------------------------------------------------------------
 
 
-def _machine(stream: Stream) -> MemorySystem:
-    """A machine with the stream's VM: its RAM, whose stage-2s say who may reach it."""
+def _machine(stream: Stream, *, runs: bool = True) -> MemorySystem:
+    """A machine with the stream's VM: its RAM, whose stage-2s say who may reach it.
+
+    A non-protected VM's RAM is the host's, shared into the guest. A protected VM whose
+    vCPU ``runs`` first touches every page of RAM, so pKVM donates all of it to the guest
+    (``__pkvm_host_donate_guest`` at each stage-2 fault), then MEM_SHAREs the ``share``
+    pages; one whose vCPU has not run (a restore destination) owns no page yet: its RAM
+    is still the host's, so KVM reaches all of it.
+    """
     mem = MemorySystem()
     mem.ownership.add_guest(GUEST)
     first, nr = stream.ram_base >> PAGE_SHIFT, stream.ram_size >> PAGE_SHIFT
-    if stream.protected:
-        mem.ownership.apply(
-            Transition.HOST_DONATE_GUEST, first, nr, guest=GUEST, cause="protected VM RAM"
-        )
-        for gpa, count in stream.share:
-            if gpa % PAGE_SIZE or not _in_ram(stream, gpa, count * PAGE_SIZE):
-                raise StreamError(f"stream {stream.name}: share ({gpa:#x}, {count}) outside RAM")
-            for pfn in range(gpa >> PAGE_SHIFT, (gpa >> PAGE_SHIFT) + count):
-                # MEM_SHARE takes one page; sharing a page twice fails (-EPERM) and the
-                # guest program ignores it, as the real one does.
-                if mem.ownership.state(GUEST, pfn) is PageState.OWNED:
-                    mem.ownership.apply(
-                        Transition.GUEST_SHARE_HOST, pfn, guest=GUEST, cause="MEM_SHARE"
-                    )
-    else:
+    if not stream.protected:
         mem.ownership.apply(
             Transition.HOST_SHARE_GUEST, first, nr, guest=GUEST, cause="non-protected VM RAM"
         )
+        return mem
+    for gpa, count in stream.share:
+        if gpa % PAGE_SIZE or not _in_ram(stream, gpa, count * PAGE_SIZE):
+            raise StreamError(f"stream {stream.name}: share ({gpa:#x}, {count}) outside RAM")
+    if not runs:
+        return mem
+    mem.ownership.apply(Transition.HOST_DONATE_GUEST, first, nr, guest=GUEST, cause="fault-in")
+    for gpa, count in stream.share:
+        for pfn in range(gpa >> PAGE_SHIFT, (gpa >> PAGE_SHIFT) + count):
+            # MEM_SHARE takes one page; sharing a page twice fails (-EPERM) and the
+            # guest program ignores it, as the real one does.
+            if mem.ownership.state(GUEST, pfn) is PageState.OWNED:
+                mem.ownership.apply(
+                    Transition.GUEST_SHARE_HOST, pfn, guest=GUEST, cause="MEM_SHARE"
+                )
     return mem
 
 
@@ -116,12 +125,26 @@ def _vits(stream: Stream, mem: MemorySystem, kernel: str, name: str) -> VirtualI
     )
 
 
-def _guest_write(stream: Stream, its: VirtualITS, gpa: int, data: bytes, what: str) -> None:
-    if not _in_ram(stream, gpa, len(data)):
+def _check_ram(stream: Stream, gpa: int, length: int, what: str) -> None:
+    if not _in_ram(stream, gpa, length):
         raise StreamError(
-            f"stream {stream.name}: {what} at {gpa:#x}+{len(data):#x} is outside guest RAM"
+            f"stream {stream.name}: {what} at {gpa:#x}+{length:#x} is outside guest RAM"
             f" [{stream.ram_base:#x}, {stream.ram_base + stream.ram_size:#x})"
         )
+
+
+def _guest_write(stream: Stream, its: VirtualITS, gpa: int, data: bytes, what: str) -> None:
+    """A store by the guest's vCPU. A protected guest's first touch of a page it does not
+    have yet is a stage-2 fault that pKVM resolves by donating the host's page."""
+    _check_ram(stream, gpa, len(data), what)
+    if stream.protected:
+        own = its.memory.ownership
+        for pfn in range(gpa >> PAGE_SHIFT, ((gpa + len(data) - 1) >> PAGE_SHIFT) + 1):
+            if (
+                own.state(GUEST, pfn) is PageState.NOPAGE
+                and own.state(HOST, pfn) is PageState.OWNED
+            ):
+                own.apply(Transition.HOST_DONATE_GUEST, pfn, guest=GUEST, cause="fault-in")
     its.write_guest(gpa, data)
 
 
@@ -207,25 +230,30 @@ def snapshot(stream: Stream, mem: MemorySystem) -> Words:
     return words
 
 
-def _write_image(stream: Stream, its: VirtualITS, image: Words, patches) -> None:
-    """The saved image, then the patches, into the destination's RAM (guest writes)."""
+def _write_image(stream: Stream, mem: MemorySystem, image: Words, patches) -> None:
+    """The saved image, then the patches, into the destination's RAM, written by the VMM
+    (the host) before the destination's vCPU ever runs."""
+    vmm = Initiator("vmm", HOST)
     pages: dict[int, bytearray] = {}
     for gpa, word in image.items():
         page = pages.setdefault(gpa & ~(PAGE_SIZE - 1), bytearray(PAGE_SIZE))
         off = gpa & (PAGE_SIZE - 1)
         page[off : off + 8] = word.to_bytes(8, "little")
     for base, data in sorted(pages.items()):
-        _guest_write(stream, its, base, bytes(data), "saved image")
+        _check_ram(stream, base, PAGE_SIZE, "saved image")
+        mem.write(vmm, base, bytes(data))
     for patch in patches:
-        _guest_write(stream, its, patch.gpa, bytes.fromhex(patch.data), "restore patch")
+        data = bytes.fromhex(patch.data)
+        _check_ram(stream, patch.gpa, len(data), "restore patch")
+        mem.write(vmm, patch.gpa, data)
 
 
 def _restore(
     stream: Stream, kernel: str, image: Words, regs: dict[str, int], restore: Restore
 ) -> RestoreResult:
-    mem = _machine(stream)
+    mem = _machine(stream, runs=False)
     its = _vits(stream, mem, kernel, "dst")
-    _write_image(stream, its, image, restore.patches)
+    _write_image(stream, mem, image, restore.patches)
     # Documentation/virt/kvm/devices/arm-vgic-its.rst "ITS Restore Sequence": the
     # redistributors, then GITS_CBASER, the other GITS_* registers but GITS_CTLR,
     # RESTORE_TABLES, then GITS_CTLR. VirtualITS.set_regs is that order.

@@ -138,3 +138,12 @@ def test_real_linux_boot_creadr_follows_cwriter_and_the_restore_resaves_the_same
         (restore,) = obs.restores
         assert restore.ret == 0 and restore.resave_ret == 0
         assert _tables(restore.memory) == _tables(obs.save_pending.memory)
+
+
+def test_a_restore_destination_that_never_ran_is_readable_by_kvm_even_if_nothing_was_shared():
+    """Real pKVM 7.3.4: RESTORE_TABLES and the re-save succeed in a protected destination
+    whose vCPU has not run (its RAM is still the host's), whatever the source shared."""
+    streams = {s.name: s for s in pkvm_streams()}
+    for name in ("pkvm-share-none", "pkvm-share-no-device-table", "pkvm-share-all"):
+        (restore,) = observe(streams[name], kernel="7.3").restores
+        assert (restore.ret, restore.resave_ret) == (0, 0), name
