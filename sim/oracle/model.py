@@ -4,17 +4,18 @@
 way the VMM configures KVM, and records what the VMM records, in the same shape:
 
 1. a fresh machine: the VM's RAM is the host's, shared into a non-protected guest
-   (``__pkvm_host_share_guest``), or donated to a protected one
-   (``__pkvm_host_donate_guest``), which then MEM_SHAREs the ``share`` pages back one
-   page at a time (``__pkvm_guest_share_host``);
+   (``__pkvm_host_share_guest``); a protected guest's prologue faults all of it in
+   (``__pkvm_host_donate_guest``), then MEM_SHAREs the ``share`` pages back one page
+   at a time (``__pkvm_guest_share_host``);
 2. ``fill`` as guest writes, then ``regs`` in order as the vCPU's MMIO writes;
 3. each command written by the guest into the next queue slot (the guest keeps its own
    queue pointer, from the GITS_CBASER and GITS_CWRITER values it wrote), CWRITER bumped
    (wrapping at the queue size), GITS_CREADR read back; then ``fill_after``;
 4. the registers as KVM's uaccess returns them, and RAM after the commands, after
    SAVE_TABLES and after SAVE_PENDING_TABLES, as sparse non-zero 64-bit words;
-5. each :class:`Restore` into a fresh second VM (whose vCPU has not run: a protected
-   one owns no page yet): the saved image plus patches written by the VMM, the
+5. each :class:`Restore` into a fresh second VM: the saved image plus patches written by
+   the VMM, the same prologue (a protected destination owns and shares RAM as the
+   source did), the
    registers in the documented order (redistributors, GITS_CBASER, the other GITS_*
    registers, RESTORE_TABLES, then GITS_CTLR), any commands, then a re-save;
 6. ``host_reads`` as host accesses through the stage-2 check.
@@ -74,38 +75,37 @@ def errno(error: ITSError | None) -> int:
 # ---- one VM ---------------------------------------------------------------------------
 
 
-def _machine(stream: Stream, *, runs: bool = True) -> MemorySystem:
-    """A machine with the stream's VM: its RAM, whose stage-2s say who may reach it.
-
-    A non-protected VM's RAM is the host's, shared into the guest. A protected VM whose
-    vCPU ``runs`` first touches every page of RAM, so pKVM donates all of it to the guest
-    (``__pkvm_host_donate_guest`` at each stage-2 fault), then MEM_SHAREs the ``share``
-    pages; one whose vCPU has not run (a restore destination) owns no page yet: its RAM
-    is still the host's, so KVM reaches all of it.
-    """
+def _machine(stream: Stream) -> MemorySystem:
+    """A machine with the stream's VM before its vCPU first runs: a non-protected VM's RAM
+    is the host's, shared into the guest; a protected VM owns no page yet."""
     mem = MemorySystem()
     mem.ownership.add_guest(GUEST)
     first, nr = stream.ram_base >> PAGE_SHIFT, stream.ram_size >> PAGE_SHIFT
+    for gpa, count in stream.share:
+        if gpa % PAGE_SIZE or not _in_ram(stream, gpa, count * PAGE_SIZE):
+            raise StreamError(f"stream {stream.name}: share ({gpa:#x}, {count}) outside RAM")
     if not stream.protected:
         mem.ownership.apply(
             Transition.HOST_SHARE_GUEST, first, nr, guest=GUEST, cause="non-protected VM RAM"
         )
-        return mem
-    for gpa, count in stream.share:
-        if gpa % PAGE_SIZE or not _in_ram(stream, gpa, count * PAGE_SIZE):
-            raise StreamError(f"stream {stream.name}: share ({gpa:#x}, {count}) outside RAM")
-    if not runs:
-        return mem
+    return mem
+
+
+def _prologue(stream: Stream, mem: MemorySystem) -> None:
+    """The L2 program's prologue on a protected VM: it loads from every page of RAM, so
+    pKVM donates all of it (``__pkvm_host_donate_guest`` at each stage-2 fault, the
+    host's bytes kept), then MEM_SHAREs the ``share`` pages one at a time."""
+    if not stream.protected:
+        return
+    first, nr = stream.ram_base >> PAGE_SHIFT, stream.ram_size >> PAGE_SHIFT
     mem.ownership.apply(Transition.HOST_DONATE_GUEST, first, nr, guest=GUEST, cause="fault-in")
     for gpa, count in stream.share:
         for pfn in range(gpa >> PAGE_SHIFT, (gpa >> PAGE_SHIFT) + count):
-            # MEM_SHARE takes one page; sharing a page twice fails (-EPERM) and the
-            # guest program ignores it, as the real one does.
+            # sharing a page twice fails (-EPERM); the guest program ignores it
             if mem.ownership.state(GUEST, pfn) is PageState.OWNED:
                 mem.ownership.apply(
                     Transition.GUEST_SHARE_HOST, pfn, guest=GUEST, cause="MEM_SHARE"
                 )
-    return mem
 
 
 def _in_ram(stream: Stream, gpa: int, length: int) -> bool:
@@ -251,9 +251,10 @@ def _write_image(stream: Stream, mem: MemorySystem, image: Words, patches) -> No
 def _restore(
     stream: Stream, kernel: str, image: Words, regs: dict[str, int], restore: Restore
 ) -> RestoreResult:
-    mem = _machine(stream, runs=False)
+    mem = _machine(stream)
     its = _vits(stream, mem, kernel, "dst")
     _write_image(stream, mem, image, restore.patches)
+    _prologue(stream, mem)  # a protected destination owns and shares RAM as the source
     # Documentation/virt/kvm/devices/arm-vgic-its.rst "ITS Restore Sequence": the
     # redistributors, then GITS_CBASER, the other GITS_* registers but GITS_CTLR,
     # RESTORE_TABLES, then GITS_CTLR. VirtualITS.set_regs is that order.
@@ -289,6 +290,7 @@ def observe(stream: Stream, *, kernel: str) -> Observation:
     """What KVM of generation ``kernel`` would do with ``stream``, per the model."""
     mem = _machine(stream)
     its = _vits(stream, mem, kernel, "src")
+    _prologue(stream, mem)
     for fill in stream.fill:
         _guest_write(stream, its, fill.gpa, bytes.fromhex(fill.data), "fill")
     for reg in stream.regs:

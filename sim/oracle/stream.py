@@ -55,7 +55,9 @@ class Restore(_Strict):
 
     The second VM is configured like the first (vCPUs, RAM, protection, ``share``). Its
     RAM gets the image (RAM after the last phase the first VM ran: SAVE_PENDING_TABLES,
-    else SAVE_TABLES, else the commands) and then ``patches``. Registers are restored
+    else SAVE_TABLES, else the commands) and then ``patches``, written by the VMM; a
+    protected one then runs the first VM's prologue (it faults all of RAM in and
+    MEM_SHAREs the ``share`` pages) and pauses. Registers are restored
     from the first VM's ``regs`` in the documented order: every redistributor's PROPBASER
     and PENDBASER, then each GICR_CTLR (EnableLPIs), then GITS_CBASER, GITS_IIDR,
     GITS_CREADR, GITS_CWRITER, GITS_BASER0, GITS_BASER1, RESTORE_TABLES, GITS_CTLR (written
