@@ -36,7 +36,16 @@ from sim.its.vits import VirtualITS
 from sim.memory.access import Initiator, MemorySystem, Stage2Fault
 from sim.memory.ownership import HOST, PageState, Transition
 from sim.memory.physmem import PAGE_SHIFT, PAGE_SIZE
-from sim.oracle.stream import Observation, Phase, Restore, RestoreResult, Stream, Words
+from sim.oracle.stream import (
+    CODE_BASE,
+    CODE_SIZE,
+    Observation,
+    Phase,
+    Restore,
+    RestoreResult,
+    Stream,
+    Words,
+)
 
 GUEST = "l2"
 KERNELS = ("6.1", "7.3")  # the kernel generations the model distinguishes
@@ -286,8 +295,23 @@ def _restore(
     )
 
 
+def _check_code_memslot(stream: Stream) -> None:
+    """KVM reaches the VMM's code memslot as guest memory; the model has no such memory
+    (nor the L2 program in it), so a stream must not place an ITT there."""
+    for i, hexcmd in enumerate(stream.commands):
+        raw = bytes.fromhex(hexcmd)
+        if len(raw) == r.ITS_CMD_SIZE and raw[0] == 0x08:  # MAPD
+            itt = int.from_bytes(raw[16:24], "little") & r.genmask(51, 8)
+            if CODE_BASE <= itt < CODE_BASE + CODE_SIZE:
+                raise StreamError(
+                    f"stream {stream.name}: command {i} (MAPD) puts an ITT at {itt:#x}, in the"
+                    f" VMM's code memslot [{CODE_BASE:#x}, {CODE_BASE + CODE_SIZE:#x})"
+                )
+
+
 def observe(stream: Stream, *, kernel: str) -> Observation:
     """What KVM of generation ``kernel`` would do with ``stream``, per the model."""
+    _check_code_memslot(stream)
     mem = _machine(stream)
     its = _vits(stream, mem, kernel, "src")
     _prologue(stream, mem)

@@ -25,6 +25,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 L2_RAM_BASE = 0x4000_0000
 CODE_BASE = 0x1000_0000
+# The code memslot is guest memory to KVM (an ITT placed there is reachable) but holds
+# the VMM's L2 program, which the model does not have: streams keep their tables out of
+# [CODE_BASE, CODE_BASE + CODE_SIZE).
+CODE_SIZE = 4 << 20
+# An address in no memslot, for tables placed outside guest memory on purpose.
+NO_MEMSLOT = 0x2000_0000
 ITS_BASE = 0x0808_0000
 GICD_BASE = 0x0800_0000
 GICR_BASE = 0x080A_0000

@@ -153,3 +153,13 @@ def test_a_protected_destination_shares_as_the_source_so_its_restore_needs_the_t
         "pkvm-share-no-device-table": [(-14, None)],
         "pkvm-share-all": [(0, 0)],
     }
+
+
+def test_an_itt_in_the_vmm_code_memslot_is_refused_with_a_clear_message():
+    import pytest
+
+    from sim.oracle.model import StreamError
+
+    s = tiny(MAPD(1, 0, 0x1000_0100, True), name="itt-in-code")
+    with pytest.raises(StreamError, match=r"itt-in-code: command 0 \(MAPD\).*code memslot"):
+        observe(s, kernel="7.3")
