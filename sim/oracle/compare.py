@@ -41,6 +41,7 @@ KIND_DESCRIPTIONS = {
     "creadr": "GITS_CREADR after a command",
     "missing": "a result present on one side only",
     "host": "host access to a guest page",
+    "error": "the run stopped early",
 }
 PHASES = ("commands", "save", "save_pending")
 
@@ -292,6 +293,8 @@ def compare(
 ) -> Comparison:
     """``a`` (the kernel) against ``b`` (the model) for ``stream``, entry by entry."""
     c = _Comparer(stream, a, b)
+    if a.error != b.error:  # a run the VMM abandoned: what follows is partial
+        c.add("run", "error", stream.name, a.error or "completed", b.error or "completed")
     n = max(len(a.creadr), len(b.creadr))
     for i in range(n):
         va = a.creadr[i] if i < len(a.creadr) else None

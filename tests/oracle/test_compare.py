@@ -84,3 +84,12 @@ def test_minimise_shrinks_a_planted_divergence_to_the_commands_that_cause_it():
         MAPTI(5, 1, 8195, 2),
     ]
     assert small.name == "planted-min" and small.regs == s.regs
+
+
+def test_a_run_the_vmm_abandoned_is_its_own_class():
+    s = stream(MAPC(0, 1, True))
+    model = observe(s, kernel="7.3")
+    kvm = model.model_copy(update={"source": "kvm", "error": "KVM_RUN: L2 exception"})
+    c = compare(kvm, model, s)
+    assert list(c.classes) == ["run:error"] and not c.ok
+    assert c.mismatches[0].a == "KVM_RUN: L2 exception" and c.mismatches[0].b == "completed"
