@@ -79,22 +79,26 @@ def render(
         "Each stream ran through real KVM (a C VMM in an L1 kernel under QEMU) and through",
         "`sim.its.VirtualITS` configured the same way; guest RAM after each phase was",
         "compared word by word, decoded as the table that lives there, with the registers,",
-        "CREADR after each command, ioctl return values and restore results.",
+        "CREADR after each command, ioctl return values and restore results. Bytes compared",
+        "count the RAM each memory phase covers (zero words included: RAM is compared",
+        "whole); the words are those non-zero on either side.",
         "",
         "## Runs",
         "",
-        "| kernel (`uname -r`) | QEMU | mode | streams | commands | bytes compared"
+        "| kernel (`uname -r`) | QEMU | mode | streams | commands"
+        " | bytes compared (non-zero words)"
         " | mismatches (explained / unexplained) | wall time |",
         "|---|---|---|---:|---:|---:|---|---:|",
     ]
     for run in runs:
         cmds = sum(len(s.commands) for s in run.streams)
         compared = sum(c.bytes_compared for c in run.comparisons)
+        words = sum(c.words_compared for c in run.comparisons)
         mism = sum(len(c.mismatches) for c in run.comparisons)
         unexplained = sum(len(c.unexplained) for c in run.comparisons)
         lines.append(
             f"| {run.kernel} | {run.qemu} | {run.mode} | {len(run.streams)} | {cmds}"
-            f" | {_fmt_bytes(compared)} | {mism - unexplained} / {unexplained}"
+            f" | {_fmt_bytes(compared)} ({words} words) | {mism - unexplained} / {unexplained}"
             f" | {run.wall_time:.1f} s |"
         )
     lines += ["", "## Streams by source", ""]
@@ -120,7 +124,7 @@ def render(
             for key in c.classes:
                 classes.setdefault(key, []).append((run, c))
     if not classes:
-        lines += ["No mismatch: every stream gave the same bytes on every kernel.", ""]
+        lines += ["No mismatch: on every kernel, every stream gave the model's bytes.", ""]
     for key in sorted(classes):
         hits = classes[key]
         explained = next((c.explained[key] for _, c in hits if key in c.explained), None)

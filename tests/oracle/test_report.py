@@ -38,7 +38,7 @@ def test_report_renders_runs_sources_and_classes_with_minimal_streams(tmp_path):
     fixed = [Resolved("save:ite", "MAPTI twice", "vgic-its.c:vgic_its_map_lpi", "model fixed")]
     text = render([run], known=known, resolved=fixed)
     assert "| 7.3.4+deb13-arm64 | QEMU emulator version 7.2.x | nested KVM (VHE) | 2 | 6 |" in text
-    assert "| 0 / 1 | 12.5 s |" in text  # one mismatch, unexplained
+    assert " words) | 0 / 1 | 12.5 s |" in text
     assert "| 7.3.4+deb13-arm64 | random | 1 | 3 | 1 |" in text
     assert "### `save:cte`: collection-table entry (CTE) differs (save)" in text
     assert "**unexplained**" in text
