@@ -29,7 +29,7 @@ class ITSError(enum.StrEnum):
     # Negative errnos returned by the same paths.
     EFAULT = "-EFAULT"  # guest memory outside every memslot, or the access faulted
     EINVAL = "-EINVAL"  # malformed table entry on restore
-    EEXIST = "-EEXIST"  # duplicate collection on restore
+    EEXIST = "-EEXIST"  # duplicate collection on restore; 7.3: MAPTI onto a mapped LPI
     EBUSY = "-EBUSY"  # INT/MSI to a vCPU whose LPIs are disabled
     ENODEV = "-ENODEV"  # unknown command number (vgic_its_handle_command's default)
     ENXIO = "-ENXIO"  # the ITS is not enabled (KVM_SIGNAL_MSI)

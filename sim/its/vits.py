@@ -470,10 +470,19 @@ class VirtualITS:
         ``its_sync_lpi_pending_table``: 7.3 reads the pending byte of every LPI (INTID
         order) and takes it for those targeting this vCPU; 6.1 reads only those. A failed
         read stops the walk.
+
+        Disabling (``vgic_mmio_write_v3r_ctlr`` -> ``vgic_flush_pending_lpis``, both
+        kernels) drops the pending state of the LPIs queued on the vCPU: pending, enabled
+        and targeting it, with the distributor enabled (as a Linux guest leaves it; the
+        model has no GICD otherwise), so ``vgic_target_oracle`` queued them.
         """
         vcpu = self.vcpus[vcpu_id]
         was = vcpu.lpis_enabled
         vcpu.lpis_enabled = enable
+        if was and not enable:
+            for lpi in self.lpis.values():
+                if lpi.pending and lpi.enabled and lpi.target_vcpu == vcpu_id:
+                    lpi.pending = False
         if enable and not was and not vcpu.pendbaser & r.GICR_PENDBASER_PTZ:
             last_addr, byte = None, 0
             for lpi in self._lpi_walk(vcpu_id):

@@ -480,7 +480,7 @@ def test_restore_dte_with_itt_outside_ram_is_efault(itt_bad: int) -> None:
 
 
 def test_restore_good_device_then_bad_one_frees_everything() -> None:
-    """KVM v6.13+ frees every device and collection on failure. The pending bit that the
+    """Both kernels free every device and collection on failure. The pending bit that the
     good device's LPI consumed while being restored stays cleared in guest memory."""
     src = VirtualITS()
     itt1 = src.layout.free_base
@@ -618,7 +618,7 @@ def test_stale_ites_reachable_by_the_scan_come_back_live() -> None:
 
 
 def test_discard_and_mapd_v0_clear_entries_saved_earlier() -> None:
-    """KVM v6.13+ zeroes the ITE on DISCARD and the DTE on MAPD V=0 in guest memory, so a
+    """Both kernels zero the ITE on DISCARD and the DTE on MAPD V=0 in guest memory, so a
     table saved earlier does not bring them back on the next restore."""
     src = VirtualITS()
     itt1 = src.layout.free_base

@@ -477,7 +477,7 @@ def test_a_batch_reads_each_page_as_its_first_slot_then_the_rest():
 
 
 def test_a_command_that_writes_a_later_slot_is_seen_by_the_next_read():
-    """DISCARD zeroes its ITE in guest memory (v6.13+); with the ITT on the queue page
+    """DISCARD zeroes its ITE in guest memory (both kernels); with the ITT on the queue page
     the zeroed ITE is the first dword of a later command, which KVM then reads as
     command number 0 and skips. A stale copy of the page would run it."""
     its = VirtualITS()

@@ -1,8 +1,9 @@
 """Every error a command handler returns, driven through the queue, and the handlers' effects.
 
-Expectations follow KVM v6.13+ arch/arm64/kvm/vgic/vgic-its.c (the order of checks in each
-``vgic_its_cmd_handle_*``) and the E_ITS_* values of include/linux/irqchip/arm-gic-v3.h.
-MOVALL follows the architecture (only LPIs targeting RDbase1 move).
+Expectations follow arch/arm64/kvm/vgic/vgic-its.c of the default kernel, Debian 7.3.4 (the
+order of checks in each ``vgic_its_cmd_handle_*``; where 6.1.192 differs,
+tests/its/test_kernels.py covers both) and the E_ITS_* values of
+include/linux/irqchip/arm-gic-v3.h. MOVALL moves only LPIs targeting RDbase1, as both do.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ hand from the ABI rev 0 layout, never from ``sim.its.tables``:
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -462,3 +463,44 @@ def test_movall_moves_only_the_lpis_targeting_rdbase1(kernel):
     assert [its.lpis[i].target_vcpu for i in (8192, 8193, 8194)] == [3, 2, None]
     assert its.devices[1].ites[0].collection.collection_id == 1  # the ITE keeps it
     assert its.translate(1, 0) == (8192, 3)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_disabling_lpis_drops_the_pending_state_queued_on_that_vcpu(kernel):
+    """vgic_flush_pending_lpis: pending and enabled LPIs of that vCPU lose their pending
+    state; a disabled one (not queued) and one on another vCPU keep it."""
+    its = _three_lpis(kernel)
+    prop = its.layout.prop_table
+    ok(its, INT(1, 0), INT(1, 1), INT(1, 2))
+    its.write_guest(prop + 8200 - r.GIC_LPI_OFFSET, b"\xa0")  # 8200 disabled, once KVM
+    ok(its, INVALL(0))  # re-reads its property byte
+    its.set_lpis_enabled(0, False)
+    assert [its.lpis[i].pending for i in (8192, 8200, 8208)] == [True, True, False]
+    assert its.redist_read(0, "GICR_CTLR") == 0x6
+
+
+# ---- the scenario field -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_a_scenario_selects_the_kernel_of_both_machines(kernel):
+    from sim.run import collect, simulate
+    from sim.scenario import load_scenario
+
+    base = load_scenario(Path(__file__).parents[2] / "scenarios" / "small-vm.yaml")
+    scenario = base.model_copy(update={"kernel": kernel})
+    world = simulate(scenario, "trusted-host")
+    assert world.src.host.its.kernel == kernel
+    assert world.dst.host.its.kernel == kernel
+    assert collect(world).correctness.translations_preserved
+
+
+def test_a_scenario_with_an_unknown_kernel_names_the_field(tmp_path):
+    from sim.scenario import ScenarioError, load_scenario
+
+    path = tmp_path / "k.yaml"
+    path.write_text(
+        "name: k\nquestion: q\nkernel: '6.6'\ndevices:\n  - {name: d, device_id: 1, vectors: 2}\n"
+    )
+    with pytest.raises(ScenarioError, match=r"kernel.*'6\.1'.*'7\.3'"):
+        load_scenario(path)
