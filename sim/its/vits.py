@@ -181,8 +181,10 @@ class VirtualITS:
             raise ValueError("nr_vcpus must be 1..512")
         if not 14 <= lpi_id_bits <= r.INTERRUPT_ID_BITS_ITS:
             raise ValueError("lpi_id_bits must be 14..16 (LPIs start at 8192; KVM caps at 16)")
-        if ram_base % r.SZ_64K or ram_size < 32 << 20 or ram_size % r.SZ_64K:
-            raise ValueError("guest RAM must be 64 KiB aligned and at least 32 MiB")
+        # The Linux probe lays its tables out in the lowest 16 MiB; a bare ITS needs no room.
+        min_ram = 32 << 20 if probe else r.SZ_64K
+        if ram_base % r.SZ_64K or ram_size < min_ram or ram_size % r.SZ_64K:
+            raise ValueError(f"guest RAM must be 64 KiB aligned and at least {min_ram:#x} bytes")
         if memory is None:
             memory = MemorySystem()
             memory.ownership.add_guest(guest)
