@@ -106,3 +106,6 @@ class Observation(_Strict):
     save_pending: Phase | None = None
     restores: tuple[RestoreResult, ...] = ()
     host_reads: dict[int, str] = {}  # gpa -> "ok" | "fault"
+    # Why the run stopped early (an ioctl that failed unexpectedly, an L2 exception);
+    # the fields above hold what was observed before it. Empty when the run completed.
+    error: str = ""
