@@ -21,7 +21,8 @@
  *   5 CMD   slot cwriter_addr cwriter creadr_addr dw0 dw1 dw2 dw3
  *                                  write the 32-byte command at slot, write
  *                                  CWRITER, read CREADR -> result
- * An exception stores ESR_EL1, ELR_EL1 and FAR_EL1 to mailbox + 8/16/24.
+ * An exception stores x9 and x19 (the op and the op pointer), FAR_EL1, ELR_EL1
+ * and last ESR_EL1 to mailbox + 32, 40, 24, 16, 8.
  */
 
 #define SMCCC_KVM_MEM_SHARE	0xc6000003	/* include/linux/arm-smccc.h */
@@ -97,6 +98,8 @@ op_cmd:
 	b	next
 
 exception:
+	str	x9, [x21, #32]
+	str	x19, [x21, #40]
 	mrs	x9, esr_el1
 	mrs	x10, elr_el1
 	mrs	x11, far_el1

@@ -61,6 +61,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/utsname.h>
+#include <time.h>
 #include <unistd.h>
 #include <linux/kvm.h>
 
@@ -493,7 +494,7 @@ static void run_l2(struct vm *vm, const struct stream *s, uint64_t *res,
 {
 	uint64_t *ops = (uint64_t *)(vm->code + OPS_OFF);
 	size_t max_ops = (RES_OFF - OPS_OFF) / 8, n = 0, i;
-	uint64_t exc[4] = { 0 };
+	uint64_t exc[6] = { 0 };
 	struct kvm_run *run = vm->run[0];
 
 	if (nr_res > MAX_RES || s->nr_ops + 16 > max_ops)
@@ -508,12 +509,11 @@ static void run_l2(struct vm *vm, const struct stream *s, uint64_t *res,
 			ops[n++] = CODE_BASE + RES_OFF + i * PAGE;
 		}
 	}
-	for (i = 0; i < s->nr_ops; i++) {
-		if (s->ops[i] == OP_SHARE && !s->protected) {
-			i++;	/* a normal VM's RAM is the host's already */
-			continue;
-		}
-		ops[n++] = s->ops[i];
+	for (i = 0; i < s->nr_ops; i += op_len(s->ops[i])) {
+		if (s->ops[i] == OP_SHARE && !s->protected)
+			continue;	/* a normal VM's RAM is the host's already */
+		memcpy(&ops[n], &s->ops[i], op_len(s->ops[i]) * 8);
+		n += op_len(s->ops[i]);
 	}
 	ops[n++] = OP_END;
 
@@ -532,12 +532,13 @@ static void run_l2(struct vm *vm, const struct stream *s, uint64_t *res,
 		}
 		if (run->mmio.phys_addr == MAILBOX)
 			break;
-		if (run->mmio.phys_addr >= MAILBOX + 8 && run->mmio.phys_addr < MAILBOX + 32) {
+		if (run->mmio.phys_addr >= MAILBOX + 8 && run->mmio.phys_addr < MAILBOX + 48) {
 			memcpy(&exc[(run->mmio.phys_addr - MAILBOX) / 8], run->mmio.data, 8);
 			if (run->mmio.phys_addr == MAILBOX + 8)
-				fail("L2 exception ESR %llx ELR %llx FAR %llx",
+				fail("L2 exception ESR %llx ELR %llx FAR %llx x9 %llx x19 %llx",
 				     (unsigned long long)exc[1], (unsigned long long)exc[2],
-				     (unsigned long long)exc[3]);
+				     (unsigned long long)exc[3], (unsigned long long)exc[4],
+				     (unsigned long long)exc[5]);
 			continue;
 		}
 		printf("# unbacked MMIO write %llx\n", (unsigned long long)run->mmio.phys_addr);
@@ -590,8 +591,34 @@ static void release(void)
 	res = NULL;
 }
 
+static uint64_t now_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000000ULL + ts.tv_nsec / 1000;
+}
+
+/* Where a stream's time goes: "# t label us" since the previous lap. */
+static uint64_t lap_t;
+
+static void lap(const char *label)
+{
+	uint64_t t = now_us();
+
+	printf("# t %s %llu\n", label, (unsigned long long)(t - lap_t));
+	lap_t = t;
+}
+
+static void end_stream(uint64_t t0)
+{
+	printf("# us %llu\nE\n", (unsigned long long)(now_us() - t0));
+	fflush(stdout);
+}
+
 static void run_stream(const struct stream *s)
 {
+	uint64_t t0 = now_us();
 	struct regs rg;
 	size_t nr_res = s->nr_cmds + s->nr_shares + 64, i, k;
 	int r;
@@ -599,16 +626,18 @@ static void run_stream(const struct stream *s)
 	printf("S %s\n", s->name);
 	if (setjmp(stream_jmp)) {
 		release();
-		printf("E\n");
-		fflush(stdout);
+		end_stream(t0);
 		return;
 	}
 	res = xrealloc(NULL, nr_res * 8);
 	memset(res, 0, nr_res * 8);
+	lap_t = t0;
 	vm_create(&cur, s);
 	for (i = 0; i < (size_t)s->nr_fills; i++)
 		poke(&cur, &s->fills[i]);
+	lap("create");
 	run_l2(&cur, s, res, nr_res);
+	lap("run");
 
 	/* results: the protected VM's own shares, then the ops' in order */
 	k = s->protected ? (nr_res * 8 + PAGE - 1) / PAGE : 0;
@@ -636,32 +665,40 @@ static void run_stream(const struct stream *s)
 
 		if (s->reads[i] < s->ram_base || off + 8 > s->ram_size)
 			fail("host read %llx outside RAM", (unsigned long long)s->reads[i]);
-		printf("h %llx %s\n", (unsigned long long)s->reads[i],
-		       probe_copy(&w, cur.ram + off, 8) ? "fault" : "ok");
+		r = probe_copy(&w, cur.ram + off, 8);
+		printf("h %llx %s\n", (unsigned long long)s->reads[i], r ? "fault" : "ok");
+		if (r)
+			printf("# host read %llx: signal %d\n",
+			       (unsigned long long)s->reads[i], r);
 	}
 	read_regs(&cur, &rg);
 	printf("p commands 0\n");
 	dump_ram(&cur);
+	lap("dump");
 	if (s->save) {
 		r = dev_attr(cur.its, KVM_SET_DEVICE_ATTR, KVM_DEV_ARM_VGIC_GRP_CTRL,
 			     KVM_DEV_ARM_ITS_SAVE_TABLES, NULL);
 		printf("p save %d\n", r);
 		dump_ram(&cur);
+		lap("save");
 	}
 	if (s->save_pending) {
 		r = dev_attr(cur.vgic, KVM_SET_DEVICE_ATTR, KVM_DEV_ARM_VGIC_GRP_CTRL,
 			     KVM_DEV_ARM_VGIC_SAVE_PENDING_TABLES, NULL);
 		printf("p save_pending %d\n", r);
 		dump_ram(&cur);
+		lap("save_pending");
 	}
 	if (s->nr_restores)
 		snapshot(&cur, &img);
 	vm_destroy(&cur);
-	for (i = 0; i < (size_t)s->nr_restores; i++)
+	lap("destroy");
+	for (i = 0; i < (size_t)s->nr_restores; i++) {
 		run_restore(s, &s->restores[i], &img, &rg);
+		lap("restore");
+	}
 	release();
-	printf("E\n");
-	fflush(stdout);
+	end_stream(t0);
 }
 
 /* ---- the job file --------------------------------------------------------- */
