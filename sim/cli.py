@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sim.commands import audit, bench, compare, its_save, run, scenarios, sweep
+from sim.commands import audit, bench, compare, its_save, oracle, run, scenarios, sweep
 
-COMMANDS = (compare, run, audit, scenarios, sweep, bench, its_save)
+COMMANDS = (compare, run, audit, scenarios, sweep, bench, its_save, oracle)
 EXAMPLES = """\
 examples:
   pkvm-sim compare                          # every bundled scenario, report in reports/
   pkvm-sim run scenarios/small-vm.yaml --proposal userspace-serialization
   pkvm-sim its-save                         # SAVE_TABLES on a normal vs a protected VM
+  pkvm-sim oracle                           # real KVM and pKVM under QEMU (sets itself up)
 """
 
 

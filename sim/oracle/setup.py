@@ -58,6 +58,7 @@ HOST_PACKAGES = {
     "qemu-system-aarch64": "qemu-system-arm",
     "aarch64-linux-gnu-gcc": "gcc-aarch64-linux-gnu",
 }
+APT_ETC = Path("/etc/apt")  # the machine's apt configuration (tests point it elsewhere)
 CROSS_LIBC = Path("/usr/aarch64-linux-gnu/lib/libc.a")
 CROSS_LIBC_PACKAGE = "libc6-dev-arm64-cross"
 EM_AARCH64 = 183
@@ -179,8 +180,9 @@ def _busybox(root: Path, progress: Progress) -> Path:
 # --- Debian kernels -----------------------------------------------------------------------
 
 
-def private_apt(root: Path, progress: Progress, etc: Path = Path("/etc/apt")) -> PrivateApt:
+def private_apt(root: Path, progress: Progress, etc: Path | None = None) -> PrivateApt:
     """A private apt over bookworm (+ security) and the newest suites, arm64 only."""
+    etc = APT_ETC if etc is None else etc
     archive = debian_archive(read_sources(etc), str(etc))
     lines = [one_line(archive.uri, s, "main", archive.signed_by) for s in BOOKWORM_SUITES]
     if archive.security_uri:
@@ -351,7 +353,9 @@ def _image_head(path: Path, size: int = 1 << 20) -> bytes:
 
 def kernel_release(path: Path) -> str:
     """``uname -r`` of an Image, from its ``Linux version ...`` banner ("" if not found)."""
-    opener = gzip.open if _image_head(path, 2) == b"\x1f\x8b" else open
+    with open(path, "rb") as f:
+        gzipped = f.read(2) == b"\x1f\x8b"
+    opener = gzip.open if gzipped else open
     tail = b""
     with opener(path, "rb") as f:
         while chunk := f.read(1 << 22):
