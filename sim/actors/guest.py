@@ -15,8 +15,10 @@ Driver profiles: ``linux`` sends commands as Linux does, one or two per GITS_CWR
 a device's LPIs in the property table first, then fills the queue with the device's
 MAPTIs, an INV for each LPI it is the first to map and a SYNC per target collection, as
 many per CWRITER write as the queue holds. With more vectors than the VM's 57,344 LPIs it
-maps the surplus onto LPIs already in use (KVM refcounts an LPI that several ITEs map),
-and moves an LPI by sending MOVI for every ITE that maps it, so its ITEs keep one
+maps the surplus onto LPIs already in use, which only kernel 6.1's KVM accepts (its
+vgic_add_lpi shares the refcounted LPI; 7.3's vgic_its_map_lpi fails the second MAPTI
+with -EEXIST), so such a scenario must say ``kernel: "6.1"`` and the benchmark's bulk runs
+do; it moves an LPI by sending MOVI for every ITE that maps it, so its ITEs keep one
 collection.
 
 Allocator profiles: ``linux-shared-pool`` is mainline since b08e2f42e86b (tables from

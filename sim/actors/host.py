@@ -46,6 +46,7 @@ class Host:
             name=self.machine.name,
             probe=False,
             initiator=initiator,
+            kernel=self.world.scenario.kernel,
         )
 
     def handle_mmio(self, offset: int, val: int) -> Generator:

@@ -18,10 +18,12 @@ from sim.its.commands import (
     decode,
 )
 from sim.its.errors import ITSDisabledError, ITSError
+from sim.its.kernel import DEFAULT_KERNEL, KernelGen
 from sim.its.vits import ITSLayout, KernelOops, VirtualITS
 
 __all__ = [
     "CLEAR",
+    "DEFAULT_KERNEL",
     "DISCARD",
     "INT",
     "INV",
@@ -38,6 +40,7 @@ __all__ = [
     "ITSDisabledError",
     "ITSError",
     "ITSLayout",
+    "KernelGen",
     "KernelOops",
     "VirtualITS",
     "decode",

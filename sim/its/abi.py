@@ -4,13 +4,16 @@ The shape follows vgic-its.c: ``vgic_its_save_tables_v0`` writes every ITT, then
 DTE, for devices in DeviceID order, then the collection table; ``restore_tables_v0`` reads
 the collection table first, then walks the device table (flat or two-level) with
 ``scan_its_table``, following ``next`` offsets. A failed restore frees every device and
-collection, as KVM since v6.13 does, so a fresh destination ITS is left as it was.
+collection, so a fresh destination ITS is left as it was. Where the two kernels differ
+(an ITE without a collection, a device ``vgic_its_check_id`` rejects, an LPI two ITEs
+map) the ITS's :class:`~sim.its.kernel.KernelBehaviour` decides.
 
 Modelling notes: ``scan_its_table`` reads the table in page-sized chunks bounded by the
-table itself (KVM reads entry by entry; the bytes read are the same table bytes), and
-skips an all-zero chunk in one step, which gives the same result because a zero DTE,
-ITE or level-1 entry is invalid and steps by one. KVM passes the ITT size as an ``int``,
-so a restored DTE with 28 or more EventID bits overflows it; Python does not.
+table itself (KVM reads entry by entry, ``kvm_read_guest_lock`` each time); a chunk is
+read again after any write KVM makes while restoring an entry (the pending-bit clear of
+``vgic_add_lpi`` can land in a table being walked), so every entry is the bytes KVM reads
+when it reads them. An all-zero chunk is skipped in one step, which gives the same result
+because a zero DTE, ITE or level-1 entry is invalid and steps by one.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from sim.its.tables import (
     VITS_DTE_MAX_DEVID_OFFSET,
     VITS_ITE_MAX_EVENTID_OFFSET,
 )
-from sim.its.vits import Collection, Device, GuestAccessFailed, ITTEntry, KernelOops
+from sim.its.vits import VITS_TYPER_IDBITS, Collection, Device, GuestAccessFailed, ITTEntry
 from sim.memory.physmem import PAGE_SIZE
 
 PAGE_MASK = PAGE_SIZE - 1
@@ -64,18 +67,29 @@ def save_tables_v0(its: VirtualITS) -> ITSError | None:
 
 
 def _save_device_tables(its: VirtualITS) -> None:
+    """``vgic_its_save_device_tables``: devices in DeviceID order, each ITT then its DTE.
+
+    A device ``vgic_its_check_id`` rejects fails the save with -EINVAL on 6.1; 7.3
+    skips it, and ``compute_next_devid_offset`` points past it (checking each following
+    device again, after this device's ITT is written, as KVM does).
+    """
     baser = its.baser_device_table
     if not baser & r.GITS_BASER_VALID:
         return
+    skip = its.behaviour.save_skips_rejected_devices
     devices = sorted(its.devices.values(), key=lambda d: d.device_id)
     for i, dev in enumerate(devices):
         eaddr = its.check_id(baser, dev.device_id)
         if eaddr is None:
+            if skip:
+                continue
             raise _Errno(ITSError.EINVAL)
         _save_itt(its, dev)
         nxt = 0
-        if i + 1 < len(devices):
-            nxt = min(devices[i + 1].device_id - dev.device_id, VITS_DTE_MAX_DEVID_OFFSET)
+        for following in devices[i + 1 :]:
+            if not skip or its.check_id(baser, following.device_id) is not None:
+                nxt = min(following.device_id - dev.device_id, VITS_DTE_MAX_DEVID_OFFSET)
+                break
         dte = DTE(True, nxt, dev.itt_addr, dev.num_eventid_bits)
         its._kvm_write_u64(eaddr, dte.encode())
 
@@ -83,24 +97,32 @@ def _save_device_tables(its: VirtualITS) -> None:
 def _save_itt(its: VirtualITS, dev: Device) -> None:
     """``vgic_its_save_itt``: every ITE in EventID order, ``next`` pointing at the next one.
 
+    An ITE whose collection MAPC V=0 freed is saved as a zero entry (``vgic_its_save_ite``,
+    both kernels), which a restore reads as invalid. 7.3's ``compute_next_eventid_offset``
+    points past such entries; 6.1's points at the next ITE whatever it holds.
+
     KVM writes each 8-byte entry with its own ``vgic_write_guest_lock()``; the model writes
     each run of adjacent entries within a page as one checked access: the same bytes at
     the same instant, and a page the stage-2 refuses fails at its first entry, as in KVM.
     """
     ites = sorted(dev.ites.values(), key=attrgetter("event_id"))
+    # The event ID each ITE's `next` points at (None: it is the last).
+    following: list[int | None] = [None] * len(ites)
+    nxt_event: int | None = None
+    skip_zeroed = its.behaviour.next_ite_skips_zeroed
+    for i in range(len(ites) - 1, -1, -1):
+        following[i] = nxt_event
+        if not skip_zeroed or ites[i].collection is not None:
+            nxt_event = ites[i].event_id
     run_addr, run = 0, bytearray()
     for i, ite in enumerate(ites):
         if ite.collection is None:
-            if run:
-                its._kvm_write(run_addr, bytes(run))
-            raise KernelOops(
-                f"vgic_its_save_ite dereferences a NULL collection: device {dev.device_id:#x}"
-                f" event {ite.event_id:#x} lost its collection to MAPC V=0"
-            )
-        nxt = 0
-        if i + 1 < len(ites):
-            nxt = min(ites[i + 1].event_id - ite.event_id, VITS_ITE_MAX_EVENTID_OFFSET)
-        entry = ITE.pack(nxt, ite.lpi.intid, ite.collection.collection_id).to_bytes(8, "little")
+            entry = bytes(ITE_ESZ)
+        else:
+            nxt = following[i]
+            offset = 0 if nxt is None else min(nxt - ite.event_id, VITS_ITE_MAX_EVENTID_OFFSET)
+            val = ITE.pack(offset, ite.lpi.intid, ite.collection.collection_id)
+            entry = val.to_bytes(8, "little")
         addr = dev.itt_addr + ite.event_id * ITE_ESZ
         if run and addr == run_addr + len(run) and addr & PAGE_MASK:
             run += entry  # adjacent, on the same page
@@ -132,7 +154,9 @@ def save_pending_tables(its: VirtualITS) -> ITSError | None:
     last_ptr = None
     val = 0
     try:
-        for lpi in sorted(its.lpis.values(), key=lambda lpi: lpi.intid):
+        # 7.3 walks the LPI xarray (INTID order), 6.1 the LPI list (creation order): the
+        # bytes written are the same, the order shows only where a refused page stops it.
+        for lpi in its._lpi_walk():
             if lpi.target_vcpu is None:
                 continue
             ptr = its._pend_byte_addr(its.vcpus[lpi.target_vcpu], lpi.intid)
@@ -205,7 +229,11 @@ def _scan_its_table(
     """``scan_its_table``: 1 if the table ran out, 0 if an entry said it was the last."""
     id_, gpa, length = start_id, base, size
     chunk_addr, chunk = base, b""
+    writes = its._guest_writes
     while True:
+        if its._guest_writes != writes:
+            # KVM wrote guest memory while handling the last entry: read afresh.
+            chunk, writes = b"", its._guest_writes
         if not chunk_addr <= gpa < chunk_addr + len(chunk):
             end = min((gpa | 0xFFF) + 1, base + size)
             try:
@@ -260,6 +288,10 @@ def _restore_dte(its: VirtualITS, id_: int, entry: int) -> int:
     dte = DTE.decode(entry)
     if not dte.valid:
         return 1
+    # "Mimic the MAPD behaviour and reject invalid EID bits" (both kernels), so KVM never
+    # scans an ITT of more than 2^16 entries (scan_its_table's int size cannot wrap).
+    if dte.num_eventid_bits > VITS_TYPER_IDBITS:
+        raise _Errno(ITSError.EINVAL)
     if its.check_id(its.baser_device_table, id_) is None:
         raise _Errno(ITSError.EINVAL)
     dev = Device(id_, dte.itt_addr, dte.num_eventid_bits)
@@ -298,10 +330,11 @@ def _restore_ite(its: VirtualITS, dev: Device, event_id: int, val: int) -> int:
         else None
     )
     try:
-        lpi = its._add_lpi(intid, vcpu)
+        lpi = its._map_lpi(intid, vcpu)
     except GuestAccessFailed:
         raise _Errno(ITSError.EFAULT) from None
-    dev.ites[event_id] = ITTEntry(event_id, lpi, collection)
+    if lpi is not None:  # 7.3 drops an ITE whose LPI another ITE maps, as MAPTI does
+        dev.ites[event_id] = ITTEntry(event_id, lpi, collection)
     return nxt
 
 
@@ -320,9 +353,8 @@ def get_regs(its: VirtualITS) -> dict[str, int]:
         "GICR_PROPBASER": its.propbaser,
     }
     for vcpu in its.vcpus:
-        # KVM reads PENDBASER.PTZ as 0.
-        regs[f"GICR_PENDBASER{vcpu.vcpu_id}"] = vcpu.pendbaser & ~r.GICR_PENDBASER_PTZ
-        regs[f"GICR_CTLR{vcpu.vcpu_id}"] = int(vcpu.lpis_enabled)
+        for reg in ("GICR_PENDBASER", "GICR_CTLR"):
+            regs[f"{reg}{vcpu.vcpu_id}"] = its.redist_read(vcpu.vcpu_id, reg)
     return regs
 
 
@@ -335,7 +367,8 @@ def set_regs(its: VirtualITS, regs: dict[str, int]) -> None:
         its.write_propbaser(vcpu.vcpu_id, regs["GICR_PROPBASER"])
         its.write_pendbaser(vcpu.vcpu_id, regs[f"GICR_PENDBASER{vcpu.vcpu_id}"])
     for vcpu in its.vcpus:
-        its.set_lpis_enabled(vcpu.vcpu_id, bool(regs[f"GICR_CTLR{vcpu.vcpu_id}"]))
+        ctlr = regs[f"GICR_CTLR{vcpu.vcpu_id}"]
+        its.set_lpis_enabled(vcpu.vcpu_id, bool(ctlr & r.GICR_CTLR_ENABLE_LPIS))
     its.mmio_write(r.GITS_CBASER, regs["GITS_CBASER"])
     its.abi_rev = (regs["GITS_IIDR"] >> r.GITS_IIDR_REV_SHIFT) & 0xF
     if its.abi_rev != 0:

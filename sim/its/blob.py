@@ -8,12 +8,15 @@ can be read back without guest memory::
     per device:  u32 DeviceID  u32 nr_ites  DTE (u64, next = 0)
                  nr_ites x (u32 EventID  u32 flags (bit 0: pending)  ITE (u64, next = 0))
 
-The LPIs' pending bits travel in the blob too (instead of SAVE_PENDING_TABLES writing
-them into guest memory), so saving touches no guest page at all.
+An ITE whose collection MAPC V=0 freed is left out, as KVM's SAVE_TABLES leaves it out
+(a zero entry, invalid on restore). The LPIs' pending bits travel in the blob too
+(instead of SAVE_PENDING_TABLES writing them into guest memory), so saving touches no
+guest page at all.
 
 Deserializing checks every entry the way RESTORE_TABLES checks guest tables (and also the
 DTE Size and pINTID bound that MAPD/MAPTI check), and is all or nothing: on any error the
-ITS is left with no device and no collection, as a failed RESTORE_TABLES leaves it.
+ITS is left with no device and no collection, as a failed RESTORE_TABLES leaves it. An
+ITE whose LPI an earlier ITE maps is shared (6.1) or dropped (7.3), as RESTORE_TABLES does.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import TYPE_CHECKING
 from sim.its import regs as r
 from sim.its.errors import ITSError
 from sim.its.tables import CTE, DTE, ITE
-from sim.its.vits import Collection, Device, GuestAccessFailed, ITTEntry, KernelOops
+from sim.its.vits import Collection, Device, GuestAccessFailed, ITTEntry
 
 if TYPE_CHECKING:
     from sim.its.vits import VirtualITS
@@ -48,16 +51,17 @@ def serialize(its: VirtualITS) -> bytes:
     for c in its.collections.values():
         out += CTE(True, c.target_addr, c.collection_id).encode().to_bytes(8, "little")
     for dev in sorted(its.devices.values(), key=lambda d: d.device_id):
+        ites = [
+            ite
+            for ite in sorted(dev.ites.values(), key=lambda e: e.event_id)
+            if ite.collection is not None
+        ]
         out += _DEVICE.pack(
             dev.device_id,
-            len(dev.ites),
+            len(ites),
             DTE(True, 0, dev.itt_addr, dev.num_eventid_bits).encode(),
         )
-        for ite in sorted(dev.ites.values(), key=lambda e: e.event_id):
-            if ite.collection is None:
-                raise KernelOops(
-                    f"ITE {dev.device_id:#x}/{ite.event_id:#x} has no collection (MAPC V=0)"
-                )
+        for ite in ites:
             out += _ITE.pack(
                 ite.event_id,
                 int(ite.lpi.pending),
@@ -131,8 +135,10 @@ def _restore_ite(its: VirtualITS, device: Device, event_id: int, ite: ITE, pendi
         raise BlobError(ITSError.EINVAL, f"unknown collection {ite.icid}")
     vcpu = collection.target_addr if collection.mapped else None
     try:
-        lpi = its._add_lpi(ite.intid, vcpu)
+        lpi = its._map_lpi(ite.intid, vcpu)
     except GuestAccessFailed:
         raise BlobError(ITSError.EFAULT, "LPI configuration unreadable") from None
+    if lpi is None:
+        return  # 7.3: another ITE maps this LPI; vgic_its_restore_ite drops this one
     lpi.pending = lpi.pending or pending
     device.ites[event_id] = ITTEntry(event_id, lpi, collection)

@@ -1,7 +1,9 @@
 """ITS and redistributor register fields, as KVM sanitises and reads them.
 
-From include/linux/irqchip/arm-gic-v3.h and arch/arm64/kvm/vgic/vgic-its.c. Only the
-fields KVM acts on are modelled; cacheability and shareability are carried but ignored.
+From include/linux/irqchip/arm-gic-v3.h, arch/arm64/kvm/vgic/vgic-its.c and
+vgic-mmio-v3.c (the same in both kernels). Cacheability and shareability have no effect
+on the model, but KVM sanitises them on every write and a read returns the sanitised
+value, so they are kept exactly as KVM keeps them (``sanitise_*``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,24 @@ GITS_BASER1 = 0x0108  # collection table
 GITS_CTLR_ENABLE = 1 << 0
 GITS_CTLR_QUIESCENT = 1 << 31
 
+# Memory attributes (GIC_BASER_CACHE_* / GIC_BASER_*Shareable)
+GIC_BASER_CACHE_nCnB = 0
+GIC_BASER_CACHE_SameAsInner = 0
+GIC_BASER_CACHE_nC = 1
+GIC_BASER_CACHE_RaWb = 3
+GIC_BASER_CACHE_RaWaWb = 7
+GIC_BASER_NonShareable = 0
+GIC_BASER_InnerShareable = 1
+GIC_BASER_OuterShareable = 2
+# Field shifts: GITS_BASER<n> and GITS_CBASER share them; GICR_PROPBASER / PENDBASER
+# put inner cacheability at [9:7] and outer at [58:56].
+GITS_SHAREABILITY_SHIFT = 10
+GITS_INNER_CACHEABILITY_SHIFT = 59
+GITS_OUTER_CACHEABILITY_SHIFT = 53
+GICR_SHAREABILITY_SHIFT = 10
+GICR_INNER_CACHEABILITY_SHIFT = 7
+GICR_OUTER_CACHEABILITY_SHIFT = 56
+
 # GITS_BASER<n>
 GITS_BASER_VALID = 1 << 63
 GITS_BASER_INDIRECT = 1 << 62
@@ -30,6 +50,7 @@ GITS_BASER_TYPE_DEVICE = 1
 GITS_BASER_TYPE_COLLECTION = 4
 GITS_BASER_ENTRY_SIZE_SHIFT = 48
 GITS_BASER_PAGE_SIZE_64K = 2 << 8
+GITS_BASER_PAGE_SIZE_MASK = 3 << 8
 GITS_BASER_RO_MASK = (0x1F << 48) | (0x7 << 56)
 GITS_LVL1_ENTRY_SIZE = 8
 GITS_BASER_NR_REGS = 8
@@ -49,6 +70,9 @@ PRODUCT_ID_KVM = 0x4B
 IMPLEMENTER_ARM = 0x43B
 
 # Redistributor LPI registers
+GICR_CTLR_ENABLE_LPIS = 1 << 0
+GICR_CTLR_CES = 1 << 1
+GICR_CTLR_IR = 1 << 2
 GICR_PROPBASER_IDBITS_MASK = 0x1F
 GICR_PENDBASER_PTZ = 1 << 62
 
@@ -60,6 +84,99 @@ COLLECTION_NOT_MAPPED = 0xFFFF_FFFF
 
 def genmask(hi: int, lo: int) -> int:
     return ((1 << (hi + 1)) - 1) & ~((1 << lo) - 1)
+
+
+# vgic-mmio-v3.c: PROPBASER_RES0_MASK, PENDBASER_RES0_MASK
+PROPBASER_RES0_MASK = genmask(63, 59) | genmask(55, 52) | genmask(6, 5)
+PENDBASER_RES0_MASK = (1 << 63) | genmask(61, 59) | genmask(55, 52) | genmask(15, 12) | 0x7F
+
+
+def _sanitise_shareability(field: int) -> int:
+    """``vgic_sanitise_shareability``: outer shareable becomes inner shareable."""
+    return GIC_BASER_InnerShareable if field == GIC_BASER_OuterShareable else field
+
+
+def _sanitise_inner_cacheability(field: int) -> int:
+    """``vgic_sanitise_inner_cacheability``: no inner non-cacheable mapping."""
+    return GIC_BASER_CACHE_RaWb if field in (GIC_BASER_CACHE_nCnB, GIC_BASER_CACHE_nC) else field
+
+
+def _sanitise_outer_cacheability(field: int) -> int:
+    """``vgic_sanitise_outer_cacheability``: non-cacheable or same-as-inner only."""
+    if field in (GIC_BASER_CACHE_SameAsInner, GIC_BASER_CACHE_nC):
+        return field
+    return GIC_BASER_CACHE_SameAsInner
+
+
+def _sanitise_attrs(reg: int, shr: int, inner: int, outer: int) -> int:
+    """``vgic_sanitise_field`` for shareability (2 bits), inner and outer cacheability."""
+    for shift, width, fn in (
+        (shr, 2, _sanitise_shareability),
+        (inner, 3, _sanitise_inner_cacheability),
+        (outer, 3, _sanitise_outer_cacheability),
+    ):
+        mask = ((1 << width) - 1) << shift
+        reg = (reg & ~mask) | fn((reg & mask) >> shift) << shift
+    return reg
+
+
+def sanitise_its_baser(reg: int) -> int:
+    """``vgic_sanitise_its_baser``: memory attributes, and the page size forced to 64K."""
+    reg = _sanitise_attrs(
+        reg, GITS_SHAREABILITY_SHIFT, GITS_INNER_CACHEABILITY_SHIFT, GITS_OUTER_CACHEABILITY_SHIFT
+    )
+    return (reg & ~GITS_BASER_PAGE_SIZE_MASK) | GITS_BASER_PAGE_SIZE_64K
+
+
+def sanitise_its_cbaser(reg: int) -> int:
+    """``vgic_sanitise_its_cbaser``: memory attributes, the address 64K aligned."""
+    reg = _sanitise_attrs(
+        reg, GITS_SHAREABILITY_SHIFT, GITS_INNER_CACHEABILITY_SHIFT, GITS_OUTER_CACHEABILITY_SHIFT
+    )
+    return reg & ~genmask(15, 12)
+
+
+def sanitise_propbaser(reg: int) -> int:
+    """``vgic_sanitise_propbaser`` (vgic-mmio-v3.c)."""
+    reg = _sanitise_attrs(
+        reg, GICR_SHAREABILITY_SHIFT, GICR_INNER_CACHEABILITY_SHIFT, GICR_OUTER_CACHEABILITY_SHIFT
+    )
+    return reg & ~PROPBASER_RES0_MASK
+
+
+def sanitise_pendbaser(reg: int) -> int:
+    """``vgic_sanitise_pendbaser`` (vgic-mmio-v3.c); PTZ is kept (and reads as 0)."""
+    reg = _sanitise_attrs(
+        reg, GICR_SHAREABILITY_SHIFT, GICR_INNER_CACHEABILITY_SHIFT, GICR_OUTER_CACHEABILITY_SHIFT
+    )
+    return reg & ~PENDBASER_RES0_MASK
+
+
+# INITIAL_BASER_VALUE (vgic-its.c), INITIAL_PROPBASER_VALUE (vgic-its.c) and
+# INITIAL_PENDBASER_VALUE (vgic-v3.c): RaWb, outer same as inner, inner shareable.
+INITIAL_BASER_VALUE = (
+    GIC_BASER_CACHE_RaWb << GITS_INNER_CACHEABILITY_SHIFT
+    | GIC_BASER_CACHE_SameAsInner << GITS_OUTER_CACHEABILITY_SHIFT
+    | GIC_BASER_InnerShareable << GITS_SHAREABILITY_SHIFT
+    | GITS_BASER_PAGE_SIZE_64K
+)
+INITIAL_PROPBASER_VALUE = INITIAL_PENDBASER_VALUE = (
+    GIC_BASER_CACHE_RaWb << GICR_INNER_CACHEABILITY_SHIFT
+    | GIC_BASER_CACHE_SameAsInner << GICR_OUTER_CACHEABILITY_SHIFT
+    | GIC_BASER_InnerShareable << GICR_SHAREABILITY_SHIFT
+)
+# What Linux asks for (irq-gic-v3-its.c, both kernels): its_alloc_tables() passes
+# GITS_BASER_RaWaWb | GITS_BASER_InnerShareable to its_setup_baser(); its_probe_one()
+# writes GITS_CBASER_RaWaWb | GITS_CBASER_InnerShareable; its_cpu_init_lpis() writes
+# GICR_PROPBASER / GICR_PENDBASER InnerShareable | RaWaWb, PENDBASER without PTZ.
+LINUX_ITS_ATTRS = (
+    GIC_BASER_CACHE_RaWaWb << GITS_INNER_CACHEABILITY_SHIFT
+    | GIC_BASER_InnerShareable << GITS_SHAREABILITY_SHIFT
+)
+LINUX_GICR_ATTRS = (
+    GIC_BASER_CACHE_RaWaWb << GICR_INNER_CACHEABILITY_SHIFT
+    | GIC_BASER_InnerShareable << GICR_SHAREABILITY_SHIFT
+)
 
 
 def baser_addr(baser: int) -> int:
@@ -80,12 +197,20 @@ def baser_type(baser: int) -> int:
     return (baser >> GITS_BASER_TYPE_SHIFT) & 0x7
 
 
-def make_baser(addr: int, size: int, *, indirect: bool = False, valid: bool = True) -> int:
-    """A guest's GITS_BASER value for a table of ``size`` bytes at ``addr`` (64K pages)."""
+def make_baser(
+    addr: int,
+    size: int,
+    *,
+    indirect: bool = False,
+    valid: bool = True,
+    attrs: int = LINUX_ITS_ATTRS,
+) -> int:
+    """A guest's GITS_BASER value for a table of ``size`` bytes at ``addr`` (64K pages),
+    with Linux's memory attributes unless ``attrs`` says otherwise."""
     if addr % SZ_64K or size % SZ_64K or not 0 < size <= 256 * SZ_64K:
         raise ValueError("a BASER table is 1..256 pages of 64 KiB, 64 KiB aligned")
     value = (addr & genmask(47, 16)) | ((addr >> 48) & 0xF) << 12
-    value |= GITS_BASER_PAGE_SIZE_64K | (size // SZ_64K - 1)
+    value |= GITS_BASER_PAGE_SIZE_64K | (size // SZ_64K - 1) | attrs
     if indirect:
         value |= GITS_BASER_INDIRECT
     if valid:
@@ -103,10 +228,12 @@ def cbaser_size(cbaser: int) -> int:
     return ((cbaser & 0xFF) + 1) * SZ_4K
 
 
-def make_cbaser(addr: int, size: int, *, valid: bool = True) -> int:
+def make_cbaser(addr: int, size: int, *, valid: bool = True, attrs: int = LINUX_ITS_ATTRS) -> int:
+    """A guest's GITS_CBASER value, with Linux's memory attributes by default."""
     if addr % SZ_64K or size % SZ_4K or not 0 < size <= 256 * SZ_4K:
         raise ValueError("the command queue is 1..256 pages of 4 KiB, 64 KiB aligned")
-    return (addr & genmask(51, 12)) | (size // SZ_4K - 1) | (GITS_CBASER_VALID if valid else 0)
+    valid_bit = GITS_CBASER_VALID if valid else 0
+    return (addr & genmask(51, 12)) | (size // SZ_4K - 1) | valid_bit | attrs
 
 
 def cmd_offset(reg: int) -> int:
@@ -124,13 +251,13 @@ def max_lpis_propbaser(propbaser: int) -> int:
     return 1 << min(nr_idbits, INTERRUPT_ID_BITS_ITS)
 
 
-def make_propbaser(addr: int, id_bits: int) -> int:
-    return (addr & genmask(51, 12)) | ((id_bits - 1) & GICR_PROPBASER_IDBITS_MASK)
+def make_propbaser(addr: int, id_bits: int, *, attrs: int = LINUX_GICR_ATTRS) -> int:
+    return (addr & genmask(51, 12)) | ((id_bits - 1) & GICR_PROPBASER_IDBITS_MASK) | attrs
 
 
 def pendbaser_addr(pendbaser: int) -> int:
     return pendbaser & genmask(51, 16)
 
 
-def make_pendbaser(addr: int, *, ptz: bool = True) -> int:
-    return (addr & genmask(51, 16)) | (GICR_PENDBASER_PTZ if ptz else 0)
+def make_pendbaser(addr: int, *, ptz: bool = True, attrs: int = LINUX_GICR_ATTRS) -> int:
+    return (addr & genmask(51, 16)) | (GICR_PENDBASER_PTZ if ptz else 0) | attrs

@@ -1,14 +1,18 @@
 """The virtual GICv3 ITS with KVM's semantics (arch/arm64/kvm/vgic/vgic-its.c).
 
-Modelled on KVM as of v6.13+ (the LPI xarray era). Every access KVM makes to guest
+Modelled on the two kernels the oracle runs, chosen by ``kernel`` (:mod:`sim.its.kernel`):
+Debian 7.3.4 (default) and Debian 6.1.192; every behaviour that differs between them is
+a field of :class:`~sim.its.kernel.KernelBehaviour`. Every access KVM makes to guest
 memory (command queue, two-level device table, property and pending tables, the zeroed
 DTE of MAPD V=0 and ITE of DISCARD, migration tables) goes through
 :class:`~sim.memory.guest.GuestMemory` as the host, so the pKVM ownership check applies.
 
 Simplifications, all invisible to the guest: no translation cache, no GICv4 direct
-injection, one ITS per VM, 64-bit register accesses only. MOVALL moves only LPIs that
-target RDbase1 as the architecture says; KVM since 11f4f8f3e6e0 (v6.10) walks every LPI
-without that filter, which looks like a bug, so we do not copy it.
+injection, one ITS per VM, 64-bit register accesses only. MOVALL moves the LPIs whose
+current target is RDbase1, as both kernels do (6.1 through vgic_copy_lpi_list(vcpu1),
+7.3 through update_affinity(irq, vcpu1, vcpu2), which skips other targets): an LPI with
+no target (its collection unmapped) stays, and the ITEs keep their collections, so a
+later MAPC or MOVI decides again; the architecture says the same for mapped LPIs.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from sim.its.commands import (
     decode,
 )
 from sim.its.errors import ITSDisabledError, ITSError
+from sim.its.kernel import BEHAVIOUR, DEFAULT_KERNEL, KernelGen, kernel_gen
 from sim.its.tables import DTE_ESZ, ITE_ESZ
 from sim.memory.access import Initiator, MemorySystem, Stage2Fault
 from sim.memory.guest import GuestMemory, NotGuestMemory
@@ -59,7 +64,8 @@ class GuestAccessFailed(Exception):
 
 
 class KernelOops(Exception):
-    """A path where KVM itself would crash; reported, never papered over."""
+    """A path where KVM itself would crash; reported, never papered over (none of the
+    paths the model covers crashes either kernel today)."""
 
 
 @dataclass(slots=True)
@@ -107,7 +113,7 @@ class Device:
 class VCPU:
     vcpu_id: int
     lpis_enabled: bool = False
-    pendbaser: int = 0
+    pendbaser: int = r.INITIAL_PENDBASER_VALUE  # vgic_v3_enable()
 
 
 @dataclass(frozen=True)
@@ -144,6 +150,8 @@ class VirtualITS:
     ``probe=False`` the ITS is as KVM creates it (disabled, no tables): a migration
     destination, which the VMM fills with :meth:`set_regs` and :meth:`restore_tables`.
     ``initiator`` replaces the host CPU as the one making KVM's guest-memory accesses.
+    ``kernel`` picks the KVM whose behaviour is modelled where the two kernels differ
+    (``"7.3"``, the default, or ``"6.1"``).
     """
 
     def __init__(
@@ -161,13 +169,18 @@ class VirtualITS:
         name: str = "vm",
         probe: bool = True,
         initiator: Initiator | None = None,
+        kernel: KernelGen | str = DEFAULT_KERNEL,
     ) -> None:
+        self.kernel = kernel_gen(kernel)
+        self.behaviour = BEHAVIOUR[self.kernel]
         if not 1 <= nr_vcpus <= 512:
             raise ValueError("nr_vcpus must be 1..512")
         if not 14 <= lpi_id_bits <= r.INTERRUPT_ID_BITS_ITS:
             raise ValueError("lpi_id_bits must be 14..16 (LPIs start at 8192; KVM caps at 16)")
-        if ram_base % r.SZ_64K or ram_size < 32 << 20 or ram_size % r.SZ_64K:
-            raise ValueError("guest RAM must be 64 KiB aligned and at least 32 MiB")
+        # The Linux probe lays its tables out in the lowest 16 MiB; a bare ITS needs no room.
+        min_ram = 32 << 20 if probe else r.SZ_64K
+        if ram_base % r.SZ_64K or ram_size < min_ram or ram_size % r.SZ_64K:
+            raise ValueError(f"guest RAM must be 64 KiB aligned and at least {min_ram:#x} bytes")
         if memory is None:
             memory = MemorySystem()
             memory.ownership.add_guest(guest)
@@ -186,7 +199,7 @@ class VirtualITS:
         self.kvm = GuestMemory(memory, kvm, ram_base, ram_size)
         self.guest = GuestMemory(memory, Initiator(f"{name}.vcpu", guest), ram_base, ram_size)
         self.vcpus = [VCPU(i) for i in range(nr_vcpus)]
-        self.propbaser = 0
+        self.propbaser = r.INITIAL_PROPBASER_VALUE  # set by vgic_its_create()
         self.lpis: dict[int, LPI] = {}
         self.abi_rev = 0
         self.enabled = False
@@ -218,10 +231,12 @@ class VirtualITS:
 
     @staticmethod
     def _initial_baser(table_type: int) -> int:
+        """``vgic_its_create`` then ``vgic_its_commit_v0``: INITIAL_BASER_VALUE, the
+        type and the ABI's 8-byte entry size."""
         return (
-            table_type << r.GITS_BASER_TYPE_SHIFT
+            r.INITIAL_BASER_VALUE
+            | table_type << r.GITS_BASER_TYPE_SHIFT
             | (DTE_ESZ - 1) << r.GITS_BASER_ENTRY_SIZE_SHIFT
-            | r.GITS_BASER_PAGE_SIZE_64K
         )
 
     # ---- public API -------------------------------------------------------------
@@ -369,7 +384,7 @@ class VirtualITS:
             self._write_ctlr(val)
         elif offset == r.GITS_CBASER:
             if not self.enabled:
-                self.cbaser = val & ~r.genmask(15, 12)  # 64K-aligned, as KVM sanitises
+                self.cbaser = r.sanitise_its_cbaser(val)  # vgic_mmio_write_its_cbaser
                 self.creadr = self.cwriter = 0
         elif offset == r.GITS_CWRITER:
             reg = r.cmd_offset(val)
@@ -399,20 +414,24 @@ class VirtualITS:
         self._process_commands()
 
     def _write_baser(self, index: int, val: int) -> None:
+        """``vgic_mmio_write_its_baser``: RO fields forced, attributes sanitised; a
+        changed value (7.3) or a cleared Valid bit (6.1) frees the table's list."""
         if self.enabled or index > 1:
             return
         table_type = r.GITS_BASER_TYPE_DEVICE if index == 0 else r.GITS_BASER_TYPE_COLLECTION
+        old = self.baser_device_table if index == 0 else self.baser_coll_table
         reg = val & ~r.GITS_BASER_RO_MASK
-        reg |= (DTE_ESZ - 1) << r.GITS_BASER_ENTRY_SIZE_SHIFT
-        reg |= table_type << r.GITS_BASER_TYPE_SHIFT
         if index == 1:
             reg &= ~r.GITS_BASER_INDIRECT
-        reg = (reg & ~(0x3 << 8)) | r.GITS_BASER_PAGE_SIZE_64K
+        reg |= (DTE_ESZ - 1) << r.GITS_BASER_ENTRY_SIZE_SHIFT
+        reg |= table_type << r.GITS_BASER_TYPE_SHIFT
+        reg = r.sanitise_its_baser(reg)
         if index == 0:
             self.baser_device_table = reg
         else:
             self.baser_coll_table = reg
-        if not reg & r.GITS_BASER_VALID:
+        changed = reg != old
+        if changed if self.behaviour.baser_change_frees else not reg & r.GITS_BASER_VALID:
             if index == 0:
                 self._free_device_list()
             else:
@@ -421,28 +440,62 @@ class VirtualITS:
     # ---- redistributor LPI registers ------------------------------------------------
 
     def write_propbaser(self, vcpu_id: int, val: int) -> None:
-        """GICR_PROPBASER (one per VM in KVM); ignored once the writer has LPIs enabled."""
+        """GICR_PROPBASER (one per VM in KVM), sanitised; ignored once the writer has LPIs
+        enabled (``vgic_mmio_write_propbase``)."""
         if not self.vcpus[vcpu_id].lpis_enabled:
-            self.propbaser = val
+            self.propbaser = r.sanitise_propbaser(val)
 
     def write_pendbaser(self, vcpu_id: int, val: int) -> None:
+        """GICR_PENDBASER, sanitised (``vgic_mmio_write_pendbase``)."""
         vcpu = self.vcpus[vcpu_id]
         if not vcpu.lpis_enabled:
-            vcpu.pendbaser = val
+            vcpu.pendbaser = r.sanitise_pendbaser(val)
+
+    def redist_read(self, vcpu_id: int, reg: str) -> int:
+        """A redistributor register as KVM returns it (vgic-mmio-v3.c):
+        ``"GICR_CTLR"`` (EnableLPIs, with IR and CES as implementation revision 3 reports
+        them), ``"GICR_PROPBASER"`` or ``"GICR_PENDBASER"`` (PTZ reads as 0)."""
+        vcpu = self.vcpus[vcpu_id]
+        if reg == "GICR_CTLR":
+            return int(vcpu.lpis_enabled) | r.GICR_CTLR_IR | r.GICR_CTLR_CES
+        if reg == "GICR_PROPBASER":
+            return self.propbaser
+        if reg == "GICR_PENDBASER":
+            return vcpu.pendbaser & ~r.GICR_PENDBASER_PTZ
+        raise ValueError(f"no redistributor register {reg!r} in the model")
 
     def set_lpis_enabled(self, vcpu_id: int, enable: bool) -> None:
-        """GICR_CTLR.EnableLPIs; enabling syncs pending bits unless PENDBASER.PTZ."""
+        """GICR_CTLR.EnableLPIs; enabling syncs pending bits unless PENDBASER.PTZ.
+
+        ``its_sync_lpi_pending_table``: 7.3 reads the pending byte of every LPI (INTID
+        order) and takes it for those targeting this vCPU; 6.1 reads only those. A failed
+        read stops the walk.
+        """
         vcpu = self.vcpus[vcpu_id]
         was = vcpu.lpis_enabled
         vcpu.lpis_enabled = enable
         if enable and not was and not vcpu.pendbaser & r.GICR_PENDBASER_PTZ:
-            for lpi in self.lpis.values():
-                try:
-                    byte = self._kvm_read(self._pend_byte_addr(vcpu, lpi.intid), 1)[0]
-                except GuestAccessFailed:
-                    return
+            last_addr, byte = None, 0
+            for lpi in self._lpi_walk(vcpu_id):
+                addr = self._pend_byte_addr(vcpu, lpi.intid)
+                if addr != last_addr:  # "chances are we just read this very same byte"
+                    try:
+                        byte = self._kvm_read(addr, 1)[0]
+                    except GuestAccessFailed:
+                        return
+                    last_addr = addr
                 if lpi.target_vcpu == vcpu_id:
                     lpi.pending = bool(byte >> (lpi.intid % 8) & 1)
+
+    def _lpi_walk(self, vcpu_id: int | None = None) -> list[LPI]:
+        """The LPIs a KVM walk visits: 7.3 every LPI in the xarray (INTID order); 6.1 the
+        ``lpi_list_head`` in creation order, only those targeting ``vcpu_id`` if given
+        (``vgic_copy_lpi_list``)."""
+        if self.behaviour.lpi_xarray:
+            return sorted(self.lpis.values(), key=lambda lpi: lpi.intid)
+        if vcpu_id is None:
+            return list(self.lpis.values())
+        return [lpi for lpi in self.lpis.values() if lpi.target_vcpu == vcpu_id]
 
     # ---- the command queue -------------------------------------------------------------
 
@@ -573,6 +626,18 @@ class VirtualITS:
         if lpi.pending:
             self._kvm_write(addr, bytes([val & ~bit]))
 
+    def _map_lpi(self, intid: int, vcpu: int | None) -> LPI | None:
+        """``vgic_add_lpi`` for a new ITE, then (7.3) ``vgic_its_map_lpi``.
+
+        ``None`` when 7.3 refuses a second ITE for an LPI that an ITE maps (only ITEs
+        hold LPI references in the model, so an existing LPI is a mapped one); the
+        existing LPI is returned untouched, without a guest-memory access, in both
+        kernels' ``vgic_add_lpi``.
+        """
+        if self.behaviour.one_ite_per_lpi and intid in self.lpis:
+            return None
+        return self._add_lpi(intid, vcpu)
+
     def _add_lpi(self, intid: int, vcpu: int | None) -> LPI:
         """``vgic_add_lpi``: an existing LPI is shared as is; a new one reads its config."""
         lpi = self.lpis.get(intid)
@@ -652,13 +717,17 @@ class VirtualITS:
         if device is not None:
             self._free_device(device)
         if not cmd.valid:
-            # Since v6.13 KVM clears the DTE in guest memory, mapped or not.
+            # Both kernels clear the DTE in guest memory, mapped or not.
             self._kvm_write_u64(gpa, 0)
             return None
         self.devices[cmd.device_id] = Device(cmd.device_id, cmd.itt_addr, num_eventid_bits)
         return None
 
     def _handle_mapc(self, cmd: MAPC) -> ITSError | None:
+        """6.1 checks the target first, even for V=0 (which then keeps the collection);
+        7.3 looks it up only for V=1."""
+        if not self.behaviour.mapc_unmap_ignores_target and not self._vcpu_exists(cmd.target):
+            return ITSError.E_ITS_MAPC_PROCNUM_OOR
         if not cmd.valid:
             self._free_collection(cmd.icid)
             return None
@@ -693,11 +762,17 @@ class VirtualITS:
             collection = self.collections[cmd.icid] = Collection(cmd.icid)
         vcpu = collection.target_addr if collection.mapped else None
         try:
-            lpi = self._add_lpi(lpi_nr, vcpu)
+            lpi = self._map_lpi(lpi_nr, vcpu)
         except GuestAccessFailed:
             if new_coll:
                 self._free_collection(cmd.icid)
             raise
+        if lpi is None:
+            # 7.3: vgic_its_map_lpi() refused, the first ITE keeps the LPI; the new ITE
+            # and any collection this command created are freed.
+            if new_coll:
+                self._free_collection(cmd.icid)
+            return ITSError.EEXIST
         device.ites[cmd.event_id] = ITTEntry(cmd.event_id, lpi, collection)
         return None
 
@@ -720,7 +795,7 @@ class VirtualITS:
             return ITSError.E_ITS_DISCARD_UNMAPPED_INTERRUPT
         device = self.devices[cmd.device_id]
         self._free_ite(device, ite)
-        # Since v6.13 KVM clears the ITE in guest memory.
+        # Both kernels clear the ITE in guest memory.
         self._kvm_write_u64(device.itt_addr + cmd.event_id * ITE_ESZ, 0)
         return None
 
@@ -745,13 +820,17 @@ class VirtualITS:
         collection = self.collections.get(cmd.icid)
         if not _its_is_collection_mapped(collection):
             return ITSError.E_ITS_INVALL_UNMAPPED_COLLECTION
-        for lpi in sorted(self.lpis.values(), key=lambda lpi: lpi.intid):
-            # vgic_its_invall ignores update_lpi_config's return value.
+        # vgic_its_invall: 7.3 reads every LPI's property byte and applies it to those
+        # targeting the vCPU; 6.1 reads only those. update_lpi_config's errors are ignored.
+        for lpi in self._lpi_walk(collection.target_addr):
             with contextlib.suppress(GuestAccessFailed):
                 self._update_lpi_config(lpi, filter_vcpu=collection.target_addr)
         return None
 
     def _handle_movall(self, cmd: MOVALL) -> ITSError | None:
+        """Both kernels retarget only the LPIs targeting RDbase1 (6.1: the list
+        ``vgic_copy_lpi_list(vcpu1)`` makes; 7.3: ``update_affinity(irq, vcpu1, vcpu2)``
+        returns early for any other target). No guest memory is touched."""
         if not (self._vcpu_exists(cmd.target1) and self._vcpu_exists(cmd.target2)):
             return ITSError.E_ITS_MOVALL_PROCNUM_OOR
         for lpi in self.lpis.values():
@@ -815,6 +894,8 @@ def _linux_probe(its: VirtualITS, lpi_id_bits: int, two_level: bool) -> ITSLayou
 
     The guest is mainline Linux since b08e2f42e86b: every ITS and LPI table comes from
     pages it shares with the host when it is protected. ITTs are the caller's business.
+    Register values carry Linux's memory attributes (RaWaWb, inner shareable: KVM keeps
+    them as written) and PENDBASER has no PTZ, as its_cpu_init_lpis() writes it.
 
     Allocations are 64 KiB aligned from the bottom of RAM, all below ``ram_base + 16 MiB``.
     Linux would pick a two-level device table against KVM (512 KiB > 2 x 64 KiB) and
@@ -853,7 +934,7 @@ def _linux_probe(its: VirtualITS, lpi_id_bits: int, two_level: bool) -> ITSLayou
     )
     for vcpu, pend in zip(its.vcpus, pends, strict=True):
         its.write_propbaser(vcpu.vcpu_id, r.make_propbaser(prop, lpi_id_bits))
-        its.write_pendbaser(vcpu.vcpu_id, r.make_pendbaser(pend, ptz=True))
+        its.write_pendbaser(vcpu.vcpu_id, r.make_pendbaser(pend, ptz=False))
 
     dt_full = (1 << VITS_TYPER_DEVBITS) * DTE_ESZ
     l2_pages: tuple[int, ...] = ()

@@ -51,10 +51,25 @@ class MemFill(_Strict):
 
 
 class Restore(_Strict):
-    """Restore the saved image into a second, fresh VM after ``patches`` are applied."""
+    """Restore the saved image into a second, fresh VM after ``patches`` are applied.
+
+    The second VM is configured like the first (vCPUs, RAM, protection, ``share``). Its
+    RAM gets the image (RAM after the last phase the first VM ran: SAVE_PENDING_TABLES,
+    else SAVE_TABLES, else the commands) and then ``patches``. Registers are restored
+    from the first VM's ``regs`` in the documented order: every redistributor's PROPBASER
+    and PENDBASER, then each GICR_CTLR (EnableLPIs), then GITS_CBASER, GITS_IIDR,
+    GITS_CREADR, GITS_CWRITER, GITS_BASER0, GITS_BASER1, RESTORE_TABLES, GITS_CTLR (written
+    whatever RESTORE_TABLES returned). Only if it returned 0: ``commands`` (the
+    destination's guest pointer starts from the restored GITS_CBASER and GITS_CWRITER,
+    as the source's starts from the values its ``regs`` wrote), then
+    SAVE_TABLES (``resave_ret``). Then the registers and RAM are read.
+    """
 
     name: str
     patches: tuple[MemFill, ...] = ()
+    # Commands the destination's vCPU queues after GITS_CTLR is restored (as in the
+    # source VM: one at a time, CWRITER bumped, CREADR read back), before the re-save.
+    commands: tuple[Hex, ...] = ()
 
 
 class Stream(_Strict):
@@ -63,12 +78,17 @@ class Stream(_Strict):
     ram_base: int = L2_RAM_BASE
     ram_size: int = 16 << 20
     protected: bool = False
+    # The L2 program writes command k at CBASER.Physical_Address + (CWRITER + 32 k) mod
+    # the queue size, CBASER and CWRITER being the last values ``regs`` wrote to them.
     # Pages (gpa, 4 KiB page count) a protected guest MEM_SHAREs before anything else.
     # Ignored for a non-protected VM, whose RAM is the host's.
     share: tuple[tuple[int, int], ...] = ()
     fill: tuple[MemFill, ...] = ()
     regs: tuple[RegWrite, ...] = ()
     commands: tuple[Hex, ...] = ()  # 32 bytes (64 hex digits) each, little-endian dwords
+    # Guest writes the vCPU makes after the last command, before the registers are read
+    # and SAVE_TABLES (e.g. clearing a level-1 device-table entry KVM has used).
+    fill_after: tuple[MemFill, ...] = ()
     save: bool = True
     save_pending: bool = True
     restores: tuple[Restore, ...] = ()
@@ -81,7 +101,11 @@ Words = dict[int, int]  # gpa (8-byte aligned) -> non-zero 64-bit little-endian 
 
 
 class Phase(_Strict):
-    """One KVM ioctl (or the command run) and guest RAM right after it."""
+    """One KVM ioctl (or the command run) and guest RAM right after it.
+
+    RAM as the VMM can read it: every page of a non-protected VM; of a protected VM only
+    the pages its guest shared (the others are not in the host's stage-2).
+    """
 
     ret: int = 0  # 0 or a negative errno, as the ioctl returned
     memory: Words = {}
@@ -93,6 +117,7 @@ class RestoreResult(_Strict):
     resave_ret: int | None = None  # SAVE_TABLES in the second VM, if the restore succeeded
     memory: Words = {}  # the second VM's RAM after the re-save
     regs: dict[str, int] = {}
+    creadr: tuple[int, ...] = ()  # GITS_CREADR after each of the restore's commands
 
 
 class Observation(_Strict):
