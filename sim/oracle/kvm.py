@@ -97,6 +97,20 @@ def _fill_lines(tag: str, gpa: int, data: str, what: str) -> Iterable[str]:
         yield f"{tag} {gpa + i // 2:x} {data[i : i + step]}"
 
 
+def _guest_stores(gpa: int, data: str) -> list[str]:
+    """Guest writes as the vCPU's stores: 64-bit where aligned, bytes elsewhere."""
+    raw = bytes.fromhex(data)
+    out, i = [], 0
+    while i < len(raw):
+        if (gpa + i) % 8 == 0 and i + 8 <= len(raw):
+            out.append(f"W 64 {gpa + i:x} {int.from_bytes(raw[i : i + 8], 'little'):x}")
+            i += 8
+        else:
+            out.append(f"W 8 {gpa + i:x} {raw[i]:x}")
+            i += 1
+    return out
+
+
 def _encode_stream(s: Stream) -> list[str]:
     if not _NAME.match(s.name):
         raise KvmOracleError(f"stream name {s.name!r}: expected 1-120 non-blank characters")
@@ -130,6 +144,10 @@ def _encode_stream(s: Stream) -> list[str]:
         nxt = (offset + 32) % qsize
         out.append(f"C {qbase + offset:x} {nxt:x} {cmd.lower()}")
         offset = nxt
+    for f in s.fill_after:
+        out += _guest_stores(
+            f.gpa, _hex_bytes(f.data, f"stream {s.name}: fill_after at {f.gpa:#x}")
+        )
     out += [f"R {gpa:x}" for gpa in s.host_reads]
     for r in s.restores:
         if not _NAME.match(r.name):
@@ -139,6 +157,12 @@ def _encode_stream(s: Stream) -> list[str]:
         out.append(f"X {r.name}")
         for p in r.patches:
             out += _fill_lines("P", p.gpa, p.data, f"stream {s.name}: patch at {p.gpa:#x}")
+        for i, cmd in enumerate(r.commands):
+            if not re.fullmatch(r"[0-9a-fA-F]{64}", cmd):
+                raise KvmOracleError(
+                    f"stream {s.name}: restore {r.name}: command {i}: expected 64 hex digits"
+                )
+            out.append(f"Q {cmd.lower()}")
     out.append("E")
     return out
 
@@ -201,7 +225,9 @@ def decode_output(output: str | bytes) -> list[Observation]:
         if cur is None:
             raise KvmOracleError(f"VMM output line {lineno}: {line!r} outside a stream")
         if tag == "c":
-            cur["creadr"] = tuple(_int(a, lineno, line) for a in args)
+            # the first VM's, or (after an 'x' record) the restore's commands
+            target = phase if "resave_ret" in phase else cur
+            target["creadr"] = tuple(_int(a, lineno, line) for a in args)
         elif tag == "r" and len(args) == 2:
             phase["regs"][args[0]] = _int(args[1], lineno, line)
         elif tag == "h" and len(args) == 2 and args[1] in ("ok", "fault"):
@@ -256,6 +282,7 @@ def _observation(d: dict) -> Observation:
                 resave_ret=r["resave_ret"],
                 memory=r["memory"],
                 regs=r["regs"],
+                creadr=r.get("creadr", ()),
             )
             for r in d["restores"]
         ),
@@ -287,6 +314,8 @@ def format_output(observations: Iterable[Observation]) -> str:
         for r in o.restores:
             resave = "-" if r.resave_ret is None else str(r.resave_ret)
             out += [f"x {r.name} {r.ret} {resave}"]
+            if r.creadr:
+                out.append("c" + "".join(f" {v:x}" for v in r.creadr))
             out += [f"r {k} {v:x}" for k, v in r.regs.items()]
             out += words(r.memory)
         if o.error:
@@ -332,6 +361,7 @@ class RunStats:
     init_s: float  # QEMU start to /init
     stream_us: tuple[int, ...]  # the VMM's own clock, per stream
     kvm_mode: str | None
+    phase_us: dict[str, int]  # summed over streams: create, run, dump, save, ..., restore
 
     @property
     def vmm_s(self) -> float:
@@ -340,6 +370,14 @@ class RunStats:
 
 _PAYLOAD = "/vmm /job > /out 2> /vmm.err; rc=$?; cat /vmm.err; exit $rc\n"
 _US = re.compile(r"^# us (\d+)\r?$", re.M)
+_LAP = re.compile(r"^# t (\w+) (\d+)\r?$", re.M)
+
+
+def _laps(text: str) -> dict[str, int]:
+    laps: dict[str, int] = {}
+    for label, us in _LAP.findall(text):
+        laps[label] = laps.get(label, 0) + int(us)
+    return laps
 
 
 def run_streams_stats(
@@ -386,6 +424,7 @@ def run_streams_stats(
         init_s=result.init_s,
         stream_us=tuple(int(m) for m in _US.findall(text)),
         kvm_mode=result.kvm_mode,
+        phase_us=_laps(text),
     )
     say(
         f"kvm: {stats.streams} streams in {stats.vmm_s:.1f} s of VMM time"

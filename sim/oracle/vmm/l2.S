@@ -21,6 +21,9 @@
  *   5 CMD   slot cwriter_addr cwriter creadr_addr dw0 dw1 dw2 dw3
  *                                  write the 32-byte command at slot, write
  *                                  CWRITER, read CREADR -> result
+ *   6 PAUSE next                   store 0 to the mailbox; when the VMM runs the
+ *                                  vCPU again, go on with the op list at next
+ *   7 W8    addr value             8-bit store (guest writes of odd bytes)
  * An exception stores x9 and x19 (the op and the op pointer), FAR_EL1, ELR_EL1
  * and last ESR_EL1 to mailbox + 32, 40, 24, 16, 8.
  */
@@ -50,7 +53,22 @@ next:
 	b.eq	op_touch
 	cmp	x9, #5
 	b.eq	op_cmd
+	cmp	x9, #6
+	b.eq	op_pause
+	cmp	x9, #7
+	b.eq	op_w8
 	brk	#1
+
+op_pause:
+	ldr	x10, [x19]
+	str	xzr, [x21]
+	mov	x19, x10
+	b	next
+
+op_w8:
+	ldp	x10, x11, [x19], #16
+	strb	w11, [x10]
+	b	next
 
 op_end:
 	str	xzr, [x21]

@@ -86,25 +86,25 @@
 #define CORE_REG(x) (KVM_REG_ARM64 | KVM_REG_SIZE_U64 | KVM_REG_ARM_CORE | \
 		     (offsetof(struct kvm_regs, x) / sizeof(__u32)))
 
-enum { OP_END, OP_W32, OP_W64, OP_SHARE, OP_TOUCH, OP_CMD };
-
-static size_t op_len(uint64_t op)
-{
-	return op == OP_CMD ? 9 : op == OP_SHARE ? 2 : 3;
-}
+enum { OP_END, OP_W32, OP_W64, OP_SHARE, OP_TOUCH, OP_CMD, OP_PAUSE, OP_W8 };
 
 extern const char l2_start[], l2_end[];
 
 struct patch { uint64_t gpa; size_t len; uint8_t *data; };
-struct restore { char name[128]; struct patch *patches; int nr_patches; };
+struct restore {
+	char name[128];
+	struct patch *patches; int nr_patches;
+	uint64_t *cmds; int nr_cmds;	/* 4 dwords each */
+};
 
 struct stream {
 	char name[256];
 	int nr_vcpus, protected, save, save_pending;
 	uint64_t ram_base, ram_size;
 	struct patch *fills; int nr_fills;
-	uint64_t *ops; size_t nr_ops, cap_ops;	/* W/M/C in order */
-	int nr_cmds, nr_shares;
+	uint64_t *ops; size_t nr_ops, cap_ops;	/* W and C, in order */
+	int nr_cmds;
+	uint64_t *shares; int nr_shares;	/* M */
 	uint64_t *reads; int nr_reads;
 	struct restore *restores; int nr_restores;
 };
@@ -392,28 +392,35 @@ static void write_its_reg(struct vm *vm, const char *name, uint64_t val)
 	dev_set(vm->its, KVM_DEV_ARM_VGIC_GRP_ITS_REGS, its_regs[i].off, &val, what);
 }
 
-/* The migration order of arm-vgic-its.rst, "ITS Restore Sequence". */
+/*
+ * The migration order of arm-vgic-its.rst, "ITS Restore Sequence", as
+ * sim/oracle/stream.py:Restore states it: every redistributor's PROPBASER and
+ * PENDBASER, then each GICR_CTLR (EnableLPIs only: its other bits are read-only),
+ * then GITS_CBASER, GITS_IIDR, GITS_CREADR, GITS_CWRITER, GITS_BASER0/1,
+ * RESTORE_TABLES, and GITS_CTLR (Enabled only) whatever RESTORE_TABLES returned.
+ */
 static int restore_gic(struct vm *vm, const struct regs *rg)
 {
 	static const char *const order[] = {
-		"CBASER", "BASER0", "BASER1", "BASER2", "BASER3", "BASER4",
-		"BASER5", "BASER6", "BASER7", "CREADR", "CWRITER", "IIDR" };
-	unsigned int i;
+		"CBASER", "IIDR", "CREADR", "CWRITER", "BASER0", "BASER1" };
+	unsigned int i, k;
 	uint64_t val;
 	int v, r;
 
 	for (v = 0; v < vm->nr_vcpus; v++)
-		for (i = 0; i < NR_RD_REGS; i++) {	/* CTLR last: EnableLPIs */
-			unsigned int j = (i + 1) % NR_RD_REGS;
-
-			val = rg->rd[v][j];
-			r = rd_access(vm, KVM_SET_DEVICE_ATTR, v, j, &val);
+		for (i = 1; i < NR_RD_REGS; i++) {	/* PROPBASER, PENDBASER */
+			val = rg->rd[v][i];
+			r = rd_access(vm, KVM_SET_DEVICE_ATTR, v, i, &val);
 			if (r)
-				fail("restore GICR%d_%s: %d", v, rd_regs[j].name, r);
+				fail("restore GICR%d_%s: %d", v, rd_regs[i].name, r);
 		}
+	for (v = 0; v < vm->nr_vcpus; v++) {
+		val = rg->rd[v][0] & 1;
+		r = rd_access(vm, KVM_SET_DEVICE_ATTR, v, 0, &val);
+		if (r)
+			fail("restore GICR%d_CTLR: %d", v, r);
+	}
 	for (i = 0; i < sizeof(order) / sizeof(order[0]); i++) {
-		unsigned int k;
-
 		for (k = 0; k < NR_ITS_REGS; k++)
 			if (!strcmp(its_regs[k].name, order[i]))
 				break;
@@ -421,7 +428,7 @@ static int restore_gic(struct vm *vm, const struct regs *rg)
 	}
 	r = dev_attr(vm->its, KVM_SET_DEVICE_ATTR, KVM_DEV_ARM_VGIC_GRP_CTRL,
 		     KVM_DEV_ARM_ITS_RESTORE_TABLES, NULL);
-	write_its_reg(vm, "CTLR", rg->its[0]);
+	write_its_reg(vm, "CTLR", rg->its[0] & 1);
 	return r;
 }
 
@@ -489,38 +496,54 @@ static void poke(struct vm *vm, const struct patch *pt)
 
 /* ---- running the L2 program --------------------------------------------- */
 
-static void run_l2(struct vm *vm, const struct stream *s, uint64_t *res,
-		   size_t nr_res)
+/* Op lists: phase 1 at OPS_OFF, phase 2 (after a PAUSE) at OPS2_OFF. */
+#define OPS2_OFF	(CODE_SIZE / 2)
+
+static size_t nr_prologue_res(const struct stream *s, size_t nr_res)
+{
+	return s->protected ? (nr_res * 8 + PAGE - 1) / PAGE + s->nr_shares : 0;
+}
+
+/*
+ * A protected VM first loads from every page of RAM (so that all of it is
+ * donated to the guest), shares the result pages, then the stream's pages.
+ */
+static size_t l2_prologue(struct vm *vm, const struct stream *s, size_t nr_res)
 {
 	uint64_t *ops = (uint64_t *)(vm->code + OPS_OFF);
-	size_t max_ops = (RES_OFF - OPS_OFF) / 8, n = 0, i;
-	uint64_t exc[6] = { 0 };
-	struct kvm_run *run = vm->run[0];
+	size_t n = 0, i;
 
-	if (nr_res > MAX_RES || s->nr_ops + 16 > max_ops)
-		fail("stream too long for the code memslot");
 	memcpy(vm->code, l2_start, l2_end - l2_start);
-	if (s->protected) {
-		ops[n++] = OP_TOUCH;
-		ops[n++] = vm->ram_base;
-		ops[n++] = vm->ram_size / PAGE;
-		for (i = 0; i < (nr_res * 8 + PAGE - 1) / PAGE; i++) {
-			ops[n++] = OP_SHARE;
-			ops[n++] = CODE_BASE + RES_OFF + i * PAGE;
-		}
+	if (!s->protected)
+		return 0;
+	ops[n++] = OP_TOUCH;
+	ops[n++] = vm->ram_base;
+	ops[n++] = vm->ram_size / PAGE;
+	for (i = 0; i < (nr_res * 8 + PAGE - 1) / PAGE; i++) {
+		ops[n++] = OP_SHARE;
+		ops[n++] = CODE_BASE + RES_OFF + i * PAGE;
 	}
-	for (i = 0; i < s->nr_ops; i += op_len(s->ops[i])) {
-		if (s->ops[i] == OP_SHARE && !s->protected)
-			continue;	/* a normal VM's RAM is the host's already */
-		memcpy(&ops[n], &s->ops[i], op_len(s->ops[i]) * 8);
-		n += op_len(s->ops[i]);
+	for (i = 0; i < (size_t)s->nr_shares; i++) {
+		ops[n++] = OP_SHARE;
+		ops[n++] = s->shares[i];
 	}
-	ops[n++] = OP_END;
+	return n;
+}
 
+static void l2_boot(struct vm *vm, uint64_t ops)
+{
 	set_reg(vm->vcpu[0], CORE_REG(regs.pc), CODE_BASE);
-	set_reg(vm->vcpu[0], CORE_REG(regs.regs[0]), CODE_BASE + OPS_OFF);
+	set_reg(vm->vcpu[0], CORE_REG(regs.regs[0]), ops);
 	set_reg(vm->vcpu[0], CORE_REG(regs.regs[1]), CODE_BASE + RES_OFF);
 	set_reg(vm->vcpu[0], CORE_REG(regs.regs[2]), MAILBOX);
+}
+
+/* Run vCPU0 until the L2 program stores to the mailbox (END or PAUSE). */
+static void l2_run(struct vm *vm)
+{
+	struct kvm_run *run = vm->run[0];
+	uint64_t exc[6] = { 0 };
+
 	for (;;) {
 		xioctl(vm->vcpu[0], KVM_RUN, NULL, "KVM_RUN");
 		if (run->exit_reason != KVM_EXIT_MMIO)
@@ -531,7 +554,7 @@ static void run_l2(struct vm *vm, const struct stream *s, uint64_t *res,
 			continue;
 		}
 		if (run->mmio.phys_addr == MAILBOX)
-			break;
+			return;
 		if (run->mmio.phys_addr >= MAILBOX + 8 && run->mmio.phys_addr < MAILBOX + 48) {
 			memcpy(&exc[(run->mmio.phys_addr - MAILBOX) / 8], run->mmio.data, 8);
 			if (run->mmio.phys_addr == MAILBOX + 8)
@@ -543,8 +566,22 @@ static void run_l2(struct vm *vm, const struct stream *s, uint64_t *res,
 		}
 		printf("# unbacked MMIO write %llx\n", (unsigned long long)run->mmio.phys_addr);
 	}
+}
+
+static void read_results(struct vm *vm, uint64_t *res, size_t nr_res)
+{
 	if (probe_copy(res, vm->code + RES_OFF, nr_res * 8))
 		fail("the host cannot read the result pages");
+}
+
+static void print_shares(const struct stream *s, const uint64_t *res, size_t nr_res)
+{
+	size_t i, k = nr_prologue_res(s, nr_res);
+
+	for (i = 0; i < k; i++)
+		if (res[i])
+			printf("# MEM_SHARE %zu of the prologue: %llx\n", i,
+			       (unsigned long long)res[i]);
 }
 
 /* ---- one stream ---------------------------------------------------------- */
@@ -554,27 +591,78 @@ static struct vm cur, rvm;
 static struct image img;
 static uint64_t *res;
 
+/* CMD ops for commands the guest queues from the CBASER and CWRITER it knows. */
+static size_t queue_ops(uint64_t *ops, const uint64_t *cmds, int nr, uint64_t cbaser,
+			uint64_t cwriter)
+{
+	uint64_t base = cbaser & 0x000ffffffffff000ULL;	/* [51:12] */
+	uint64_t size = ((cbaser & 0xff) + 1) * PAGE;
+	uint64_t off = (cwriter & 0xfffe0) % size;
+	size_t n = 0;
+	int i;
+
+	for (i = 0; i < nr; i++) {
+		uint64_t next = (off + 32) % size;
+
+		ops[n++] = OP_CMD;
+		ops[n++] = base + off;
+		ops[n++] = ITS_BASE + 0x88;
+		ops[n++] = next;
+		ops[n++] = ITS_BASE + 0x90;
+		memcpy(&ops[n], &cmds[4 * i], 32);
+		n += 4;
+		off = next;
+	}
+	return n;
+}
 
 static void run_restore(const struct stream *s, const struct restore *rs,
-			const struct image *img, const struct regs *rg)
+			const struct image *im, const struct regs *rg)
 {
+	size_t nr_res = rs->nr_cmds + 64, k = nr_prologue_res(s, nr_res), n, i;
+	uint64_t *ops2;
 	struct regs rg2;
-	size_t i;
 	int r, rr = 0;
 
 	vm_create(&rvm, s);
-	for (i = 0; i < img->nr; i++)
-		memcpy(rvm.ram + img->index[i] * PAGE, img->pages + i * PAGE, PAGE);
+	for (i = 0; i < im->nr; i++)
+		memcpy(rvm.ram + im->index[i] * PAGE, im->pages + i * PAGE, PAGE);
 	for (i = 0; i < (size_t)rs->nr_patches; i++)
 		poke(&rvm, &rs->patches[i]);
+	n = l2_prologue(&rvm, s, nr_res);
+	if (s->protected) {	/* own and share RAM as the first VM did */
+		uint64_t *ops = (uint64_t *)(rvm.code + OPS_OFF);
+
+		ops[n++] = OP_PAUSE;
+		ops[n++] = CODE_BASE + OPS2_OFF;
+		l2_boot(&rvm, CODE_BASE + OPS_OFF);
+		l2_run(&rvm);
+	}
 	r = restore_gic(&rvm, rg);
+	if (!r && rs->nr_cmds) {
+		ops2 = (uint64_t *)(rvm.code + OPS2_OFF);
+		n = queue_ops(ops2, rs->cmds, rs->nr_cmds, rg->its[3], rg->its[4]);
+		ops2[n++] = OP_END;
+		if (!s->protected)
+			l2_boot(&rvm, CODE_BASE + OPS2_OFF);
+		l2_run(&rvm);
+	}
 	if (!r)
 		rr = dev_attr(rvm.its, KVM_SET_DEVICE_ATTR, KVM_DEV_ARM_VGIC_GRP_CTRL,
 			      KVM_DEV_ARM_ITS_SAVE_TABLES, NULL);
-	if (r)
+	if (r) {
 		printf("x %s %d -\n", rs->name, r);
-	else
+	} else {
 		printf("x %s %d %d\n", rs->name, r, rr);
+		if (rs->nr_cmds) {
+			read_results(&rvm, res, nr_res);
+			print_shares(s, res, nr_res);
+			printf("c");
+			for (i = 0; i < (size_t)rs->nr_cmds; i++)
+				printf(" %llx", (unsigned long long)res[k + i]);
+			printf("\n");
+		}
+	}
 	read_regs(&rvm, &rg2);
 	dump_ram(&rvm);
 	vm_destroy(&rvm);
@@ -616,11 +704,23 @@ static void end_stream(uint64_t t0)
 	fflush(stdout);
 }
 
+static size_t max_restore_cmds(const struct stream *s)
+{
+	size_t m = 0;
+	int i;
+
+	for (i = 0; i < s->nr_restores; i++)
+		if ((size_t)s->restores[i].nr_cmds > m)
+			m = s->restores[i].nr_cmds;
+	return m;
+}
+
 static void run_stream(const struct stream *s)
 {
-	uint64_t t0 = now_us();
+	uint64_t t0 = now_us(), *ops;
+	const size_t max_res = max_restore_cmds(s);
+	size_t nr_res = ((size_t)s->nr_cmds > max_res ? (size_t)s->nr_cmds : max_res) + 64, i, k, n;
 	struct regs rg;
-	size_t nr_res = s->nr_cmds + s->nr_shares + 64, i, k;
 	int r;
 
 	printf("S %s\n", s->name);
@@ -629,36 +729,33 @@ static void run_stream(const struct stream *s)
 		end_stream(t0);
 		return;
 	}
+	if (nr_res > MAX_RES || OPS_OFF + (s->nr_ops + 16 + s->nr_shares * 2 + 3 +
+					   2 * nr_res / 512) * 8 > OPS2_OFF ||
+	    OPS2_OFF + (max_res * 9 + 1) * 8 > RES_OFF)
+		fail("stream too long for the code memslot");
 	res = xrealloc(NULL, nr_res * 8);
 	memset(res, 0, nr_res * 8);
 	lap_t = t0;
 	vm_create(&cur, s);
 	for (i = 0; i < (size_t)s->nr_fills; i++)
 		poke(&cur, &s->fills[i]);
+	n = l2_prologue(&cur, s, nr_res);
+	ops = (uint64_t *)(cur.code + OPS_OFF);
+	memcpy(&ops[n], s->ops, s->nr_ops * 8);
+	n += s->nr_ops;
+	ops[n++] = OP_END;
 	lap("create");
-	run_l2(&cur, s, res, nr_res);
+	l2_boot(&cur, CODE_BASE + OPS_OFF);
+	l2_run(&cur);
+	read_results(&cur, res, nr_res);
 	lap("run");
 
-	/* results: the protected VM's own shares, then the ops' in order */
-	k = s->protected ? (nr_res * 8 + PAGE - 1) / PAGE : 0;
-	for (i = 0; i < k; i++)
-		if (res[i])
-			printf("# share of result page %zu: %llx\n", i,
-			       (unsigned long long)res[i]);
+	print_shares(s, res, nr_res);
+	k = nr_prologue_res(s, nr_res);
 	printf("c");
-	for (i = 0; i < s->nr_ops; i += op_len(s->ops[i]))
-		if (s->ops[i] == OP_CMD)
-			printf(" %llx", (unsigned long long)res[k++]);
-		else if (s->ops[i] == OP_SHARE && s->protected)
-			k++;
+	for (i = 0; i < (size_t)s->nr_cmds; i++)
+		printf(" %llx", (unsigned long long)res[k + i]);
 	printf("\n");
-	k = s->protected ? (nr_res * 8 + PAGE - 1) / PAGE : 0;
-	for (i = 0; i < s->nr_ops; i += op_len(s->ops[i]))
-		if (s->ops[i] == OP_CMD)
-			k++;
-		else if (s->ops[i] == OP_SHARE && s->protected && res[k++])
-			printf("# share %llx: %llx\n", (unsigned long long)s->ops[i + 1],
-			       (unsigned long long)res[k - 1]);
 
 	for (i = 0; i < (size_t)s->nr_reads; i++) {
 		uint64_t off = s->reads[i] - s->ram_base, w;
@@ -724,9 +821,11 @@ static void free_stream(struct stream *s)
 		for (j = 0; j < s->restores[i].nr_patches; j++)
 			free(s->restores[i].patches[j].data);
 		free(s->restores[i].patches);
+		free(s->restores[i].cmds);
 	}
 	free(s->fills);
 	free(s->ops);
+	free(s->shares);
 	free(s->reads);
 	free(s->restores);
 	memset(s, 0, sizeof(*s));
@@ -814,14 +913,14 @@ int main(int argc, char **argv)
 		case 'M':
 			if (sscanf(arg, "%llx", &a) != 1)
 				die_job(lineno, line);
-			push_op(&s, OP_SHARE);
-			push_op(&s, a);
-			s.nr_shares++;
+			s.shares = xrealloc(s.shares, (s.nr_shares + 1) * 8);
+			s.shares[s.nr_shares++] = a;
 			break;
 		case 'W':
-			if (sscanf(arg, "%d %llx %llx", &n, &a, &b) != 3 || (n != 32 && n != 64))
+			if (sscanf(arg, "%d %llx %llx", &n, &a, &b) != 3 ||
+			    (n != 8 && n != 32 && n != 64))
 				die_job(lineno, line);
-			push_op(&s, n == 32 ? OP_W32 : OP_W64);
+			push_op(&s, n == 8 ? OP_W8 : n == 32 ? OP_W32 : OP_W64);
 			push_op(&s, a);
 			push_op(&s, b);
 			break;
@@ -841,6 +940,18 @@ int main(int argc, char **argv)
 			free(pt.data);
 			s.nr_cmds++;
 			break;
+		case 'Q': {
+			struct restore *rs;
+
+			if (!s.nr_restores || sscanf(arg, "%64s", hex) != 1 || strlen(hex) != 64)
+				die_job(lineno, line);
+			rs = &s.restores[s.nr_restores - 1];
+			parse_hex(hex, &pt, 0);
+			rs->cmds = xrealloc(rs->cmds, (rs->nr_cmds + 1) * 32);
+			memcpy(&rs->cmds[4 * rs->nr_cmds++], pt.data, 32);
+			free(pt.data);
+			break;
+		}
 		case 'R':
 			if (sscanf(arg, "%llx", &a) != 1)
 				die_job(lineno, line);
