@@ -101,6 +101,9 @@ def main(args: argparse.Namespace) -> int:
     except OracleSetupError as exc:
         print(f"pkvm-sim oracle: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # QEMU is killed by run_l1 on the way out
+        print("pkvm-sim oracle: interrupted", file=sys.stderr)
+        return 130
     for boot in run.boots:
         r = boot.result
         print(

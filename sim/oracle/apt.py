@@ -192,6 +192,10 @@ class PrivateApt:
             "Dir::State::Lists": str(self.lists),
             "Dir::State::status": "/dev/null",
             "Dir::Cache": str(self.root / "cache"),
+            # Named explicitly: container images often set them to "" (docker-clean), and
+            # without them every apt-cache call re-parses the indices (0.6 s, not 0.04 s).
+            "Dir::Cache::pkgcache": str(self.root / "cache" / "pkgcache.bin"),
+            "Dir::Cache::srcpkgcache": str(self.root / "cache" / "srcpkgcache.bin"),
             "APT::Architecture": "arm64",
             "APT::Architectures::": "arm64",
             "APT::Sandbox::User": user,

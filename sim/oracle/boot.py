@@ -43,6 +43,7 @@ OUT_DISK_MARKER = "pkvm-sim-oracle: out on disk"
 OUT_HEX_MARKER = "pkvm-sim-oracle: out hex"
 OUT_END_MARKER = "pkvm-sim-oracle: out end"
 OUT_ERROR_MARKER = "pkvm-sim-oracle: out error"
+OUT_NONE_MARKER = "pkvm-sim-oracle: out none"
 OUT_MAGIC = b"PKVMSIMOUT "
 OUT_OFFSET = 1 << 20
 HEX_PREFIX = "@@"
@@ -60,11 +61,19 @@ _KVM_MODE = re.compile(r"kvm \[\d+\]: (.+?) mode initialized successfully")
 
 
 class BootError(OracleSetupError):
-    """The kernel did not reach /init, or stopped before the payload finished."""
+    """The kernel did not reach /init, or stopped before the payload finished.
+
+    ``console`` is the whole console, for a caller that wants more than the message's tail
+    (an L1 oops in KVM is a finding, not only a failure).
+    """
+
+    def __init__(self, message: str, console: str = ""):
+        super().__init__(message)
+        self.console = console
 
 
-class BootTimeout(OracleSetupError):
-    """QEMU was killed at the timeout."""
+class BootTimeout(BootError):
+    """QEMU was killed at the timeout (with its process group)."""
 
 
 @dataclass(frozen=True)
@@ -206,6 +215,8 @@ if [ -e /out ]; then
     hexdump -v -e '32/1 "%02x" "\\n"' /out | sed 's/^/{hex_prefix}/'
     echo "{end_marker}"
   fi
+else
+  echo "{none_marker}"
 fi
 sync
 poweroff -f
@@ -223,6 +234,7 @@ def init_script(payload: str) -> str:
         hex_marker=OUT_HEX_MARKER,
         hex_prefix=HEX_PREFIX,
         end_marker=OUT_END_MARKER,
+        none_marker=OUT_NONE_MARKER,
     )
     return pre + payload.rstrip("\n") + "\n" + post
 
@@ -311,6 +323,7 @@ def qemu_argv(
     cmdline_extra: str,
     memory_mib: int,
     cpus: int,
+    qemu_extra: Sequence[str] = (),
 ) -> list[str]:
     machine = "virt,gic-version=3,its=on" + (",virtualization=on" if nested else "")
     append = "console=ttyAMA0 panic=-1 rdinit=/init"
@@ -332,6 +345,7 @@ def qemu_argv(
         "-append", append,
         "-drive", f"file={out_disk},format=raw,if=none,id=out",
         "-device", "virtio-blk-device,drive=out",
+        *qemu_extra,
     ]  # fmt: skip
 
 
@@ -343,7 +357,10 @@ def _read_output(console_lines: list[str], disk: Path) -> bytes | None:
     """/out from the disk (header + bytes at 1 MiB) or from the console's hex lines."""
     for line in console_lines:
         if line.startswith(OUT_ERROR_MARKER):
-            raise BootError(f"the guest could not write /out: {line}\n{_tail(console_lines)}")
+            raise BootError(
+                f"the guest could not write /out: {line}\n{_tail(console_lines)}",
+                "\n".join(console_lines),
+            )
         if line.startswith(OUT_DISK_MARKER):
             with open(disk, "rb") as f:
                 header = f.read(64).split(b"\n", 1)[0]
@@ -368,7 +385,12 @@ def _read_output(console_lines: list[str], disk: Path) -> bytes | None:
             if len(data) != n:
                 raise BootError(f"/out on the console: {len(data)} of {n} bytes")
             return data
-    return None
+        if line.startswith(OUT_NONE_MARKER):
+            return None
+    raise BootError(
+        f"the guest stopped while returning /out; last console lines:\n{_tail(console_lines)}",
+        "\n".join(console_lines),
+    )
 
 
 def run_l1(
@@ -384,6 +406,7 @@ def run_l1(
     timeout_s: float = DEFAULT_TIMEOUT_S,
     init_timeout_s: float = INIT_TIMEOUT_S,
     output_mib: int = 64,
+    qemu_extra: Sequence[str] = (),
     progress: Progress = lambda line: None,
 ) -> BootResult:
     """Boot ``kernel`` with ``initramfs`` (from ``build_initramfs``) until it powers off.
@@ -391,7 +414,8 @@ def run_l1(
     Raises :class:`BootTimeout` (QEMU killed, with its process group) when the guest has
     not reached /init within ``init_timeout_s`` or not powered off within ``timeout_s``,
     and :class:`BootError` when it stopped without reaching /init or before the payload
-    finished; both carry the last console lines.
+    finished; both carry the last console lines. ``output_mib`` bounds /out (the disk's
+    size); ``qemu_extra`` is appended to QEMU's arguments (e.g. ``-trace``).
     """
     runs = cache_dir() / "runs"
     runs.mkdir(parents=True, exist_ok=True)
@@ -408,6 +432,7 @@ def run_l1(
         cmdline_extra=cmdline_extra,
         memory_mib=memory_mib,
         cpus=cpus,
+        qemu_extra=qemu_extra,
     )
     mode = "protected" if protected else ("nested" if nested else "no EL2")
     progress(f"boot {kernel.name} ({kernel.release or kernel.version}, {mode})")
@@ -473,22 +498,25 @@ def _run(
         thread.join(timeout=5)
     elapsed = time.monotonic() - start
     what = f"{kernel.name} kernel ({kernel.image})"
+    console = "\n".join(lines)
     if timed_out:
         raise BootTimeout(
             f"QEMU killed: {what} {timed_out} (timeout {timeout_s:.0f} s, /init within"
-            f" {init_timeout_s:.0f} s); last console lines:\n{_tail(recent)}"
+            f" {init_timeout_s:.0f} s); last console lines:\n{_tail(recent)}",
+            console,
         )
-    console = "\n".join(lines)
     if not init_seen.is_set():
         raise BootError(
             f"{what} did not reach /init (QEMU exit {proc.returncode} after {elapsed:.1f} s);"
-            f" last console lines:\n{_tail(recent)}"
+            f" last console lines:\n{_tail(recent)}",
+            console,
         )
     status = next((m for ln in lines if (m := _EXIT.search(ln))), None)
     if status is None:
         raise BootError(
             f"{what} stopped before the payload finished (QEMU exit {proc.returncode} after"
-            f" {elapsed:.1f} s); last console lines:\n{_tail(recent)}"
+            f" {elapsed:.1f} s); last console lines:\n{_tail(recent)}",
+            console,
         )
     result = BootResult(
         console=console,

@@ -164,7 +164,7 @@ def ensure_host_tools(progress: Progress) -> Tools:
 
 def _busybox(root: Path, progress: Progress) -> Path:
     """busybox-static for arm64 from the machine's Debian suites, extracted, never installed."""
-    apt = private_apt(root, progress)
+    apt = private_apt(root, "bookworm", progress)
     apt.update()
     stanzas = parse_stanzas(apt.show(["busybox-static"]))
     if not stanzas:
@@ -180,17 +180,24 @@ def _busybox(root: Path, progress: Progress) -> Path:
 # --- Debian kernels -----------------------------------------------------------------------
 
 
-def private_apt(root: Path, progress: Progress, etc: Path | None = None) -> PrivateApt:
-    """A private apt over bookworm (+ security) and the newest suites, arm64 only."""
+def private_apt(
+    root: Path, which: Literal["newest", "bookworm"], progress: Progress, etc: Path | None = None
+) -> PrivateApt:
+    """A private arm64 apt over bookworm (+ security), or over the newest kernel's suites.
+
+    Two separate ones, so a mirror without the backports still gives bookworm's kernel and
+    busybox, and ``--kernels bookworm`` never reads the backports' indices.
+    """
     etc = APT_ETC if etc is None else etc
     archive = debian_archive(read_sources(etc), str(etc))
-    lines = [one_line(archive.uri, s, "main", archive.signed_by) for s in BOOKWORM_SUITES]
-    if archive.security_uri:
-        lines.append(
-            one_line(archive.security_uri, "bookworm-security", "main", archive.security_signed_by)
-        )
-    lines += [one_line(archive.uri, s, "main", archive.signed_by) for s in NEWEST_SUITES]
-    return PrivateApt(root / "apt", lines, progress)
+    if which == "newest":
+        lines = [one_line(archive.uri, s, "main", archive.signed_by) for s in NEWEST_SUITES]
+    else:
+        lines = [one_line(archive.uri, s, "main", archive.signed_by) for s in BOOKWORM_SUITES]
+        if archive.security_uri:
+            sec = archive.security_signed_by
+            lines.append(one_line(archive.security_uri, "bookworm-security", "main", sec))
+    return PrivateApt(root / "apt" / which, lines, progress)
 
 
 @dataclass(frozen=True)
@@ -313,7 +320,7 @@ def debian_kernel(which: Literal["newest", "bookworm"], progress: Progress) -> K
     if which not in ("newest", "bookworm"):
         raise OracleSetupError(f"unknown Debian kernel {which!r}: expected newest or bookworm")
     with cache_lock() as root:
-        apt = private_apt(root, progress)
+        apt = private_apt(root, which, progress)
         apt.update()
         names = apt.pkgnames("linux-binary-unsigned-") + apt.pkgnames("linux-image-")
         names = candidate_names(names)

@@ -106,6 +106,10 @@ tool = Path(sys.argv[0]).name
 with open(state / "calls.log", "a") as log:
     log.write(json.dumps([tool, argv, opts]) + "\n")
 archive = json.loads((state / "archive.json").read_text())
+if "Dir::Etc::SourceList" in opts and Path(opts["Dir::Etc::SourceList"]).exists():
+    # Only what the private apt's suites hold, as a real apt would.
+    listed = {{line.split()[-2] for line in open(opts["Dir::Etc::SourceList"]) if line.strip()}}
+    archive = [s for s in archive if s.pop("_suite") in listed]
 if tool == "apt-get" and argv[0] == "update":
     if (state / "offline").exists():
         print("E: Failed to fetch (fabricated: offline)", file=sys.stderr); sys.exit(100)
@@ -151,8 +155,14 @@ class FakeApt:
     def save(self) -> None:
         (self.root / "archive.json").write_text(json.dumps(self.stanzas))
 
-    def add(self, name: str, version: str, files: dict[str, bytes] | None = None) -> None:
-        self.stanzas.append({"Package": name, "Version": version, "Architecture": "arm64"})
+    def add(
+        self, name: str, version: str, files: dict[str, bytes] | None = None, suite: str = ""
+    ) -> None:
+        """A package in ``suite`` (default: trixie-backports for ~bpo versions, else bookworm)."""
+        suite = suite or ("trixie-backports" if "~bpo" in version else "bookworm")
+        self.stanzas.append(
+            {"Package": name, "Version": version, "Architecture": "arm64", "_suite": suite}
+        )
         self.save()
         if files is not None:
             build_deb(self.root / "debs", name, version, files)
@@ -191,6 +201,7 @@ def debian_archive_for_tests(apt: FakeApt) -> None:
     apt.add("linux-binary-unsigned-7.3.4+deb13-arm64", "7.3.4-1~bpo13+1")
     apt.add("linux-modules-7.3.4+deb13-arm64", "7.3.4-1~bpo13+1")
     apt.add("linux-binary-unsigned-7.3.10+deb13-arm64-16k", "7.3.10-1~bpo13+1")
+    apt.add("linux-image-6.12.57+deb13-arm64-unsigned", "6.12.57-1", suite="trixie")
     apt.add(
         "linux-image-6.1.0-57-arm64-unsigned",
         "6.1.192-3",
@@ -198,7 +209,12 @@ def debian_archive_for_tests(apt: FakeApt) -> None:
             "boot/vmlinuz-6.1.0-57-arm64": gzip.compress(fake_image("6.1.0-57-arm64")),
             "lib/modules/6.1.0-57-arm64/kernel/drivers/block/virtio_blk.ko": fake_module(),
         },
+        suite="bookworm-security",
     )
+    # Newer, but in suites the private apt does not read: never picked.
+    apt.add("linux-binary-unsigned-7.5.0+deb14-arm64", "7.5.0-1", suite="forky")
+    apt.add("linux-modules-7.5.0+deb14-arm64", "7.5.0-1", suite="forky")
+    apt.add("linux-image-6.1.0-99-arm64-unsigned", "6.1.300-1", suite="bookworm-proposed")
     apt.add("linux-image-6.1.0-9-arm64-unsigned", "6.1.158-1")
     apt.add("linux-image-6.1.0-57-rt-arm64-unsigned", "6.1.192-3")
     apt.add("busybox-static", "1:1.35.0-4+b1", {"bin/busybox": b"\x7fELF" + bytes(14) + b"\xb7\0"})

@@ -55,6 +55,7 @@ def test_a_panic_before_init_is_a_boot_error_with_the_last_console_lines(qemu, k
     assert "did not reach /init" in message
     assert "Kernel panic - not syncing: VFS: Unable to mount root fs" in message
     assert "boot line 39" in message
+    assert "boot line 0" in exc.value.console  # the whole console is kept
     assert "boot line 10" not in message  # the last ~20 lines, not the whole console
     assert isinstance(exc.value, OracleSetupError)
 
@@ -151,11 +152,29 @@ def test_output_from_console_hex_when_there_is_no_disk(qemu, kernel, initramfs, 
     assert argv[argv.index("-append") + 1].endswith("rdinit=/init loglevel=4")
 
 
-def test_no_out_file_gives_no_output(qemu, kernel, initramfs):
-    tools = qemu(f'say("{INIT_MARKER}", "{EXIT_MARKER} 0")')
-    r = run_l1(kernel, tools, initramfs, timeout_s=30, memory_mib=1024, cpus=4)
+def test_no_out_file_gives_no_output(qemu, kernel, initramfs, tmp_path):
+    tools = qemu(f'say("{INIT_MARKER}", "{EXIT_MARKER} 0", "pkvm-sim-oracle: out none")')
+    r = run_l1(kernel, tools, initramfs, timeout_s=30, memory_mib=1024, cpus=4, qemu_extra=["-S0"])
     assert r.output is None
     assert r.payload_status == 0
+    argv = argv_of(tmp_path)
+    assert (argv[argv.index("-m") + 1], argv[argv.index("-smp") + 1]) == ("1024", "4")
+    assert argv[-1] == "-S0"
+
+
+def test_dying_while_returning_out_is_a_boot_error(qemu, kernel, initramfs):
+    tools = qemu(f'say("{INIT_MARKER}", "{EXIT_MARKER} 0", "[ 30.0] Kernel panic - in dd")')
+    with pytest.raises(BootError, match="stopped while returning /out") as exc:
+        run_l1(kernel, tools, initramfs, timeout_s=30)
+    assert "Kernel panic - in dd" in exc.value.console
+
+
+def test_a_failed_disk_write_is_a_boot_error(qemu, kernel, initramfs):
+    tools = qemu(
+        f'say("{INIT_MARKER}", "{EXIT_MARKER} 0", "pkvm-sim-oracle: out error writing /dev/vda")'
+    )
+    with pytest.raises(BootError, match=r"could not write /out: .*writing /dev/vda"):
+        run_l1(kernel, tools, initramfs, timeout_s=30)
 
 
 def test_a_missing_qemu_is_a_clear_error(kernel, initramfs, fake_tools):

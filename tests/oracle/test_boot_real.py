@@ -7,6 +7,7 @@ user's cache afterwards). Deselected by default: a boot takes 10-30 s under TCG.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 
 import pytest
 
@@ -45,4 +46,14 @@ def test_newest_kernel_boots_with_kvm_and_returns_out(newest, protected, mode):
     assert "crw-------    1 0        0          10, 232" in result.console  # /dev/kvm
     assert result.payload_status == 0
     assert len(result.output) == 3_000_000
+    assert f"{hashlib.md5(result.output).hexdigest()}  /out" in result.console
+
+
+def test_out_comes_back_on_the_console_without_the_disk_modules(newest):
+    tools, kernel = newest
+    bare = replace(kernel, modules=None)  # no virtio_mmio/virtio_blk: no /dev/vda
+    payload = "head -c 20000 /dev/urandom > /out\nmd5sum /out\n"
+    result = run_l1(bare, tools, payload_initramfs(bare, tools, payload), timeout_s=300)
+    assert "pkvm-sim-oracle: out hex 20000" in result.console
+    assert len(result.output) == 20000
     assert f"{hashlib.md5(result.output).hexdigest()}  /out" in result.console

@@ -112,18 +112,19 @@ def test_debian_kernels_download_extract_and_come_from_the_cache_next_time(fake_
     ]
     # The private apt: its own sources list with the machine's hosts, the system's untouched.
     update = fake_apt.calls("apt-get", "update")
-    assert len(update) == 1  # indices fetched once, then fresh for a day
+    assert len(update) == 2  # indices fetched once per private apt, then fresh for a day
     opts = update[0][2]
     assert opts["Dir::Etc::SourceParts"] == "/dev/null"
     assert opts["Dir::State::status"] == "/dev/null"
     assert opts["APT::Architectures::"] == "arm64"
-    assert opts["Dir::State::Lists"].startswith(str(cache))
-    sources = (cache / "apt" / "sources.list").read_text().splitlines()
+    assert opts["Dir::State::Lists"] == str(cache / "apt" / "newest" / "lists")
     keyring = "signed-by=/usr/share/keyrings/debian-archive-keyring.gpg"
-    assert sources == [
+    assert (cache / "apt" / "newest" / "sources.list").read_text().splitlines() == [
+        f"deb [arch=arm64 {keyring}] {ARCHIVE} trixie-backports main",
+    ]
+    assert (cache / "apt" / "bookworm" / "sources.list").read_text().splitlines() == [
         f"deb [arch=arm64 {keyring}] {ARCHIVE} bookworm main",
         f"deb [arch=arm64 {keyring}] {SECURITY} bookworm-security main",
-        f"deb [arch=arm64 {keyring}] {ARCHIVE} trixie-backports main",
     ]
     # Second run: nothing downloaded or extracted again.
     lines.clear()
