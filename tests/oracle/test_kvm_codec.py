@@ -75,8 +75,15 @@ def test_job_lines_for_a_protected_stream_with_fill_share_reads_and_restores():
         share=((B + 0x3000, 2),),
         fill=(MemFill(gpa=B, data=big),),
         regs=(RegWrite(reg="GICR0_CTLR", value=1),),
+        commands=(cmd(5, 0, 0, 0),),
+        # guest stores after the commands: a byte, then an aligned word, then a byte
+        fill_after=(MemFill(gpa=B + 0x107, data="ff" + "0102030405060708" + "ee"),),
         host_reads=(B + 0x8000,),
-        restores=(Restore(name="r1", patches=(MemFill(gpa=B + 8, data="0102"),)),),
+        restores=(
+            Restore(
+                name="r1", patches=(MemFill(gpa=B + 8, data="0102"),), commands=(cmd(9, 0, 0, 0),)
+            ),
+        ),
         save_pending=False,
     )
     lines = kvm.encode_job([s]).decode().splitlines()
@@ -86,13 +93,18 @@ def test_job_lines_for_a_protected_stream_with_fill_share_reads_and_restores():
         ("40000000", kvm.FILL_CHUNK),
         (f"{B + kvm.FILL_CHUNK:x}", 8),
     ]
-    assert [ln for ln in lines if ln[0] in "MWRXP"] == [
+    assert [ln for ln in lines if ln[0] in "MWCRXPQ"] == [
         "M 40003000",
         "M 40004000",
         "W 32 80a0000 1",
+        "C 0 20 05" + "0" * 62,  # no CBASER written: a 4 KiB queue at 0
+        "W 8 40000107 ff",
+        "W 64 40000108 807060504030201",
+        "W 8 40000110 ee",
         "R 40008000",
         "X r1",
         "P 40000008 0102",
+        "Q 09" + "0" * 62,
     ]
     assert lines[-1] == "E"
 
@@ -105,6 +117,10 @@ def test_job_lines_for_a_protected_stream_with_fill_share_reads_and_restores():
         (Stream(name="f", fill=(MemFill(gpa=B, data="abc"),)), "fill at 0x40000000"),
         (Stream(name="r", regs=(RegWrite(reg="GITS_CTLR", value=1 << 32),)), "exceeds 32 bits"),
         (Stream(name="a", ram_size=(1 << 20) + 1), "4 KiB aligned"),
+        (
+            Stream(name="q", restores=(Restore(name="r", commands=("zz" * 32,)),)),
+            "restore r: command 0",
+        ),
     ],
 )
 def test_bad_streams_are_refused_with_the_field_named(stream, message):
@@ -124,7 +140,12 @@ def _observation() -> Observation:
         save_pending=Phase(ret=-14, memory={B + 0x120000: 9}),
         restores=(
             RestoreResult(
-                name="same", ret=0, resave_ret=0, memory={B: 1}, regs={"GITS_CTLR": 0x80000001}
+                name="same",
+                ret=0,
+                resave_ret=0,
+                memory={B: 1},
+                regs={"GITS_CTLR": 0x80000001},
+                creadr=(0xE0, 0x100),
             ),
             RestoreResult(name="garbage", ret=-14, resave_ret=None, memory={B + 8: 2}),
         ),

@@ -77,10 +77,24 @@ def test_nested_kvm_saves_restores_and_zeroes_on_discard(newest):
     garbage = tuple(MemFill(gpa=DT + 8 * d, data=word(0x8123_4567_89AB_CDEF)) for d in (1, 2))
     discard = (MAPC0, MAPD8, MAPTI[0], cmd(0x0F | 8 << 32, 0, 0, 0), cmd(0x08 | 8 << 32, 0, 0, 0))
     fill = (MemFill(gpa=ITT, data=word(0x1111)), MemFill(gpa=DT + 8 * 8, data=word(0x2222)))
+    # after the restore, the guest maps event 2 of a new device 9 (ITT at ITT + 0x100)
+    more = (
+        cmd(0x08 | 9 << 32, 1, (1 << 63) | (ITT + 0x100), 0),
+        cmd(0x0A | 9 << 32, 8194 << 32, 0, 0),
+    )
     streams = [
-        basic("basic", restores=(Restore(name="same"), Restore(name="garbage", patches=garbage))),
+        basic(
+            "basic",
+            restores=(
+                Restore(name="same"),
+                Restore(name="garbage", patches=garbage),
+                Restore(name="more", commands=more),
+            ),
+        ),
         Stream(name="discard", ram_size=RAM, regs=REGS, fill=fill, commands=discard, save=False),
-        Stream(name="control", ram_size=RAM, regs=REGS, fill=fill, commands=discard[:3], save=False),
+        Stream(
+            name="control", ram_size=RAM, regs=REGS, fill=fill, commands=discard[:3], save=False
+        ),
     ]
     got, dis, control = run_streams(kernel, tools, streams, protected_mode=False, timeout_s=300)
 
@@ -92,10 +106,19 @@ def test_nested_kvm_saves_restores_and_zeroes_on_discard(newest):
     assert its_words(got.commands.memory) == {}  # nothing written before the save
     assert got.save is not None and got.save.ret == 0
     assert its_words(got.save.memory) == SAVED
-    same, bad = got.restores
+    same, bad, more = got.restores
     assert (same.ret, same.resave_ret) == (0, 0)
     assert same.memory == got.save_pending.memory  # restore + re-save: byte-identical
+    assert same.regs["GITS_CREADR"] == 0xC0 and same.creadr == ()
     assert (bad.ret, bad.resave_ret) == (-14, None)  # EFAULT over garbage in unused DTEs
+    # the restored guest queues from the restored CWRITER on
+    assert (more.ret, more.resave_ret, more.creadr) == (0, 0, (0xE0, 0x100))
+    assert its_words(more.memory) == {
+        **SAVED,
+        DT + 8 * 8: 0x8002_0000_0804_0001,  # device 8 now has next = 1: device 9 follows
+        DT + 8 * 9: 0x8000_0000_0804_0021,  # ITT + 0x100 (>> 8 at [48:5]), Size 1
+        ITT + 0x100: 0x0000_0000_2002_0000,  # event 0 -> LPI 8194, ICID 0
+    }
 
     # the control keeps the filled ITE and DTE; DISCARD and MAPD V=0 zero them while running
     assert its_words(control.commands.memory) == {ITT: 0x1111, DT + 64: 0x2222}
