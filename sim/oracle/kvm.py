@@ -21,7 +21,7 @@ import os
 import re
 import subprocess
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sim.oracle.boot import payload_initramfs, run_l1
@@ -363,6 +363,8 @@ class RunStats:
     stream_us: tuple[int, ...]  # the VMM's own clock, per stream
     kvm_mode: str | None
     phase_us: dict[str, int]  # summed over streams: create, run, dump, save, ..., restore
+    # What the kernel logged (WARN, BUG, Oops) while a stream ran, by stream name.
+    kernel_log: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def vmm_s(self) -> float:
@@ -380,6 +382,23 @@ PKVM_CPU = "cortex-a76"
 _PAYLOAD = "/vmm /job > /out 2> /vmm.err; rc=$?; cat /vmm.err; exit $rc\n"
 _US = re.compile(r"^# us (\d+)\r?$", re.M)
 _LAP = re.compile(r"^# t (\w+) (\d+)\r?$", re.M)
+
+
+STREAM_MARKER = "pkvm-sim-oracle: stream "
+_KERNEL_TROUBLE = re.compile(r"WARNING:|BUG:|Oops|Internal error|Unable to handle|Call trace")
+
+
+def kernel_trouble(console: str) -> dict[str, tuple[str, ...]]:
+    """Console lines of kernel warnings and oopses, by the stream the VMM was running
+    (it names each stream in /dev/kmsg before running it)."""
+    out: dict[str, list[str]] = {}
+    current = None
+    for line in console.splitlines():
+        if STREAM_MARKER in line:
+            current = line.split(STREAM_MARKER, 1)[1].strip()
+        elif current is not None and _KERNEL_TROUBLE.search(line):
+            out.setdefault(current, []).append(line.strip())
+    return {k: tuple(v) for k, v in out.items()}
 
 
 def _laps(text: str) -> dict[str, int]:
@@ -428,6 +447,15 @@ def run_streams_stats(
     obs = decode_output(result.output)
     if [o.name for o in obs] != [s.name for s in streams]:
         raise KvmOracleError(f"the VMM reported {len(obs)} streams for {len(streams)} asked")
+    trouble = kernel_trouble(result.console)
+    for name, lines in trouble.items():
+        say(f"kvm: the kernel logged while stream {name} ran: {lines[0]}")
+    obs = [
+        o.model_copy(update={"error": f"{o.error}; kernel: {trouble[o.name][0]}"})
+        if o.error and o.name in trouble
+        else o
+        for o in obs
+    ]
     text = result.output.decode(errors="replace")
     stats = RunStats(
         streams=len(obs),
@@ -436,6 +464,7 @@ def run_streams_stats(
         stream_us=tuple(int(m) for m in _US.findall(text)),
         kvm_mode=result.kvm_mode,
         phase_us=_laps(text),
+        kernel_log=trouble,
     )
     say(
         f"kvm: {stats.streams} streams in {stats.vmm_s:.1f} s of VMM time"

@@ -230,3 +230,22 @@ def test_a_missing_cross_compiler_is_a_clear_error(tmp_path: Path):
     tools = Tools(qemu=Path("/x"), cc=tmp_path / "no-such-gcc", busybox=Path("/x"))
     with pytest.raises(kvm.KvmOracleError, match=r"cross compiler .*no-such-gcc"):
         kvm.build_vmm(tools, cache=tmp_path)
+
+
+def test_kernel_warnings_are_attributed_to_the_stream_that_ran():
+    console = "\n".join(
+        [
+            "[ 1.0] pkvm-sim-oracle: stream random-0-0001",
+            "[ 1.1] pkvm-sim-oracle: stream random-0-0002",
+            "[ 1.2] WARNING: CPU: 1 PID: 80 at arch/arm64/kvm/vgic/vgic-its.c:123 f+0x1/0x2",
+            "[ 1.3] Call trace:",
+            "[ 1.4]  f+0x1/0x2",
+            "[ 1.5] pkvm-sim-oracle: stream random-0-0003",
+        ]
+    )
+    assert kvm.kernel_trouble(console) == {
+        "random-0-0002": (
+            "[ 1.2] WARNING: CPU: 1 PID: 80 at arch/arm64/kvm/vgic/vgic-its.c:123 f+0x1/0x2",
+            "[ 1.3] Call trace:",
+        )
+    }

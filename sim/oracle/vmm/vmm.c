@@ -39,7 +39,9 @@
  * (mem_protect.c:__pkvm_host_donate_guest does not clear it); a host access to
  * a guest-owned page is an abort injected into the host (host_inject_mem_abort)
  * that reaches the VMM as SIGSEGV, reported as "fault". Every ioctl is checked:
- * an unexpected failure stops that stream with an "e" record, not the run.
+ * an unexpected failure stops that stream with an "e" record, not the run; each
+ * stream runs in a child process (run_isolated), so a crash of the VMM does too,
+ * and /dev/kmsg names the stream for whatever the kernel logs while it runs.
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -48,6 +50,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/utsname.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -300,6 +303,69 @@ static void run_stream(const struct stream *s)
 	end_stream(t0);
 }
 
+/*
+ * Run one stream in a child process, its output through a pipe: a VMM crash
+ * (a signal, say after a kernel WARN) or a hang-free exit without the "E"
+ * record becomes that stream's "e" record, and the run goes on. The child's
+ * VMs die with its file descriptors.
+ */
+static int kmsg_fd = -1;
+
+static void run_isolated(const struct stream *s)
+{
+	static char buf[1 << 16];
+	size_t len = 0, keep;
+	int fds[2], status;
+	ssize_t n;
+	pid_t pid;
+	char *out = NULL;
+
+	/* the kernel log names the stream, for a WARN it may trigger */
+	if (kmsg_fd >= 0)
+		dprintf(kmsg_fd, "pkvm-sim-oracle: stream %s\n", s->name);
+	fflush(stdout);
+	if (pipe(fds) || (pid = fork()) < 0) {
+		perror("vmm: pipe/fork");
+		exit(1);
+	}
+	if (!pid) {
+		close(fds[0]);
+		dup2(fds[1], STDOUT_FILENO);
+		close(fds[1]);
+		run_stream(s);
+		fflush(stdout);
+		_exit(0);
+	}
+	close(fds[1]);
+	while ((n = read(fds[0], buf, sizeof(buf))) > 0) {
+		out = xrealloc(out, len + n + 1);
+		memcpy(out + len, buf, n);
+		len += n;
+	}
+	close(fds[0]);
+	waitpid(pid, &status, 0);
+	if (WIFEXITED(status) && !WEXITSTATUS(status) && len >= 2 &&
+	    !memcmp(out + len - 2, "E\n", 2)) {
+		fwrite(out, 1, len, stdout);
+	} else {
+		for (keep = len; keep && out[keep - 1] != '\n'; keep--)
+			;
+		if (keep)
+			fwrite(out, 1, keep, stdout);
+		else
+			printf("S %s\n", s->name);
+		if (WIFSIGNALED(status))
+			printf("e the VMM died of signal %d (see the kernel log)\n",
+			       WTERMSIG(status));
+		else
+			printf("e the VMM exited with status %d mid-stream\n",
+			       WEXITSTATUS(status));
+		printf("E\n");
+	}
+	free(out);
+	fflush(stdout);
+}
+
 int main(int argc, char **argv)
 {
 	static struct stream s;
@@ -328,10 +394,11 @@ int main(int argc, char **argv)
 	}
 	run_size = n;
 	install_fault_handlers();
+	kmsg_fd = open("/dev/kmsg", O_WRONLY | O_CLOEXEC);
 	uname(&u);
 	printf("K %s\n", u.release);
 	while (job_next(job, &s))
-		run_stream(&s);
+		run_isolated(&s);
 	job_free(&s);
 	printf("Z\n");
 	return 0;
