@@ -379,7 +379,8 @@ class RunStats:
 # PARange) takes 1K steps; the observations were identical on both (pkvm_streams, 7.3.4).
 PKVM_CPU = "cortex-a76"
 
-_PAYLOAD = "/vmm /job > /out 2> /vmm.err; rc=$?; cat /vmm.err; exit $rc\n"
+_PAYLOAD = "/vmm /job {timeout} > /out 2> /vmm.err; rc=$?; cat /vmm.err; exit $rc\n"
+STREAM_TIMEOUT_S = 300  # the VMM kills a stream (its child process) running longer
 _US = re.compile(r"^# us (\d+)\r?$", re.M)
 _LAP = re.compile(r"^# t (\w+) (\d+)\r?$", re.M)
 
@@ -417,6 +418,7 @@ def run_streams_stats(
     timeout_s: float,
     progress: Progress | None = None,
     cpu: str | None = None,
+    stream_timeout_s: int = STREAM_TIMEOUT_S,
 ) -> tuple[list[Observation], RunStats]:
     """:func:`run_streams`, and where the time went; ``cpu`` overrides QEMU's ``-cpu``."""
     say = progress or (lambda line: None)
@@ -424,7 +426,9 @@ def run_streams_stats(
         raise KvmOracleError("protected streams need protected_mode (kvm-arm.mode=protected)")
     job = encode_job(streams)
     vmm = build_vmm(tools)
-    initramfs = payload_initramfs(kernel, tools, _PAYLOAD, {"vmm": vmm, "job": job})
+    initramfs = payload_initramfs(
+        kernel, tools, _PAYLOAD.format(timeout=int(stream_timeout_s)), {"vmm": vmm, "job": job}
+    )
     say(f"kvm: {len(streams)} streams, {len(job) >> 10} KiB of job, one boot")
     result = run_l1(
         kernel,

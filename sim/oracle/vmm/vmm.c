@@ -4,7 +4,9 @@
  * QEMU, or pKVM with kvm-arm.mode=protected) and replays ITS command streams
  * against the kernel's own vITS (arch/arm64/kvm/vgic/vgic-its.c).
  *
- *   vmm JOB         reads the job file (job.c), writes observations to stdout
+ *   vmm JOB [STREAM_TIMEOUT_S]   reads the job file (job.c), writes the
+ *                                observations to stdout; a stream running
+ *                                longer than the timeout (300 s) is killed
  *
  * Built by sim/oracle/kvm.py: aarch64-linux-gnu-gcc -static -O2 vmm.c kvm.c
  * job.c l2.S.
@@ -51,6 +53,8 @@
 #include <sys/ioctl.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
+#include <poll.h>
+#include <signal.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -310,12 +314,14 @@ static void run_stream(const struct stream *s)
  * VMs die with its file descriptors.
  */
 static int kmsg_fd = -1;
+static uint64_t stream_timeout_us = 300 * 1000000ULL;
 
 static void run_isolated(const struct stream *s)
 {
 	static char buf[1 << 16];
 	size_t len = 0, keep;
-	int fds[2], status;
+	int fds[2], status, timed_out = 0;
+	uint64_t t0 = now_us();
 	ssize_t n;
 	pid_t pid;
 	char *out = NULL;
@@ -337,7 +343,19 @@ static void run_isolated(const struct stream *s)
 		_exit(0);
 	}
 	close(fds[1]);
-	while ((n = read(fds[0], buf, sizeof(buf))) > 0) {
+	for (;;) {
+		struct pollfd pfd = { .fd = fds[0], .events = POLLIN };
+		uint64_t left = stream_timeout_us - (now_us() - t0);
+
+		if (now_us() - t0 >= stream_timeout_us ||
+		    poll(&pfd, 1, (int)(left / 1000) + 1) == 0) {
+			kill(pid, SIGKILL);
+			timed_out = 1;
+			break;
+		}
+		n = read(fds[0], buf, sizeof(buf));
+		if (n <= 0)
+			break;
 		out = xrealloc(out, len + n + 1);
 		memcpy(out + len, buf, n);
 		len += n;
@@ -354,7 +372,10 @@ static void run_isolated(const struct stream *s)
 			fwrite(out, 1, keep, stdout);
 		else
 			printf("S %s\n", s->name);
-		if (WIFSIGNALED(status))
+		if (timed_out)
+			printf("e the stream took more than %llu s: killed\n",
+			       (unsigned long long)(stream_timeout_us / 1000000));
+		else if (WIFSIGNALED(status))
 			printf("e the VMM died of signal %d (see the kernel log)\n",
 			       WTERMSIG(status));
 		else
@@ -373,10 +394,12 @@ int main(int argc, char **argv)
 	FILE *job;
 	int n;
 
-	if (argc != 2) {
-		fprintf(stderr, "usage: vmm JOB\n");
+	if (argc < 2 || argc > 3) {
+		fprintf(stderr, "usage: vmm JOB [STREAM_TIMEOUT_S]\n");
 		return 2;
 	}
+	if (argc == 3)
+		stream_timeout_us = strtoull(argv[2], NULL, 10) * 1000000ULL;
 	job = fopen(argv[1], "r");
 	if (!job) {
 		perror(argv[1]);
