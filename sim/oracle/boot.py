@@ -55,6 +55,7 @@ DEFAULT_TIMEOUT_S = 600.0
 INIT_TIMEOUT_S = 240.0
 CONSOLE_TAIL = 20
 OUTPUT_MODULES = ("virtio_mmio", "virtio_blk")
+INITRAMFS_KEEP = 32  # built initramfs files kept in the cache (one per distinct payload)
 
 _EXIT = re.compile(re.escape(EXIT_MARKER) + r" (\d+)")
 _KVM_MODE = re.compile(r"kvm \[\d+\]: (.+?) mode initialized successfully")
@@ -195,6 +196,7 @@ if [ -f /lib/oracle-modules/order ]; then
 fi
 cd /
 (
+:
 """
 
 _EPILOGUE = """
@@ -208,7 +210,7 @@ if [ -e /out ]; then
   if [ -b /dev/vda ]; then
     printf '{magic}%d\\n' "$n" | dd of=/dev/vda conv=notrunc,fsync 2>/dev/null &&
       dd if=/out of=/dev/vda bs=1048576 seek=1 conv=notrunc,fsync 2>/dev/null &&
-      echo "{disk_marker} $n" || echo "{error_marker} writing /dev/vda"
+      echo "{disk_marker} $n" || echo "{error_marker} writing $n bytes to /dev/vda"
   else
     echo 1 > /proc/sys/kernel/printk
     echo "{hex_marker} $n"
@@ -299,7 +301,17 @@ def build_initramfs(
         tmp = out.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_bytes(gzip.compress(archive, compresslevel=6, mtime=0))
         tmp.rename(out)
+    now = time.time_ns()  # marks it used (the file system's own clock is coarser)
+    os.utime(out, ns=(now, now))
+    _prune(out.parent, keep=INITRAMFS_KEEP)
     return out
+
+
+def _prune(directory: Path, keep: int) -> None:
+    """Delete all but the ``keep`` most recently used initramfs files."""
+    built = sorted(directory.glob("*.cpio.gz"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    for old in built[keep:]:
+        old.unlink(missing_ok=True)
 
 
 def payload_initramfs(
@@ -340,6 +352,7 @@ def qemu_argv(
         "-m", str(memory_mib),
         "-nographic",
         "-no-reboot",
+        "-nic", "none",  # no default virtio-net: no option ROM needed, no L1 MSI traffic
         "-kernel", str(kernel.image),
         "-initrd", str(initramfs),
         "-append", append,
@@ -349,16 +362,19 @@ def qemu_argv(
     ]  # fmt: skip
 
 
-def _tail(lines: Sequence[str], n: int = CONSOLE_TAIL) -> str:
-    return "\n".join(f"  | {line}" for line in list(lines)[-n:]) or "  | (no console output)"
+def _tail(lines: Sequence[str], n: int = CONSOLE_TAIL, log: Path | None = None) -> str:
+    tail = "\n".join(f"  | {line}" for line in list(lines)[-n:]) or "  | (no console output)"
+    return tail + (f"\nwhole console: {log}" if log is not None else "")
 
 
 def _read_output(console_lines: list[str], disk: Path) -> bytes | None:
     """/out from the disk (header + bytes at 1 MiB) or from the console's hex lines."""
     for line in console_lines:
         if line.startswith(OUT_ERROR_MARKER):
+            size = disk.stat().st_size - OUT_OFFSET
             raise BootError(
-                f"the guest could not write /out: {line}\n{_tail(console_lines)}",
+                f"the guest could not write /out: {line} (the disk holds {size >> 20} MiB:"
+                f" a larger output_mib?)\n{_tail(console_lines)}",
                 "\n".join(console_lines),
             )
         if line.startswith(OUT_DISK_MARKER):
@@ -437,7 +453,8 @@ def run_l1(
     mode = "protected" if protected else ("nested" if nested else "no EL2")
     progress(f"boot {kernel.name} ({kernel.release or kernel.version}, {mode})")
     try:
-        return _run(argv, disk, timeout_s, min(init_timeout_s, timeout_s), kernel, progress)
+        log = runs / f"{kernel.name}-{mode.replace(' ', '-')}.console"
+        return _run(argv, disk, log, timeout_s, min(init_timeout_s, timeout_s), kernel, progress)
     finally:
         disk.unlink(missing_ok=True)
 
@@ -445,6 +462,7 @@ def run_l1(
 def _run(
     argv: list[str],
     disk: Path,
+    log: Path,
     timeout_s: float,
     init_timeout_s: float,
     kernel: Kernel,
@@ -499,23 +517,24 @@ def _run(
     elapsed = time.monotonic() - start
     what = f"{kernel.name} kernel ({kernel.image})"
     console = "\n".join(lines)
+    log.write_text(console + "\n")  # the latest boot's whole console, for a post-mortem
     if timed_out:
         raise BootTimeout(
             f"QEMU killed: {what} {timed_out} (timeout {timeout_s:.0f} s, /init within"
-            f" {init_timeout_s:.0f} s); last console lines:\n{_tail(recent)}",
+            f" {init_timeout_s:.0f} s); last console lines:\n{_tail(recent, log=log)}",
             console,
         )
     if not init_seen.is_set():
         raise BootError(
             f"{what} did not reach /init (QEMU exit {proc.returncode} after {elapsed:.1f} s);"
-            f" last console lines:\n{_tail(recent)}",
+            f" last console lines:\n{_tail(recent, log=log)}",
             console,
         )
     status = next((m for ln in lines if (m := _EXIT.search(ln))), None)
     if status is None:
         raise BootError(
             f"{what} stopped before the payload finished (QEMU exit {proc.returncode} after"
-            f" {elapsed:.1f} s); last console lines:\n{_tail(recent)}",
+            f" {elapsed:.1f} s); last console lines:\n{_tail(recent, log=log)}",
             console,
         )
     result = BootResult(

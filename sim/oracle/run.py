@@ -8,6 +8,7 @@ checks that KVM came up as asked: VHE (or nVHE) under nesting, pKVM with
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,6 +107,8 @@ def run_oracle(options: OracleOptions, progress: Progress) -> OracleRun:
     bad = [m for m in options.modes if m not in MODES]
     if bad:
         raise OracleSetupError(f"unknown mode {bad[0]!r}: expected one of {MODES}")
+    if options.out is not None:
+        _check_writable(options.out)
     kernels = []
     if options.kernel_image is not None:
         kernels.append(user_kernel(options.kernel_image, options.modules))
@@ -145,9 +148,25 @@ def render_report(run: OracleRun) -> str:
     return "\n".join(lines)
 
 
+def _check_writable(path: Path) -> None:
+    """Fail before minutes of booting, not after, when the report cannot be written."""
+    if path.is_dir():
+        raise OracleSetupError(f"--out {path}: a directory; expected a file name (oracle.md)")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OracleSetupError(f"--out {path}: cannot create {path.parent}: {exc}") from None
+    if not os.access(path.parent, os.W_OK):
+        raise OracleSetupError(f"--out {path}: {path.parent} is not writable")
+
+
 def write_report(path: Path, text: str) -> None:
     """Write ``path`` whole or not at all."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text)
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OracleSetupError(f"--out {path}: cannot write the report: {exc}") from None

@@ -42,7 +42,9 @@ def argv_of(tmp_path) -> list[str]:
     return json.loads((tmp_path / "argv.json").read_text())
 
 
-def test_a_panic_before_init_is_a_boot_error_with_the_last_console_lines(qemu, kernel, initramfs):
+def test_a_panic_before_init_is_a_boot_error_with_the_last_console_lines(
+    qemu, kernel, initramfs, cache
+):
     tools = qemu(
         """
         say(*BOOT, "[    3.1] Kernel panic - not syncing: VFS: Unable to mount root fs")
@@ -56,6 +58,9 @@ def test_a_panic_before_init_is_a_boot_error_with_the_last_console_lines(qemu, k
     assert "Kernel panic - not syncing: VFS: Unable to mount root fs" in message
     assert "boot line 39" in message
     assert "boot line 0" in exc.value.console  # the whole console is kept
+    log = cache / "runs" / "newest-nested.console"
+    assert f"whole console: {log}" in message
+    assert "boot line 0\n" in log.read_text()
     assert "boot line 10" not in message  # the last ~20 lines, not the whole console
     assert isinstance(exc.value, OracleSetupError)
 
@@ -130,6 +135,7 @@ def test_output_from_the_disk_and_the_mode_line(qemu, kernel, initramfs, tmp_pat
     assert argv[argv.index("-kernel") + 1] == str(kernel.image)
     assert argv[argv.index("-initrd") + 1] == str(initramfs)
     assert "virtio-blk-device,drive=out" in argv
+    assert argv[argv.index("-nic") + 1] == "none"
     assert not os.path.exists(argv[argv.index("-drive") + 1][5:].split(",")[0])  # cleaned up
 
 
@@ -171,10 +177,12 @@ def test_dying_while_returning_out_is_a_boot_error(qemu, kernel, initramfs):
 
 def test_a_failed_disk_write_is_a_boot_error(qemu, kernel, initramfs):
     tools = qemu(
-        f'say("{INIT_MARKER}", "{EXIT_MARKER} 0", "pkvm-sim-oracle: out error writing /dev/vda")'
+        f'say("{INIT_MARKER}", "{EXIT_MARKER} 0",'
+        ' "pkvm-sim-oracle: out error writing 9999999 bytes to /dev/vda")'
     )
-    with pytest.raises(BootError, match=r"could not write /out: .*writing /dev/vda"):
-        run_l1(kernel, tools, initramfs, timeout_s=30)
+    with pytest.raises(BootError, match=r"could not write /out: .*writing 9999999 bytes") as exc:
+        run_l1(kernel, tools, initramfs, timeout_s=30, output_mib=8)
+    assert "the disk holds 8 MiB" in str(exc.value)
 
 
 def test_a_missing_qemu_is_a_clear_error(kernel, initramfs, fake_tools):

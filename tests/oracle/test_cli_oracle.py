@@ -128,3 +128,12 @@ def test_a_different_kernel_booted_exits_2(capsys, monkeypatch, qemu, user_image
     assert (
         "uname -r says '6.1.0-57-arm64', expected '7.3.10+deb13-arm64'" in capsys.readouterr().err
     )
+
+
+def test_an_unwritable_report_fails_before_any_set_up(capsys, tmp_path, no_setup, user_image):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["oracle", "--kernel", str(user_image), "--out", str(blocker / "o.md")]) == 2
+    assert f"--out {blocker / 'o.md'}: cannot create {blocker}" in capsys.readouterr().err
+    assert main(["oracle", "--kernel", str(user_image), "--out", str(tmp_path)]) == 2
+    assert "a directory; expected a file name" in capsys.readouterr().err

@@ -52,6 +52,13 @@ def test_gnu_cpio_reads_the_archive(tmp_path):
     assert listing.splitlines()[1].endswith(" a/f")
 
 
+@pytest.mark.skipif(shutil.which("sh") is None, reason="no sh to parse the script")
+@pytest.mark.parametrize("payload", ["", "echo a > /out", "exit 3\n\n"])
+def test_init_is_valid_shell_for_any_payload(payload):
+    done = subprocess.run(["sh", "-n"], input=init_script(payload).encode(), capture_output=True)
+    assert done.returncode == 0, done.stderr
+
+
 def test_init_prints_the_marker_first_and_powers_off_last():
     script = init_script("echo hello > /out\n")
     lines = script.splitlines()
@@ -79,10 +86,10 @@ def test_build_initramfs_members_modes_and_cache(fake_tools, tmp_path, cache):
     assert m["dev/console"].rdev == (5, 1)
     assert stat.S_ISCHR(m["dev/console"].mode)
     assert b"/bin/vmm > /out" in m["init"].data
-    # Same content, same file; different content, another file.
-    mtime = path.stat().st_mtime_ns
+    # Same content, same file (not rewritten); different content, another file.
+    inode = path.stat().st_ino
     assert build_initramfs(fake_tools, files, "/bin/vmm > /out") == path
-    assert path.stat().st_mtime_ns == mtime
+    assert path.stat().st_ino == inode
     assert build_initramfs(fake_tools, files, "/bin/vmm -v > /out") != path
 
 
@@ -140,3 +147,13 @@ def test_payload_initramfs_loads_the_output_modules(tmp_path, fake_tools):
     assert order[0] == "virtio_mmio.ko"
     assert order[-1] == "virtio_blk.ko"
     assert all(f"lib/oracle-modules/{name}" in m for name in order)
+
+
+def test_the_initramfs_cache_keeps_the_newest(fake_tools, monkeypatch):
+    monkeypatch.setattr("sim.oracle.boot.INITRAMFS_KEEP", 3)
+    built = [build_initramfs(fake_tools, {}, f"echo {i}") for i in range(5)]
+    assert [p.exists() for p in built] == [False, False, True, True, True]
+    assert build_initramfs(fake_tools, {}, "echo 2") == built[2]  # used again: kept longest
+    build_initramfs(fake_tools, {}, "echo 5")
+    build_initramfs(fake_tools, {}, "echo 6")
+    assert [p.exists() for p in built] == [False, False, True, False, False]
