@@ -223,7 +223,8 @@ class Comparison:
 
 
 def observed_bytes(stream: Stream) -> int:
-    """Bytes of RAM each memory phase covers: all of RAM, or a protected VM's shared pages."""
+    """Bytes of RAM each phase of the source VM covers: all of RAM, or the pages a
+    protected VM shared."""
     if not stream.protected:
         return stream.ram_size
     pages = set()
@@ -246,8 +247,10 @@ class _Comparer:
         if a != b:
             self.add(phase, what, where, str(a), str(b))
 
-    def memory(self, phase: str, a: Words, b: Words, regions_: list[Region]) -> None:
-        self.out.bytes_compared += self.ram
+    def memory(
+        self, phase: str, a: Words, b: Words, regions_: list[Region], ram: int | None = None
+    ) -> None:
+        self.out.bytes_compared += self.ram if ram is None else ram
         keys = a.keys() | b.keys()
         self.out.words_compared += len(keys)
         for gpa in sorted(keys):
@@ -315,7 +318,8 @@ def compare(
             c.value("restore", "creadr", f"{name} command {i}", _hexint(va), _hexint(vb))
         c.regs("restore-regs", xa.regs, xb.regs)
         rregions = regions(stream, xa.regs or xb.regs, [xa.memory])
-        c.memory("resave", xa.memory, xb.memory, rregions)
+        # a restore destination has not run: all of its RAM is the host's to read
+        c.memory("resave", xa.memory, xb.memory, rregions, stream.ram_size)
     for gpa in sorted(a.host_reads.keys() | b.host_reads.keys()):
         c.value("host_reads", "host", f"{gpa:#x}", a.host_reads.get(gpa), b.host_reads.get(gpa))
     kernel = b.kernel if b.source == "model" else a.kernel

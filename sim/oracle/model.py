@@ -4,16 +4,18 @@
 way the VMM configures KVM, and records what the VMM records, in the same shape:
 
 1. a fresh machine: the VM's RAM is the host's, shared into a non-protected guest
-   (``__pkvm_host_share_guest``), or donated to a protected one
-   (``__pkvm_host_donate_guest``), which then MEM_SHAREs the ``share`` pages back one
-   page at a time (``__pkvm_guest_share_host``);
+   (``__pkvm_host_share_guest``); a protected guest's prologue faults all of it in
+   (``__pkvm_host_donate_guest``), then MEM_SHAREs the ``share`` pages back one page
+   at a time (``__pkvm_guest_share_host``);
 2. ``fill`` as guest writes, then ``regs`` in order as the vCPU's MMIO writes;
 3. each command written by the guest into the next queue slot (the guest keeps its own
    queue pointer, from the GITS_CBASER and GITS_CWRITER values it wrote), CWRITER bumped
    (wrapping at the queue size), GITS_CREADR read back; then ``fill_after``;
 4. the registers as KVM's uaccess returns them, and RAM after the commands, after
    SAVE_TABLES and after SAVE_PENDING_TABLES, as sparse non-zero 64-bit words;
-5. each :class:`Restore` into a fresh second VM: the saved image plus patches, the
+5. each :class:`Restore` into a fresh second VM: the saved image plus patches written by
+   the VMM, the same prologue (a protected destination owns and shares RAM as the
+   source did), the
    registers in the documented order (redistributors, GITS_CBASER, the other GITS_*
    registers, RESTORE_TABLES, then GITS_CTLR), any commands, then a re-save;
 6. ``host_reads`` as host accesses through the stage-2 check.
@@ -34,7 +36,16 @@ from sim.its.vits import VirtualITS
 from sim.memory.access import Initiator, MemorySystem, Stage2Fault
 from sim.memory.ownership import HOST, PageState, Transition
 from sim.memory.physmem import PAGE_SHIFT, PAGE_SIZE
-from sim.oracle.stream import Observation, Phase, Restore, RestoreResult, Stream, Words
+from sim.oracle.stream import (
+    CODE_BASE,
+    CODE_SIZE,
+    Observation,
+    Phase,
+    Restore,
+    RestoreResult,
+    Stream,
+    Words,
+)
 
 GUEST = "l2"
 KERNELS = ("6.1", "7.3")  # the kernel generations the model distinguishes
@@ -74,29 +85,36 @@ def errno(error: ITSError | None) -> int:
 
 
 def _machine(stream: Stream) -> MemorySystem:
-    """A machine with the stream's VM: its RAM, whose stage-2s say who may reach it."""
+    """A machine with the stream's VM before its vCPU first runs: a non-protected VM's RAM
+    is the host's, shared into the guest; a protected VM owns no page yet."""
     mem = MemorySystem()
     mem.ownership.add_guest(GUEST)
     first, nr = stream.ram_base >> PAGE_SHIFT, stream.ram_size >> PAGE_SHIFT
-    if stream.protected:
-        mem.ownership.apply(
-            Transition.HOST_DONATE_GUEST, first, nr, guest=GUEST, cause="protected VM RAM"
-        )
-        for gpa, count in stream.share:
-            if gpa % PAGE_SIZE or not _in_ram(stream, gpa, count * PAGE_SIZE):
-                raise StreamError(f"stream {stream.name}: share ({gpa:#x}, {count}) outside RAM")
-            for pfn in range(gpa >> PAGE_SHIFT, (gpa >> PAGE_SHIFT) + count):
-                # MEM_SHARE takes one page; sharing a page twice fails (-EPERM) and the
-                # guest program ignores it, as the real one does.
-                if mem.ownership.state(GUEST, pfn) is PageState.OWNED:
-                    mem.ownership.apply(
-                        Transition.GUEST_SHARE_HOST, pfn, guest=GUEST, cause="MEM_SHARE"
-                    )
-    else:
+    for gpa, count in stream.share:
+        if gpa % PAGE_SIZE or not _in_ram(stream, gpa, count * PAGE_SIZE):
+            raise StreamError(f"stream {stream.name}: share ({gpa:#x}, {count}) outside RAM")
+    if not stream.protected:
         mem.ownership.apply(
             Transition.HOST_SHARE_GUEST, first, nr, guest=GUEST, cause="non-protected VM RAM"
         )
     return mem
+
+
+def _prologue(stream: Stream, mem: MemorySystem) -> None:
+    """The L2 program's prologue on a protected VM: it loads from every page of RAM, so
+    pKVM donates all of it (``__pkvm_host_donate_guest`` at each stage-2 fault, the
+    host's bytes kept), then MEM_SHAREs the ``share`` pages one at a time."""
+    if not stream.protected:
+        return
+    first, nr = stream.ram_base >> PAGE_SHIFT, stream.ram_size >> PAGE_SHIFT
+    mem.ownership.apply(Transition.HOST_DONATE_GUEST, first, nr, guest=GUEST, cause="fault-in")
+    for gpa, count in stream.share:
+        for pfn in range(gpa >> PAGE_SHIFT, (gpa >> PAGE_SHIFT) + count):
+            # sharing a page twice fails (-EPERM); the guest program ignores it
+            if mem.ownership.state(GUEST, pfn) is PageState.OWNED:
+                mem.ownership.apply(
+                    Transition.GUEST_SHARE_HOST, pfn, guest=GUEST, cause="MEM_SHARE"
+                )
 
 
 def _in_ram(stream: Stream, gpa: int, length: int) -> bool:
@@ -116,12 +134,26 @@ def _vits(stream: Stream, mem: MemorySystem, kernel: str, name: str) -> VirtualI
     )
 
 
-def _guest_write(stream: Stream, its: VirtualITS, gpa: int, data: bytes, what: str) -> None:
-    if not _in_ram(stream, gpa, len(data)):
+def _check_ram(stream: Stream, gpa: int, length: int, what: str) -> None:
+    if not _in_ram(stream, gpa, length):
         raise StreamError(
-            f"stream {stream.name}: {what} at {gpa:#x}+{len(data):#x} is outside guest RAM"
+            f"stream {stream.name}: {what} at {gpa:#x}+{length:#x} is outside guest RAM"
             f" [{stream.ram_base:#x}, {stream.ram_base + stream.ram_size:#x})"
         )
+
+
+def _guest_write(stream: Stream, its: VirtualITS, gpa: int, data: bytes, what: str) -> None:
+    """A store by the guest's vCPU. A protected guest's first touch of a page it does not
+    have yet is a stage-2 fault that pKVM resolves by donating the host's page."""
+    _check_ram(stream, gpa, len(data), what)
+    if stream.protected:
+        own = its.memory.ownership
+        for pfn in range(gpa >> PAGE_SHIFT, ((gpa + len(data) - 1) >> PAGE_SHIFT) + 1):
+            if (
+                own.state(GUEST, pfn) is PageState.NOPAGE
+                and own.state(HOST, pfn) is PageState.OWNED
+            ):
+                own.apply(Transition.HOST_DONATE_GUEST, pfn, guest=GUEST, cause="fault-in")
     its.write_guest(gpa, data)
 
 
@@ -207,17 +239,22 @@ def snapshot(stream: Stream, mem: MemorySystem) -> Words:
     return words
 
 
-def _write_image(stream: Stream, its: VirtualITS, image: Words, patches) -> None:
-    """The saved image, then the patches, into the destination's RAM (guest writes)."""
+def _write_image(stream: Stream, mem: MemorySystem, image: Words, patches) -> None:
+    """The saved image, then the patches, into the destination's RAM, written by the VMM
+    (the host) before the destination's vCPU ever runs."""
+    vmm = Initiator("vmm", HOST)
     pages: dict[int, bytearray] = {}
     for gpa, word in image.items():
         page = pages.setdefault(gpa & ~(PAGE_SIZE - 1), bytearray(PAGE_SIZE))
         off = gpa & (PAGE_SIZE - 1)
         page[off : off + 8] = word.to_bytes(8, "little")
     for base, data in sorted(pages.items()):
-        _guest_write(stream, its, base, bytes(data), "saved image")
+        _check_ram(stream, base, PAGE_SIZE, "saved image")
+        mem.write(vmm, base, bytes(data))
     for patch in patches:
-        _guest_write(stream, its, patch.gpa, bytes.fromhex(patch.data), "restore patch")
+        data = bytes.fromhex(patch.data)
+        _check_ram(stream, patch.gpa, len(data), "restore patch")
+        mem.write(vmm, patch.gpa, data)
 
 
 def _restore(
@@ -225,7 +262,8 @@ def _restore(
 ) -> RestoreResult:
     mem = _machine(stream)
     its = _vits(stream, mem, kernel, "dst")
-    _write_image(stream, its, image, restore.patches)
+    _write_image(stream, mem, image, restore.patches)
+    _prologue(stream, mem)  # a protected destination owns and shares RAM as the source
     # Documentation/virt/kvm/devices/arm-vgic-its.rst "ITS Restore Sequence": the
     # redistributors, then GITS_CBASER, the other GITS_* registers but GITS_CTLR,
     # RESTORE_TABLES, then GITS_CTLR. VirtualITS.set_regs is that order.
@@ -257,10 +295,26 @@ def _restore(
     )
 
 
+def _check_code_memslot(stream: Stream) -> None:
+    """KVM reaches the VMM's code memslot as guest memory; the model has no such memory
+    (nor the L2 program in it), so a stream must not place an ITT there."""
+    for i, hexcmd in enumerate(stream.commands):
+        raw = bytes.fromhex(hexcmd)
+        if len(raw) == r.ITS_CMD_SIZE and raw[0] == 0x08:  # MAPD
+            itt = int.from_bytes(raw[16:24], "little") & r.genmask(51, 8)
+            if CODE_BASE <= itt < CODE_BASE + CODE_SIZE:
+                raise StreamError(
+                    f"stream {stream.name}: command {i} (MAPD) puts an ITT at {itt:#x}, in the"
+                    f" VMM's code memslot [{CODE_BASE:#x}, {CODE_BASE + CODE_SIZE:#x})"
+                )
+
+
 def observe(stream: Stream, *, kernel: str) -> Observation:
     """What KVM of generation ``kernel`` would do with ``stream``, per the model."""
+    _check_code_memslot(stream)
     mem = _machine(stream)
     its = _vits(stream, mem, kernel, "src")
+    _prologue(stream, mem)
     for fill in stream.fill:
         _guest_write(stream, its, fill.gpa, bytes.fromhex(fill.data), "fill")
     for reg in stream.regs:

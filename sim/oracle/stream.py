@@ -25,6 +25,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 L2_RAM_BASE = 0x4000_0000
 CODE_BASE = 0x1000_0000
+# The code memslot is guest memory to KVM (an ITT placed there is reachable) but holds
+# the VMM's L2 program, which the model does not have: streams keep their tables out of
+# [CODE_BASE, CODE_BASE + CODE_SIZE).
+CODE_SIZE = 4 << 20
+# An address in no memslot, for tables placed outside guest memory on purpose.
+NO_MEMSLOT = 0x2000_0000
 ITS_BASE = 0x0808_0000
 GICD_BASE = 0x0800_0000
 GICR_BASE = 0x080A_0000
@@ -55,7 +61,9 @@ class Restore(_Strict):
 
     The second VM is configured like the first (vCPUs, RAM, protection, ``share``). Its
     RAM gets the image (RAM after the last phase the first VM ran: SAVE_PENDING_TABLES,
-    else SAVE_TABLES, else the commands) and then ``patches``. Registers are restored
+    else SAVE_TABLES, else the commands) and then ``patches``, written by the VMM; a
+    protected one then runs the first VM's prologue (it faults all of RAM in and
+    MEM_SHAREs the ``share`` pages) and pauses. Registers are restored
     from the first VM's ``regs`` in the documented order: every redistributor's PROPBASER
     and PENDBASER, then each GICR_CTLR (EnableLPIs), then GITS_CBASER, GITS_IIDR,
     GITS_CREADR, GITS_CWRITER, GITS_BASER0, GITS_BASER1, RESTORE_TABLES, GITS_CTLR (written

@@ -45,7 +45,7 @@ from sim.its.commands import (
     ITSCommand,
 )
 from sim.its.tables import CTE, DTE, ITE, l1_entry
-from sim.oracle.stream import L2_RAM_BASE, MemFill, RegWrite, Restore, Stream
+from sim.oracle.stream import L2_RAM_BASE, NO_MEMSLOT, MemFill, RegWrite, Restore, Stream
 
 SZ_64K = r.SZ_64K
 RAM_SIZE = 16 << 20
@@ -392,7 +392,7 @@ class _Random:
         if roll < 0.18:
             return lay.dt + 0x100  # over the device table
         if roll < 0.20:
-            return 0x1000_0000  # outside guest RAM
+            return NO_MEMSLOT  # outside guest memory
         return lay.itt(self.devices.index(dev) if dev in self.devices else 3)
 
     def command(self) -> ITSCommand | bytes:

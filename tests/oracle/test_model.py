@@ -138,3 +138,28 @@ def test_real_linux_boot_creadr_follows_cwriter_and_the_restore_resaves_the_same
         (restore,) = obs.restores
         assert restore.ret == 0 and restore.resave_ret == 0
         assert _tables(restore.memory) == _tables(obs.save_pending.memory)
+
+
+def test_a_protected_destination_shares_as_the_source_so_its_restore_needs_the_tables_shared():
+    """The destination runs the source's prologue (owns RAM, shares the same pages)
+    before RESTORE_TABLES: KVM reads the tables only where they were shared."""
+    streams = {s.name: s for s in pkvm_streams()}
+    result = {
+        name: [(x.ret, x.resave_ret) for x in observe(streams[name], kernel="7.3").restores]
+        for name in ("pkvm-share-none", "pkvm-share-no-device-table", "pkvm-share-all")
+    }
+    assert result == {
+        "pkvm-share-none": [(-14, None)],
+        "pkvm-share-no-device-table": [(-14, None)],
+        "pkvm-share-all": [(0, 0)],
+    }
+
+
+def test_an_itt_in_the_vmm_code_memslot_is_refused_with_a_clear_message():
+    import pytest
+
+    from sim.oracle.model import StreamError
+
+    s = tiny(MAPD(1, 0, 0x1000_0100, True), name="itt-in-code")
+    with pytest.raises(StreamError, match=r"itt-in-code: command 0 \(MAPD\).*code memslot"):
+        observe(s, kernel="7.3")

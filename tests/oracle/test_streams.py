@@ -7,6 +7,7 @@ from collections import Counter
 import pytest
 
 from sim.its.commands import MAPD, CommandDecodeError, decode
+from sim.oracle.stream import CODE_BASE, CODE_SIZE, NO_MEMSLOT
 from sim.oracle.streams import (
     MALFORMED,
     Layout,
@@ -15,6 +16,10 @@ from sim.oracle.streams import (
     random_streams,
     real_guest_streams,
 )
+
+
+def _itts(stream):
+    return [c.itt_addr for c in decoded(stream) if isinstance(c, MAPD)]
 
 
 def decoded(stream):
@@ -98,8 +103,10 @@ def test_random_streams_place_itts_over_other_tables_and_restore_malformed_ones(
         over["pend"] += any(a in pend for a in itts)
         over["ct"] += lay.ct in itts
         over["itt"] += len(itts) != len(set(itts))
-        over["outside"] += 0x1000_0000 in itts
+        over["outside"] += NO_MEMSLOT in itts
     assert all(over[k] for k in ("pend", "ct", "itt", "outside")), over
+    # nothing in the VMM's code memslot, which KVM reaches and the model does not have
+    assert not any(CODE_BASE <= a < CODE_BASE + CODE_SIZE for s in rand for a in _itts(s))
     kinds = Counter(rs.name for s in rand for rs in s.restores)
     assert set(MALFORMED) <= set(kinds) and kinds["migrate"] > 50
     # some streams run the queue round: more commands than a 4 KiB queue has slots
