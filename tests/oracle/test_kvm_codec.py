@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import struct
 from pathlib import Path
@@ -233,19 +234,44 @@ def test_a_missing_cross_compiler_is_a_clear_error(tmp_path: Path):
 
 
 def test_kernel_warnings_are_attributed_to_the_stream_that_ran():
-    console = "\n".join(
+    output = "\n".join(
         [
-            "[ 1.0] pkvm-sim-oracle: stream random-0-0001",
-            "[ 1.1] pkvm-sim-oracle: stream random-0-0002",
-            "[ 1.2] WARNING: CPU: 1 PID: 80 at arch/arm64/kvm/vgic/vgic-its.c:123 f+0x1/0x2",
-            "[ 1.3] Call trace:",
-            "[ 1.4]  f+0x1/0x2",
-            "[ 1.5] pkvm-sim-oracle: stream random-0-0003",
+            "K 7.3.4+deb13-arm64",
+            "S random-0-0001",
+            "E",
+            "S random-0-0002",
+            "e the VMM died of signal 11 (see the kernel log)",
+            "E",
+            "# kernel WARNING: CPU: 1 PID: 80 at arch/arm64/kvm/vgic/vgic-its.c:123 f+0x1/0x2",
+            "# kernel Modules linked in: virtio_blk",
+            "S random-0-0003",
+            "E",
+            "Z",
         ]
     )
-    assert kvm.kernel_trouble(console) == {
+    assert kvm.kernel_trouble(output) == {
         "random-0-0002": (
-            "[ 1.2] WARNING: CPU: 1 PID: 80 at arch/arm64/kvm/vgic/vgic-its.c:123 f+0x1/0x2",
-            "[ 1.3] Call trace:",
+            "WARNING: CPU: 1 PID: 80 at arch/arm64/kvm/vgic/vgic-its.c:123 f+0x1/0x2",
+            "Modules linked in: virtio_blk",
         )
     }
+    assert [o.error for o in kvm.decode_output(output)] == [
+        "",
+        "the VMM died of signal 11 (see the kernel log)",
+        "",
+    ]
+
+
+def test_the_vmm_lays_out_the_guest_as_the_contract_says():
+    """vmm.h's addresses are stream.py's (the model places nothing in the code memslot)."""
+    from sim.oracle import stream
+
+    header = (kvm.VMM_DIR / "vmm.h").read_text()
+    defines = {
+        m[1]: int(m[2].rstrip("UL"), 0)
+        for m in re.finditer(r"^#define (\w+)\s+(0x[0-9a-fA-F]+UL|\d+UL)", header, re.M)
+    }
+    for name in ("CODE_BASE", "ITS_BASE", "GICD_BASE", "GICR_BASE"):
+        assert defines[name] == getattr(stream, name), name
+    assert "#define CODE_SIZE\t(4UL << 20)" in header and stream.CODE_SIZE == 4 << 20
+    assert kvm.GICR_STRIDE == 0x2_0000

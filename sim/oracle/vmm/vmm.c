@@ -43,9 +43,11 @@
  * that reaches the VMM as SIGSEGV, reported as "fault". Every ioctl is checked:
  * an unexpected failure stops that stream with an "e" record, not the run; each
  * stream runs in a child process (run_isolated), so a crash of the VMM does too,
- * and /dev/kmsg names the stream for whatever the kernel logs while it runs.
+ * and what the kernel logs (warning level or worse) while a stream runs follows
+ * that stream's "E" as "# kernel" lines.
  */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -326,9 +328,6 @@ static void run_isolated(const struct stream *s)
 	pid_t pid;
 	char *out = NULL;
 
-	/* the kernel log names the stream, for a WARN it may trigger */
-	if (kmsg_fd >= 0)
-		dprintf(kmsg_fd, "pkvm-sim-oracle: stream %s\n", s->name);
 	fflush(stdout);
 	if (pipe(fds) || (pid = fork()) < 0) {
 		perror("vmm: pipe/fork");
@@ -387,6 +386,32 @@ static void run_isolated(const struct stream *s)
 	fflush(stdout);
 }
 
+/*
+ * What the kernel logged at warning level or worse while the stream ran
+ * (WARN, BUG, RCU stalls), from /dev/kmsg: "# kernel" lines after the stream.
+ */
+static void drain_kmsg(void)
+{
+	static char rec[8192];
+	ssize_t n;
+	int level;
+	char *msg;
+
+	if (kmsg_fd < 0)
+		return;
+	while ((n = read(kmsg_fd, rec, sizeof(rec) - 1)) > 0 || (n < 0 && errno == EPIPE)) {
+		if (n <= 0)
+			continue;	/* overwritten records: go on with the next */
+		rec[n] = 0;
+		msg = strchr(rec, ';');
+		if (!msg || sscanf(rec, "%d", &level) != 1 || (level & 7) > 4)
+			continue;
+		msg[strcspn(msg, "\n")] = 0;
+		printf("# kernel %s\n", msg + 1);
+	}
+	fflush(stdout);
+}
+
 int main(int argc, char **argv)
 {
 	static struct stream s;
@@ -417,11 +442,15 @@ int main(int argc, char **argv)
 	}
 	run_size = n;
 	install_fault_handlers();
-	kmsg_fd = open("/dev/kmsg", O_WRONLY | O_CLOEXEC);
+	kmsg_fd = open("/dev/kmsg", O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+	if (kmsg_fd >= 0)
+		lseek(kmsg_fd, 0, SEEK_END);
 	uname(&u);
 	printf("K %s\n", u.release);
-	while (job_next(job, &s))
+	while (job_next(job, &s)) {
 		run_isolated(&s);
+		drain_kmsg();
+	}
 	job_free(&s);
 	printf("Z\n");
 	return 0;
