@@ -130,7 +130,7 @@ static size_t queue_ops(uint64_t *ops, const uint64_t *cmds, int nr, uint64_t cb
 static void run_restore(const struct stream *s, const struct restore *rs,
 			const struct image *im, const struct regs *rg)
 {
-	size_t nr_res = rs->nr_cmds + 64, k = nr_prologue_res(s, nr_res), n, i;
+	size_t nr_res = rs->nr_cmds + s->nr_shares + 64, k = nr_prologue_res(s, nr_res), n, i;
 	uint64_t *ops2;
 	struct regs rg2;
 	int r, rr = 0;
@@ -230,7 +230,9 @@ static void run_stream(const struct stream *s)
 {
 	uint64_t t0 = now_us(), *ops;
 	const size_t max_res = max_restore_cmds(s);
-	size_t nr_res = ((size_t)s->nr_cmds > max_res ? (size_t)s->nr_cmds : max_res) + 64, i, k, n;
+	/* results: the prologue's MEM_SHAREs, then CREADR after each command */
+	size_t nr_res = ((size_t)s->nr_cmds > max_res ? (size_t)s->nr_cmds : max_res) +
+			s->nr_shares + 64, i, k, n;
 	struct regs rg;
 	int r;
 
