@@ -10,6 +10,7 @@ from pathlib import Path
 EPILOG = """\
 examples:
   pkvm-sim oracle                              # Debian's newest and bookworm's kernels
+  pkvm-sim oracle --kernels newest --random 50      # the short pass CI runs
   pkvm-sim oracle --kernels newest --modes protected
   pkvm-sim oracle --kernel arch/arm64/boot/Image --modules /tmp/mods/lib/modules/6.19.0
 
@@ -21,10 +22,11 @@ $XDG_CACHE_HOME/pkvm-sim/oracle (~/.cache/pkvm-sim/oracle).
 
 def register(sub) -> None:
     from sim.oracle.boot import DEFAULT_TIMEOUT_S
+    from sim.oracle.run import DEFAULT_BATCH, DEFAULT_RANDOM
 
     p = sub.add_parser(
         "oracle",
-        help="boot real KVM/pKVM kernels under QEMU (set-up included) and report what came up",
+        help="replay ITS command streams on real KVM/pKVM under QEMU beside the model",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -51,6 +53,27 @@ def register(sub) -> None:
         metavar="S",
         help=f"kill QEMU after S seconds per boot (default {DEFAULT_TIMEOUT_S:.0f})",
     )
+    p.add_argument(
+        "--random",
+        type=int,
+        default=DEFAULT_RANDOM,
+        metavar="N",
+        help=f"seeded random streams per kernel in nested mode (default {DEFAULT_RANDOM})",
+    )
+    p.add_argument("--seed", type=int, default=1, help="seed of the random streams (default 1)")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=DEFAULT_BATCH,
+        metavar="N",
+        help=f"streams per L1 boot (default {DEFAULT_BATCH})",
+    )
+    p.add_argument(
+        "--no-minimise",
+        dest="minimise",
+        action="store_false",
+        help="do not shrink divergences on the kernel (each round is a boot)",
+    )
     p.add_argument("--out", default="reports/oracle.md", help="report (default reports/oracle.md)")
     p.set_defaults(func=main, check=check)
 
@@ -75,6 +98,10 @@ def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     else:
         args.kernels = _list(args.kernels, DEBIAN_KERNELS, "--kernels", parser)
     args.modes = _list(args.modes, MODES, "--modes", parser)
+    if args.random < 0:
+        parser.error(f"--random: expected a number of streams >= 0, got {args.random}")
+    if args.batch < 1:
+        parser.error(f"--batch: expected a number of streams >= 1, got {args.batch}")
     if not args.timeout > 0:
         parser.error(f"--timeout: expected a positive number of seconds, got {args.timeout}")
 
@@ -95,6 +122,10 @@ def main(args: argparse.Namespace) -> int:
         modes=args.modes,
         timeout_s=args.timeout,
         out=Path(args.out) if args.out else None,
+        random=args.random,
+        seed=args.seed,
+        batch=args.batch,
+        minimise=args.minimise,
     )
     try:
         run = run_oracle(options, progress)
@@ -104,12 +135,13 @@ def main(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # QEMU is killed by run_l1 on the way out
         print("pkvm-sim oracle: interrupted", file=sys.stderr)
         return 130
-    for boot in run.boots:
-        r = boot.result
+    for r in run.runs:
+        bad = sum(len(c.unexplained) for c in r.comparisons)
+        diverging = sum(bool(c.mismatches) for c in r.comparisons)
         print(
-            f"{boot.kernel.name:<9} {boot.probe.get('release', '?'):<22} {boot.mode:<10}"
-            f" KVM: {r.kvm_mode:<16} /init {r.init_s:5.1f} s  off {r.elapsed_s:5.1f} s"
+            f"{r.kernel:<22} {r.mode:<28} {len(r.streams):5d} streams"
+            f"  {diverging:4d} diverging  {bad:4d} unexplained  {r.wall_time:7.1f} s"
         )
     if options.out is not None:
         print(f"report: {options.out}")
-    return 0
+    return 1 if run.unexplained else 0

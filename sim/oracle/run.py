@@ -1,29 +1,39 @@
-"""The oracle's flow, in one place: set up, boot each kernel in each mode, report.
+"""The oracle's flow, in one place: set up, replay streams on each kernel, judge, report.
 
-Today each boot runs a probe payload (``uname -r``, ``/dev/kvm``, KVM's mode line) and
-checks that KVM came up as asked: VHE (or nVHE) under nesting, pKVM with
-``kvm-arm.mode=protected``. The VMM replay, the model and the comparison plug in at
-``_boot_one`` (the payload) and ``render_report``.
+For each kernel and mode the streams of ``sources_for(mode)`` run through real KVM (the C
+VMM in an L1 kernel under QEMU, a fresh VM per stream, ``batch`` streams per boot) and
+through the model (``sim.oracle.evaluate``); every divergence class is shrunk on the
+kernel to a minimal stream, and ``reports/oracle.md`` says what matched.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sim.oracle.boot import DEFAULT_TIMEOUT_S, BootResult, payload_initramfs, run_l1
+from sim.oracle import report
+from sim.oracle.boot import DEFAULT_TIMEOUT_S
 from sim.oracle.errors import OracleSetupError, Progress
+from sim.oracle.evaluate import evaluate
+from sim.oracle.kvm import run_streams, run_streams_stats
 from sim.oracle.setup import Kernel, Tools, debian_kernel, ensure_host_tools, user_kernel
+from sim.oracle.stream import Observation, Stream
+from sim.oracle.streams import (
+    known_divergence_streams,
+    kut_streams,
+    pkvm_streams,
+    random_streams,
+    real_guest_streams,
+)
 
 DEBIAN_KERNELS = ("newest", "bookworm")
 MODES = ("nested", "protected")
-
-PROBE = """\
-{ echo "release=$(uname -r)"; if [ -c /dev/kvm ]; then echo kvm=yes; else echo kvm=no; fi; } > /out
-cat /out
-"""
+DEFAULT_RANDOM = 1000
+DEFAULT_BATCH = 250  # streams per boot: an L1 wedged by a long run loses only one batch
 
 
 @dataclass(frozen=True)
@@ -34,71 +44,111 @@ class OracleOptions:
     modes: tuple[str, ...] = MODES
     timeout_s: float = DEFAULT_TIMEOUT_S
     out: Path | None = None  # the report (Markdown), written at the end
-
-
-@dataclass(frozen=True)
-class Boot:
-    kernel: Kernel
-    mode: str  # "nested" or "protected"
-    result: BootResult
-    probe: dict[str, str]  # key=value lines the probe payload wrote to /out
+    random: int = DEFAULT_RANDOM  # seeded random streams per kernel (nested mode)
+    seed: int = 1
+    batch: int = DEFAULT_BATCH
+    minimise: bool = True  # shrink each divergence class on the kernel (a boot per round)
 
 
 @dataclass
 class OracleRun:
     tools: Tools
     kernels: list[Kernel] = field(default_factory=list)
-    boots: list[Boot] = field(default_factory=list)
+    runs: list[report.KernelRun] = field(default_factory=list)
     setup_s: float = 0.0
     wall_s: float = 0.0
 
+    @property
+    def unexplained(self) -> int:
+        return sum(len(c.unexplained) for run in self.runs for c in run.comparisons)
 
-def _parse_probe(output: bytes | None) -> dict[str, str]:
-    lines = (output or b"").decode(errors="replace").splitlines()
-    return dict(line.split("=", 1) for line in lines if "=" in line)
+
+def sources_for(mode: str, options: OracleOptions) -> dict[str, list[Stream]]:
+    """The streams one kernel replays in ``mode``, by source."""
+    if mode == "protected":
+        return {"pkvm": pkvm_streams()}
+    sources = {
+        "real-guests": real_guest_streams(),
+        "kvm-unit-tests": kut_streams(),
+        "known-divergences": known_divergence_streams(),
+    }
+    if options.random:
+        sources[f"random (seed {options.seed})"] = random_streams(options.seed, options.random)
+    return sources
 
 
-def _check_came_up(kernel: Kernel, mode: str, result: BootResult, probe: dict[str, str]) -> None:
-    """KVM as asked, or a clear error: the oracle is meaningless without it."""
-    where = f"{kernel.describe()}, {mode}"
-    if probe.get("kvm") != "yes" or result.kvm_mode is None:
-        raise OracleSetupError(
-            f"{where}: KVM did not come up (mode line: {result.kvm_mode or 'none'},"
-            f" /dev/kvm: {probe.get('kvm', '?')}); is the kernel built with CONFIG_KVM"
-            " and booted at EL2 (QEMU virtualization=on)?"
+def qemu_version(tools: Tools) -> str:
+    out = subprocess.run([str(tools.qemu), "--version"], capture_output=True, text=True)
+    first = (out.stdout or "").splitlines()[:1]
+    return first[0].removeprefix("QEMU emulator version ").strip() if first else "?"
+
+
+def _replay(
+    kernel: Kernel,
+    tools: Tools,
+    mode: str,
+    streams: Sequence[Stream],
+    options: OracleOptions,
+    progress: Progress,
+) -> tuple[list[Observation], str]:
+    """Every stream through real KVM, ``options.batch`` per boot; and KVM's mode line."""
+    observations: list[Observation] = []
+    kvm_mode = ""
+    for i in range(0, len(streams), options.batch):
+        chunk = list(streams[i : i + options.batch])
+        progress(f"{kernel.name} {mode}: streams {i + 1}-{i + len(chunk)} of {len(streams)}")
+        obs, stats = run_streams_stats(
+            kernel,
+            tools,
+            chunk,
+            protected_mode=mode == "protected",
+            timeout_s=options.timeout_s,
+            progress=progress,
         )
-    if mode == "protected" and not result.protected:
-        raise OracleSetupError(
-            f"{where}: kvm-arm.mode=protected was given but KVM says {result.kvm_mode!r}"
-        )
-    if mode == "nested" and result.protected:
-        raise OracleSetupError(f"{where}: protected mode came up without kvm-arm.mode=protected")
-    if kernel.release and probe.get("release") != kernel.release:
-        raise OracleSetupError(
-            f"{where}: uname -r says {probe.get('release')!r}, expected {kernel.release!r}"
-        )
+        observations += obs
+        kvm_mode = stats.kvm_mode or kvm_mode
+    return observations, kvm_mode
 
 
-def _boot_one(kernel: Kernel, tools: Tools, mode: str, options: OracleOptions, progress) -> Boot:
-    initramfs = payload_initramfs(kernel, tools, PROBE)
-    result = run_l1(
-        kernel,
-        tools,
-        initramfs,
-        nested=True,
-        protected=mode == "protected",
-        timeout_s=options.timeout_s,
-        progress=progress,
+def _one(kernel: Kernel, tools: Tools, mode: str, options: OracleOptions, progress, qemu: str):
+    start = time.monotonic()
+    sources = sources_for(mode, options)
+    streams = [s for ss in sources.values() for s in ss]
+    observations, kvm_mode = _replay(kernel, tools, mode, streams, options, progress)
+    wall = time.monotonic() - start
+    release = next((o.kernel for o in observations if o.kernel), kernel.release or kernel.name)
+    if kernel.release and release != kernel.release:
+        raise OracleSetupError(
+            f"{kernel.describe()}, {mode}: uname -r says {release!r}, expected {kernel.release!r}"
+        )
+    protected = mode == "protected"
+
+    def rerun(cands: list[Stream]) -> list[Observation]:
+        progress(f"{kernel.name} {mode}: minimising, {len(cands)} candidate streams")
+        return run_streams(
+            kernel, tools, cands, protected_mode=protected, timeout_s=options.timeout_s
+        )
+
+    label = f"pKVM ({kvm_mode})" if protected else f"nested KVM ({kvm_mode})"
+    run = evaluate(
+        sources,
+        observations,
+        kernel=release,
+        qemu=qemu,
+        mode=label,
+        wall_time=wall,
+        rerun=rerun if options.minimise else None,
     )
-    probe = _parse_probe(result.output)
-    _check_came_up(kernel, mode, result, probe)
-    return Boot(kernel, mode, result, probe)
+    bad = sum(len(c.unexplained) for c in run.comparisons)
+    progress(f"{kernel.name} {mode}: {len(streams)} streams, {bad} unexplained mismatches")
+    return run
 
 
 def run_oracle(options: OracleOptions, progress: Progress) -> OracleRun:
-    """Set up everything, boot every kernel in every mode, write the report if asked.
+    """Set up everything, replay the streams on every kernel in every mode, judge them
+    against the model, and write the report if asked.
 
-    A user's kernel is checked before anything is installed or downloaded.
+    A user's kernel and the report path are checked before anything is installed.
     """
     start = time.monotonic()
     bad = [k for k in options.kernels if k not in DEBIAN_KERNELS]
@@ -117,35 +167,30 @@ def run_oracle(options: OracleOptions, progress: Progress) -> OracleRun:
     run = OracleRun(tools=tools, kernels=kernels)
     run.setup_s = time.monotonic() - start
     progress(f"set-up done in {run.setup_s:.1f} s")
+    qemu = qemu_version(tools)
     for kernel in run.kernels:
         for mode in options.modes:
-            run.boots.append(_boot_one(kernel, tools, mode, options, progress))
+            run.runs.append(_one(kernel, tools, mode, options, progress, qemu))
     run.wall_s = time.monotonic() - start
     if options.out is not None:
-        write_report(options.out, render_report(run))
+        write_report(options.out, render_report(run, options))
     return run
 
 
-def render_report(run: OracleRun) -> str:
-    lines = [
-        "# pkvm-sim oracle",
+def render_report(run: OracleRun, options: OracleOptions) -> str:
+    text = report.render(run.runs)
+    kernels = ", ".join(k.describe() for k in run.kernels)
+    tail = [
+        "## How this report was made",
         "",
-        "Real KVM and real pKVM, nested under QEMU (TCG), beside the model.",
+        f"- kernels: {kernels}",
+        f"- modes: {', '.join(options.modes)}; random streams per kernel: {options.random}"
+        f" (seed {options.seed}); {options.batch} streams per boot",
+        f"- set-up {run.setup_s:.1f} s; whole run {run.wall_s:.1f} s (2-core machine,"
+        " QEMU TCG, one L1 boot per batch)",
         "",
-        "## Kernels",
-        "",
-        "| kernel | version | `uname -r` | package | mode | KVM says | /init (s) | off (s) |",
-        "|---|---|---|---|---|---|---|---|",
     ]
-    for b in run.boots:
-        k = b.kernel
-        pkg = f"{k.package} {k.package_version}" if k.package else str(k.image)
-        lines.append(
-            f"| {k.name} | {k.version} | {b.probe.get('release', '?')} | {pkg} | {b.mode}"
-            f" | {b.result.kvm_mode} | {b.result.init_s:.1f} | {b.result.elapsed_s:.1f} |"
-        )
-    lines += ["", f"Set-up {run.setup_s:.1f} s; wall time {run.wall_s:.1f} s.", ""]
-    return "\n".join(lines)
+    return text.rstrip("\n") + "\n\n" + "\n".join(tail)
 
 
 def _check_writable(path: Path) -> None:

@@ -6,7 +6,6 @@ import pytest
 
 from sim.cli import main
 from sim.oracle import run as oracle_run
-from sim.oracle.boot import EXIT_MARKER, INIT_MARKER, OUT_DISK_MARKER
 
 from .conftest import fake_image
 
@@ -66,7 +65,12 @@ def use_tools(monkeypatch, tools):
 def test_a_kernel_that_panics_exits_2_with_the_console_tail(
     capsys, monkeypatch, qemu, user_image, tmp_path
 ):
+    from sim.oracle import kvm
+
     use_tools(monkeypatch, qemu('say(*BOOT, "[ 2.0] Kernel panic - not syncing: Oh no")'))
+    vmm = tmp_path / "vmm"
+    vmm.write_bytes(b"\x7fELF")
+    monkeypatch.setattr(kvm, "build_vmm", lambda tools: vmm)
     out = tmp_path / "r.md"
     assert main(["oracle", "--kernel", str(user_image), "--out", str(out)]) == 2
     err = capsys.readouterr().err
@@ -77,57 +81,89 @@ def test_a_kernel_that_panics_exits_2_with_the_console_tail(
     assert not out.exists()
 
 
-PROBE_QEMU = f"""
-append = argv[argv.index("-append") + 1]
-protected = "kvm-arm.mode=protected" in append
-mode = "Protected hVHE" if protected else "VHE"
-say(*BOOT, f"[ 4.4] kvm [1]: {{mode}} mode initialized successfully", "{INIT_MARKER}")
-out = KVM_OUT
-with open(disk, "r+b") as f:
-    f.write(b"PKVMSIMOUT %d\\n" % len(out))
-    f.seek(1 << 20)
-    f.write(out)
-say("{EXIT_MARKER} 0", "{OUT_DISK_MARKER} %d" % len(out))
-"""
+def fake_kvm(monkeypatch, tools, *, mode="VHE", release="7.3.10+deb13-arm64", plant=None):
+    """Real KVM replaced by the model itself (and ``plant`` applied to its observations):
+    the flow, the judging and the report are the real ones."""
+    from sim.oracle.kvm import RunStats
+    from sim.oracle.model import observe
+
+    use_tools(monkeypatch, tools)
+
+    def run_streams_stats(kernel, tools, streams, *, protected_mode, timeout_s, progress):
+        kvm_mode = ("Protected hVHE" if protected_mode else "VHE") if mode == "VHE" else mode
+        obs = [
+            observe(s, kernel="7.3").model_copy(update={"source": "kvm", "kernel": release})
+            for s in streams
+        ]
+        if plant is not None:
+            obs = [plant(o) for o in obs]
+        return obs, RunStats(len(streams), 1.0, 0.5, (0,) * len(streams), kvm_mode, {})
+
+    monkeypatch.setattr(oracle_run, "run_streams_stats", run_streams_stats)
+    monkeypatch.setattr(
+        oracle_run,
+        "run_streams",
+        lambda *a, **k: run_streams_stats(*a, progress=None, **k)[0],
+    )
 
 
-def test_probe_boots_report_what_came_up(capsys, monkeypatch, qemu, user_image, tmp_path):
-    out = b"release=7.3.10+deb13-arm64\nkvm=yes\n"
-    use_tools(monkeypatch, qemu(f"KVM_OUT = {out!r}\n" + PROBE_QEMU))
+def test_the_flow_judges_every_stream_and_writes_the_report(
+    capsys, monkeypatch, qemu, user_image, tmp_path
+):
+    fake_kvm(monkeypatch, qemu("pass"))
     report = tmp_path / "reports" / "oracle.md"
-    assert main(["oracle", "--kernel", str(user_image), "--out", str(report)]) == 0
+    argv = ["oracle", "--kernel", str(user_image), "--random", "5", "--out", str(report)]
+    assert main(argv) == 0
     captured = capsys.readouterr()
     rows = captured.out.splitlines()
-    assert rows[0].split()[:5] == ["user", "7.3.10+deb13-arm64", "nested", "KVM:", "VHE"]
-    assert rows[1].split()[:6] == [
-        "user",
-        "7.3.10+deb13-arm64",
-        "protected",
-        "KVM:",
-        "Protected",
-        "hVHE",
-    ]
-    assert "set-up done" in captured.err
+    assert rows[0].split()[:3] == ["7.3.10+deb13-arm64", "nested", "KVM"]
+    assert rows[1].split()[:2] == ["7.3.10+deb13-arm64", "pKVM"]
+    assert " 0 unexplained" in rows[0] and " 0 unexplained" in rows[1]
     text = report.read_text()
-    assert "| user | 7.3.10 | 7.3.10+deb13-arm64 |" in text
-    assert "| protected | Protected hVHE |" in text
+    assert "| random (seed 1) | 5 |" in text
+    assert "| 7.3.10+deb13-arm64 | pkvm |" in text
+    assert "No mismatch" in text
 
 
-def test_kvm_not_coming_up_exits_2(capsys, monkeypatch, qemu, user_image, tmp_path):
-    out = b"release=7.3.10+deb13-arm64\nkvm=no\n"
-    use_tools(monkeypatch, qemu(f"KVM_OUT = {out!r}\n" + PROBE_QEMU))
-    assert main(["oracle", "--kernel", str(user_image), "--modes", "nested", "--out", ""]) == 2
+def test_an_unexplained_mismatch_exits_1_with_a_minimal_stream(
+    capsys, monkeypatch, qemu, user_image, tmp_path
+):
+    def plant(obs):  # "KVM" reads one more CREADR step than the model after command 0
+        if not obs.creadr:
+            return obs
+        return obs.model_copy(update={"creadr": (obs.creadr[0] + 32, *obs.creadr[1:])})
+
+    fake_kvm(monkeypatch, qemu("pass"), plant=plant)
+    report = tmp_path / "oracle.md"
+    argv = ["oracle", "--kernel", str(user_image), "--modes", "nested", "--random", "2"]
+    assert main([*argv, "--out", str(report)]) == 1
+    text = report.read_text()
+    assert "**unexplained**" in text
+    assert "Minimal stream" in text
+
+
+def test_kvm_in_the_wrong_mode_exits_2(capsys, monkeypatch, qemu, user_image):
+    from sim.oracle import kvm
+
+    use_tools(monkeypatch, qemu("pass"))
+
+    def wrong_mode(*args, **kwargs):
+        raise kvm.KvmOracleError("user: KVM initialised as VHE, expected protected mode")
+
+    monkeypatch.setattr(oracle_run, "run_streams_stats", wrong_mode)
+    argv = ["oracle", "--kernel", str(user_image), "--modes", "protected", "--out", ""]
+    assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "KVM did not come up (mode line: VHE, /dev/kvm: no)" in err
+    assert "KVM initialised as VHE, expected protected mode" in err
+    assert "Traceback" not in err
 
 
 def test_a_different_kernel_booted_exits_2(capsys, monkeypatch, qemu, user_image):
-    out = b"release=6.1.0-57-arm64\nkvm=yes\n"
-    use_tools(monkeypatch, qemu(f"KVM_OUT = {out!r}\n" + PROBE_QEMU))
-    assert main(["oracle", "--kernel", str(user_image), "--modes", "nested", "--out", ""]) == 2
-    assert (
-        "uname -r says '6.1.0-57-arm64', expected '7.3.10+deb13-arm64'" in capsys.readouterr().err
-    )
+    fake_kvm(monkeypatch, qemu("pass"), release="6.1.0-57-arm64")
+    argv = ["oracle", "--kernel", str(user_image), "--modes", "nested", "--random", "0"]
+    assert main([*argv, "--out", ""]) == 2
+    err = capsys.readouterr().err
+    assert "uname -r says '6.1.0-57-arm64', expected '7.3.10+deb13-arm64'" in err
 
 
 def test_an_unwritable_report_fails_before_any_set_up(capsys, tmp_path, no_setup, user_image):
