@@ -54,6 +54,10 @@ class KernelBehaviour:
     # vgic_copy_lpi_list(), which keeps only the LPIs targeting that vCPU.
     # vgic_v3_save_pending_tables() (vgic-v3.c) walks the same structure.
     lpi_xarray: bool
+    # KVM_CREATE_VM with KVM_VM_TYPE_ARM_PROTECTED (bit 31): 7.3's pKVM creates a
+    # protected VM; 6.1's kvm_arm_setup_stage2() (reset.c) refuses any type bit outside
+    # KVM_VM_TYPE_ARM_IPA_SIZE_MASK with -EINVAL, even with kvm-arm.mode=protected.
+    protected_vm_type: bool
 
 
 BEHAVIOUR: dict[KernelGen, KernelBehaviour] = {
@@ -64,6 +68,7 @@ BEHAVIOUR: dict[KernelGen, KernelBehaviour] = {
         save_skips_rejected_devices=False,
         baser_change_frees=False,
         lpi_xarray=False,
+        protected_vm_type=False,
     ),
     KernelGen.V7_3: KernelBehaviour(
         one_ite_per_lpi=True,
@@ -72,6 +77,7 @@ BEHAVIOUR: dict[KernelGen, KernelBehaviour] = {
         save_skips_rejected_devices=True,
         baser_change_frees=True,
         lpi_xarray=True,
+        protected_vm_type=True,
     ),
 }
 

@@ -32,6 +32,7 @@ from collections.abc import Iterable
 
 from sim.its import regs as r
 from sim.its.errors import ITSError
+from sim.its.kernel import BEHAVIOUR, KernelGen
 from sim.its.vits import VirtualITS
 from sim.memory.access import Initiator, MemorySystem, Stage2Fault
 from sim.memory.ownership import HOST, PageState, Transition
@@ -312,6 +313,14 @@ def _check_code_memslot(stream: Stream) -> None:
 def observe(stream: Stream, *, kernel: str) -> Observation:
     """What KVM of generation ``kernel`` would do with ``stream``, per the model."""
     _check_code_memslot(stream)
+    if stream.protected and not BEHAVIOUR[KernelGen(generation(kernel))].protected_vm_type:
+        # The VMM's first ioctl fails and it abandons the stream (strerror(EINVAL)).
+        return Observation(
+            name=stream.name,
+            source="model",
+            kernel=kernel,
+            error="KVM_CREATE_VM: Invalid argument (errno 22)",
+        )
     mem = _machine(stream)
     its = _vits(stream, mem, kernel, "src")
     _prologue(stream, mem)

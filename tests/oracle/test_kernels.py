@@ -18,6 +18,9 @@ def test_every_source_runs_through_the_model(source, kernel):
     for s in streams:
         obs = observe(s, kernel=kernel)
         assert obs.source == "model" and obs.kernel == kernel and obs.name == s.name
+        if s.protected and kernel == "6.1":  # 6.1 refuses the protected VM type
+            assert obs.error.startswith("KVM_CREATE_VM: Invalid argument")
+            continue
         assert len(obs.creadr) == len(s.commands)
         assert len(obs.restores) == len(s.restores)
     # deterministic: the same stream gives the same observation

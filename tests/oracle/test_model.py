@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sim.its.commands import DISCARD, INT, MAPC, MAPD, MAPTI
 from sim.oracle.model import observe
-from sim.oracle.stream import MemFill, Restore, Stream
+from sim.oracle.stream import MemFill, Observation, Restore, Stream
 from sim.oracle.streams import Layout, _Builder, pkvm_streams
 
 LAY = Layout(nr_vcpus=2)
@@ -163,3 +163,19 @@ def test_an_itt_in_the_vmm_code_memslot_is_refused_with_a_clear_message():
     s = tiny(MAPD(1, 0, 0x1000_0100, True), name="itt-in-code")
     with pytest.raises(StreamError, match=r"itt-in-code: command 0 \(MAPD\).*code memslot"):
         observe(s, kernel="7.3")
+
+
+def test_a_protected_vm_on_6_1_is_refused_as_kvm_create_vm_refuses_it():
+    """6.1's kvm_arm_setup_stage2() refuses the protected VM type with -EINVAL; the
+    VMM abandons the stream at its first ioctl, and the model predicts exactly that."""
+    from sim.oracle.compare import compare
+    from sim.oracle.streams import pkvm_streams
+
+    stream = pkvm_streams()[0]
+    old = observe(stream, kernel="6.1.0-57-arm64")
+    assert old.error == "KVM_CREATE_VM: Invalid argument (errno 22)"
+    assert old.creadr == () and old.save is None
+    kvm = Observation(name=stream.name, source="kvm", kernel="6.1.0-57-arm64", error=old.error)
+    assert compare(kvm, old, stream).mismatches == []
+    new = observe(stream, kernel="7.3.4+deb13-arm64")
+    assert new.error == "" and len(new.creadr) == len(stream.commands)
