@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
@@ -111,6 +112,11 @@ def main(args: argparse.Namespace) -> int:
     from sim.oracle.run import OracleOptions, run_oracle
 
     start = time.monotonic()
+
+    def terminate(signum, frame):  # run_l1's finally kills QEMU's process group
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
 
     def progress(line: str) -> None:
         print(f"[{time.monotonic() - start:6.1f}s] {line}", file=sys.stderr, flush=True)
