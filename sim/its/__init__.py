@@ -19,7 +19,7 @@ from sim.its.commands import (
 )
 from sim.its.errors import ITSDisabledError, ITSError
 from sim.its.kernel import DEFAULT_KERNEL, KernelGen
-from sim.its.vits import ITSLayout, KernelOops, VirtualITS
+from sim.its.vits import ITSLayout, VirtualITS
 
 __all__ = [
     "CLEAR",
@@ -41,7 +41,6 @@ __all__ = [
     "ITSError",
     "ITSLayout",
     "KernelGen",
-    "KernelOops",
     "VirtualITS",
     "decode",
 ]

@@ -63,11 +63,6 @@ class GuestAccessFailed(Exception):
     """``kvm_read_guest()`` / ``kvm_write_guest()`` failed: KVM returns ``-EFAULT``."""
 
 
-class KernelOops(Exception):
-    """A path where KVM itself would crash; reported, never papered over (none of the
-    paths the model covers crashes either kernel today)."""
-
-
 @dataclass(slots=True)
 class LPI:
     """``struct vgic_irq`` of an LPI (shared by every ITE that maps its INTID)."""

@@ -12,8 +12,6 @@ from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
-from sim.its.vits import KernelOops
-
 if TYPE_CHECKING:
     from sim.actors.guest import Guest
     from sim.memory.access import Initiator
@@ -88,13 +86,9 @@ def kvm_save_tables(world: World, machine: Machine) -> Generator[object, object,
     """KVM_DEV_ARM_ITS_SAVE_TABLES and SAVE_PENDING_TABLES: state into guest memory."""
     host = machine.host
     costs = world.costs
-    try:
-        error = host.its.save_tables()
-    except KernelOops as exc:
-        world.its_errors.append(f"{machine.name} SAVE_TABLES: kernel oops: {exc}")
-    else:
-        if error is not None:
-            world.its_errors.append(f"{machine.name} SAVE_TABLES: {error}")
+    error = host.its.save_tables()
+    if error is not None:
+        world.its_errors.append(f"{machine.name} SAVE_TABLES: {error}")
     error = host.its.save_pending_tables()
     if error is not None:
         world.its_errors.append(f"{machine.name} SAVE_PENDING_TABLES: {error}")
