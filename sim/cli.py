@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+from collections.abc import Iterator
 
 from sim.commands import audit, bench, compare, its_save, oracle, run, scenarios, sweep
 
@@ -30,7 +33,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+STDOUT_FLAGS = ("json", "tap", "junit", "trace")  # options that take '-' for stdout
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the main thread is so that every cleanup runs."""
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    def terminate(signum, frame):
+        raise Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, terminate)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _json_on_stdout(args: argparse.Namespace) -> Iterator[None]:
+    """With ``--json -`` (or ``--tap -``, ...) that output owns stdout; every other line
+    goes to stderr."""
+    from sim import output
+
+    if output.STDOUT not in (getattr(args, f, None) for f in STDOUT_FLAGS):
+        yield
+        return
+    output.json_stream = sys.stdout
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        output.json_stream = None
+
+
 def main(argv: list[str] | None = None) -> int:
+    from sim.output import OutputError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -39,8 +84,21 @@ def main(argv: list[str] | None = None) -> int:
     check = getattr(args, "check", None)
     if check is not None:
         check(parser, args)
+    to_stdout = [f"--{f}" for f in STDOUT_FLAGS if getattr(args, f, None) == "-"]
+    if len(to_stdout) > 1:
+        parser.error(f"{' and '.join(to_stdout)}: at most one of them can be '-' (stdout)")
     try:
-        return args.func(args)
+        with _sigterm_unwinds(), _json_on_stdout(args):
+            return args.func(args)
+    except OutputError as exc:
+        print(f"pkvm-sim: {exc}", file=sys.stderr)
+        return 2
+    except Terminated:
+        print("pkvm-sim: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    except KeyboardInterrupt:
+        print("pkvm-sim: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # e.g. piped into head
         sys.stderr.close()
         return 0

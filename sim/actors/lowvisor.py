@@ -47,6 +47,7 @@ class Lowvisor:
         self.fixmap = Initiator(self.name, GUEST)
         self.mediate_physical_its = world.scenario.lowvisor.mediate_physical_its
         self.refusals: list[str] = []  # host requests EL2 turned down, for the audit
+        self.hypercall_log: list[tuple[float, str]] = []  # (time, call), for run --trace
 
     # ---- state changes ----------------------------------------------------------------
 
@@ -102,6 +103,11 @@ class Lowvisor:
                 labels.clear(start << PAGE_SHIFT, (stop - start) << PAGE_SHIFT)
             ownership.apply(transition, start, stop - start, guest=self.guest, cause="teardown")
 
+    def _hypercall(self, call: str) -> None:
+        """Count a hypercall EL2 takes (the ledger) and log when (the trace)."""
+        self.world.ledger.hypercalls[call] += 1
+        self.hypercall_log.append((self.world.env.now, call))
+
     def guest_state(self, pfn: int) -> PageState:
         return self.machine.memory.ownership.state(self.guest, pfn)
 
@@ -118,7 +124,7 @@ class Lowvisor:
         )
 
     def _guest_hvc(self, call: str, transition: Transition, pfn: int, cause: str) -> Generator:
-        self.world.ledger.hypercalls[f"guest {call}"] += 1
+        self._hypercall(f"guest {call}")
         yield self.world.charge(self.name, self.world.costs.guest_hvc_us)
         try:
             yield from self._apply(transition, pfn, 1, cause)
@@ -133,7 +139,7 @@ class Lowvisor:
         """Let the ITS reach one page by DMA: a guest HVC, or EL2 itself on migration."""
         costs = self.world.costs
         if guest:
-            self.world.ledger.hypercalls["guest IOMMU_MAP"] += 1
+            self._hypercall("guest IOMMU_MAP")
         yield self.world.charge(
             self.name, costs.iommu_map_us + (costs.guest_hvc_us if guest else 0.0)
         )
@@ -143,7 +149,7 @@ class Lowvisor:
     def iommu_unmap(self, pfn: int, cause: str) -> Generator:
         """Guest HVC: take a page out of the ITS's domain; the IOTLB is invalidated."""
         costs = self.world.costs
-        self.world.ledger.hypercalls["guest IOMMU_UNMAP"] += 1
+        self._hypercall("guest IOMMU_UNMAP")
         self._its_domain().unmap(pfn << PAGE_SHIFT, PAGE_SIZE)
         self.world.ledger.iotlb_invalidations += 1
         yield self.world.charge(self.name, costs.guest_hvc_us + costs.iommu_map_us + costs.tlbi_us)
@@ -184,7 +190,7 @@ class Lowvisor:
         return (yield from self._host_hvc("unshare", Transition.GUEST_UNSHARE_HOST, pfn, cause))
 
     def _host_hvc(self, call: str, transition: Transition, pfn: int, cause: str) -> Generator:
-        self.world.ledger.hypercalls[f"host {call.upper()}_GUEST_PAGE"] += 1
+        self._hypercall(f"host {call.upper()}_GUEST_PAGE")
         yield self.world.charge(self.name, self.world.costs.host_hvc_us)
         if not self.world.proposal.host_claims:
             self.refusals.append(f"{self.name}: no host {call} hypercall (-ENOSYS)")

@@ -1,18 +1,24 @@
 """`pkvm-sim audit`: violations, ITS failures, and the attack x proposal matrix.
 
-Exit 1 if any audited run has a violation or an ITS failure (a command KVM failed, a
-SAVE/RESTORE error, a lost translation), 0 if none, 2 on bad input.
+Exit 1 if an audited run of a protected proposal has a violation or an ITS failure (a
+command KVM failed, a SAVE/RESTORE error, a lost translation), 0 if none, 2 on bad input.
+Unprotected proposals (trusted-host) are reported but gate only with
+``--include-unprotected``. ``--tap`` and ``--junit`` write the same verdicts for CI.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 from pydantic import TypeAdapter, ValidationError
 
-from sim.commands.common import add_scenario_arguments, load_all
+from sim.commands.common import (
+    add_json_argument,
+    add_scenario_arguments,
+    add_set_argument,
+    check_json,
+    load_all,
+)
 from sim.scenario import ATTACKS, BehaviourSpec
 
 ROW_SYNTAX = "KIND[:PARAM=VALUE,...][+KIND...]"
@@ -52,10 +58,12 @@ MAX_SHOWN = 12  # violations printed per run; --json has all of them
 def register(sub) -> None:
     p = sub.add_parser(
         "audit",
-        help="find memory-exposure violations; exit 1 if any, 0 if none, 2 on bad input",
+        help="find memory-exposure violations; exit 1 if a protected proposal has any, 0 if"
+        " none, 2 on bad input",
         epilog="examples:\n  pkvm-sim audit scenarios/kzalloc-dense-secrets.yaml --attack all\n"
         "  pkvm-sim audit scenarios/small-vm.yaml --proposal userspace-serialization"
-        " --attack its-dma --json audit.json",
+        " --attack its-dma --json audit.json\n"
+        "  pkvm-sim audit scenarios/small-vm.yaml --summary --tap audit.tap --junit audit.xml",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_scenario_arguments(p)
@@ -70,8 +78,30 @@ def register(sub) -> None:
         " read-everything:period_ms=2+delay-commands; without --attack the scenario's own"
         " host is audited",
     )
-    p.add_argument("--json", metavar="FILE", help="also write every violation as JSON")
+    add_set_argument(p)
+    add_json_argument(p, "every violation")
+    p.add_argument(
+        "--include-unprotected",
+        action="store_true",
+        help="let unprotected proposals (trusted-host) gate the exit status too; by default"
+        " they are reported but do not fail the audit",
+    )
+    p.add_argument("--tap", metavar="FILE", help="write a TAP 14 test point per run ('-': stdout)")
+    p.add_argument(
+        "--junit", metavar="FILE", help="write JUnit XML, a testcase per run ('-': stdout)"
+    )
+    p.add_argument(
+        "--summary",
+        action="store_true",
+        help="print one line per run and the matrix, not every violation",
+    )
     p.set_defaults(func=main)
+
+
+def plural(n: int, word: str) -> str:
+    from sim.report.gate import plural as _plural
+
+    return _plural(n, word)
 
 
 def _print_run(run) -> None:
@@ -83,7 +113,7 @@ def _print_run(run) -> None:
         f" ({s.could_read_byte_ms:,.1f} B x ms), DMA could reach"
         f" {s.dma_reachable_peak_bytes:,} ({s.dma_reachable_byte_ms:,.1f} B x ms),"
         f" did read {s.did_read_bytes:,} B,"
-        f" corrupted {s.corrupted_bytes:,} B, {s.unverified_shares} unverified shares,"
+        f" corrupted {s.corrupted_bytes:,} B, {plural(s.unverified_shares, 'unverified share')},"
         f" translations {'kept' if s.translations_preserved else 'BROKEN'},"
         f" ITS command errors: {errors}"
     )
@@ -124,8 +154,15 @@ def print_matrix(cells) -> None:
 def main(args: argparse.Namespace) -> int:
     from sim.commands.console import progress
     from sim.matrix import attack_matrix, audit_run, scenario_row
+    from sim.output import check_file, write_json, write_text
+    from sim.provenance import provenance
+    from sim.report.gate import render_junit, render_tap, summary_line, verdicts
 
-    (scenario,) = load_all([args.scenario])
+    check_json(args)
+    for flag in ("tap", "junit"):
+        if getattr(args, flag):
+            check_file(getattr(args, flag), f"--{flag}")
+    (scenario,) = load_all([args.scenario], args.overrides)
     proposals = args.proposal or list(scenario.proposals)
     attacks = args.attack
     if attacks and "all" in attacks:
@@ -136,20 +173,54 @@ def main(args: argparse.Namespace) -> int:
             cells, runs = attack_matrix(scenario, proposals, attacks, advance)
     else:
         cells, runs = [], [audit_run(scenario, p) for p in proposals]
-    for run in runs:
-        _print_run(run)
+    found = verdicts(runs, args.include_unprotected)
+    if args.summary:
+        print()
+        for verdict in found:
+            print(summary_line(verdict))
+    else:
+        for run in runs:
+            _print_run(run)
     if cells:
         print_matrix(cells)
     if args.json:
         data = {
+            "provenance": provenance([scenario], args.overrides),
             "runs": [r.model_dump(mode="json", exclude={"result"}) for r in runs],
             "matrix": [c.model_dump(mode="json") for c in cells],
+            "verdicts": [
+                {
+                    "scenario": v.scenario,
+                    "proposal": v.proposal,
+                    "host": v.host,
+                    "protected": v.protected,
+                    "failed": v.failed,
+                    "gating": v.gating,
+                }
+                for v in found
+            ],
         }
-        Path(args.json).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    found = any(run.violations for run in runs)
-    failed = [run for run in runs if not run.summary.its_correct]
-    print(f"\n{'violations found' if found else 'no violation found'}")
-    if failed:
-        hosts = sorted({" + ".join(r.behaviours) for r in failed})
-        print(f"ITS failures in {len(failed)} runs (host: {'; '.join(hosts)})")
-    return 1 if found or failed else 0
+        write_json(args.json, data)
+    if args.tap:
+        write_text(args.tap, render_tap(found), "--tap")
+    if args.junit:
+        write_text(args.junit, render_junit(found), "--junit")
+    gating = [v for v in found if v.gates]
+    quiet = [v for v in found if v.failed and not v.gating]
+    violated = [v for v in gating if v.violations]
+    broken = [v for v in gating if v.its_failures]
+    print()
+    if violated:
+        print(f"violations found in {plural(len(violated), 'protected run')}")
+    else:
+        print("no violation found" + (" in a gating run" if quiet else ""))
+    if broken:
+        hosts = sorted({v.host for v in broken})
+        print(f"ITS failures in {plural(len(broken), 'run')} (host: {'; '.join(hosts)})")
+    if quiet:
+        names = sorted({v.proposal for v in quiet})
+        print(
+            f"not gating: {plural(len(quiet), 'run')} of unprotected {', '.join(names)} failed"
+            " (--include-unprotected to gate)"
+        )
+    return 1 if gating else 0

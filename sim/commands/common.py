@@ -26,19 +26,53 @@ def add_scenario_arguments(p) -> None:
     )
 
 
+def add_json_argument(p, what: str) -> None:
+    """--json FILE, ``-`` for stdout (the other output then goes to stderr)."""
+    p.add_argument(
+        "--json",
+        metavar="FILE",
+        help=f"also write {what} as JSON, with provenance ('-': stdout, the rest to stderr)",
+    )
+
+
+def add_set_argument(p) -> None:
+    """--set FIELD=VALUE, as `run` and `compare` take it."""
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="overrides",
+        metavar="FIELD=VALUE",
+        help="override a scenario field (dotted path, e.g. guest.vcpus=4, costs.tlbi_us=2,"
+        " devices[0].vectors=65; repeatable); validated like the file",
+    )
+
+
+def check_json(args) -> None:
+    """Refuse an unwritable --json before any simulation (OutputError)."""
+    from sim.output import check_file
+
+    if getattr(args, "json", None):
+        check_file(args.json, "--json")
+
+
 def bundled_scenarios() -> list[str]:
     return sorted(str(p) for p in BUNDLED.glob("*.yaml"))
 
 
-def load_all(paths: list[str]) -> list[Scenario]:
-    """Load every scenario before running any, so bad input leaves nothing behind."""
+def load_all(paths: list[str], overrides: list[str] | None = None) -> list[Scenario]:
+    """Load every scenario (with any --set applied) before running any, so bad input
+    leaves nothing behind."""
+    from sim.overrides import OverrideError, apply_overrides, parse_override
+
     scenarios = []
-    for path in paths:
-        try:
-            scenarios.append(load_scenario(path))
-        except ScenarioError as exc:
-            print(f"pkvm-sim: {exc}", file=sys.stderr)
-            raise SystemExit(2) from None
+    try:
+        parsed = [parse_override(o) for o in overrides or []]
+        for path in paths:
+            scenarios.append(apply_overrides(load_scenario(path), parsed, str(path)))
+    except (ScenarioError, OverrideError) as exc:
+        print(f"pkvm-sim: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     return scenarios
 
 
@@ -56,3 +90,15 @@ def run_all(scenarios: list[Scenario], only: list[str] | None = None) -> list[Ru
 
 def dump(results: list[RunResult]) -> str:
     return json.dumps([r.model_dump(mode="json") for r in results], indent=2, sort_keys=True)
+
+
+def results_document(
+    results: list[RunResult], scenarios: list[Scenario], overrides: list[str] | None = None
+) -> dict:
+    """What results.json and `run --json` hold: provenance, then every result."""
+    from sim.provenance import provenance
+
+    return {
+        "provenance": provenance(scenarios, overrides),
+        "results": [r.model_dump(mode="json") for r in results],
+    }

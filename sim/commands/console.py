@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -10,7 +11,17 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-console = Console(highlight=False, soft_wrap=True)
+
+
+def _width() -> int | None:
+    """A terminal's own width; piped, $COLUMNS or wide enough that no cell wraps."""
+    if sys.stdout.isatty():
+        return None
+    columns = os.environ.get("COLUMNS", "")
+    return int(columns) if columns.isdigit() and int(columns) > 0 else 100_000
+
+
+console = Console(highlight=False, soft_wrap=True, width=_width())
 
 
 def table(title: str | None, columns: list[str], rows: list[list[str]]) -> None:

@@ -3,21 +3,39 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from sim.commands.common import add_scenario_arguments, dump, load_all, run_all
+from sim.commands.common import (
+    add_json_argument,
+    add_scenario_arguments,
+    add_set_argument,
+    check_json,
+    load_all,
+    results_document,
+    run_all,
+)
 
 
 def register(sub) -> None:
     p = sub.add_parser(
         "run",
         help="run one scenario under its proposals and print a table per proposal",
-        epilog="example:\n  pkvm-sim run scenarios/small-vm.yaml --proposal trusted-host"
-        " --json out.json",
+        epilog="examples:\n  pkvm-sim run scenarios/small-vm.yaml --proposal trusted-host"
+        " --json out.json\n"
+        "  pkvm-sim run scenarios/small-vm.yaml --set guest.vcpus=8 --set costs.tlbi_us=2\n"
+        "  pkvm-sim run scenarios/small-vm.yaml --proposal share-cmdq-snoop --trace run.json"
+        "   # open in ui.perfetto.dev",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_scenario_arguments(p)
-    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    add_set_argument(p)
+    add_json_argument(p, "the results")
+    p.add_argument(
+        "--trace",
+        metavar="FILE",
+        help="write a Chrome trace-event JSON of the run (Perfetto, chrome://tracing): a"
+        " track per actor per machine with CPU spans, hypercalls, share/unshare, faults,"
+        " ITS commands and migration phases",
+    )
     p.set_defaults(func=main)
 
 
@@ -63,11 +81,38 @@ def print_result(result) -> None:
         print(f"  ! {line}")
 
 
+def _run_traced(scenario, only: list[str] | None):
+    """Each run's result, and every run's events in one trace."""
+    from sim.run import collect, simulate
+    from sim.trace import Trace
+
+    proposals = [p for p in scenario.proposals if not only or p in only]
+    trace, results = Trace(), []
+    for proposal in proposals:
+        world = simulate(scenario, proposal)
+        results.append(collect(world))
+        trace.add(world, f"{proposal}: " if len(proposals) > 1 else "")
+    return results, trace
+
+
 def main(args: argparse.Namespace) -> int:
-    (scenario,) = load_all([args.scenario])
-    results = run_all([scenario], args.proposal)
+    from sim.output import check_file, write_json
+    from sim.provenance import provenance
+
+    check_json(args)
+    if args.trace:
+        check_file(args.trace, "--trace")
+    (scenario,) = load_all([args.scenario], args.overrides)
+    if args.trace:
+        results, trace = _run_traced(scenario, args.proposal)
+    else:
+        results = run_all([scenario], args.proposal)
     for result in results:
         print_result(result)
     if args.json:
-        Path(args.json).write_text(dump(results) + "\n")
+        write_json(args.json, results_document(results, [scenario], args.overrides))
+    if args.trace:
+        doc = trace.document(provenance([scenario], args.overrides))
+        write_json(args.trace, doc, "--trace")
+        print(f"\nwrote {args.trace}: {len(doc['traceEvents']):,} trace events")
     return 0
