@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict
 from sim.audit import Violation
 from sim.memory.intervals import IntervalMap
 from sim.proposals import PROPOSALS
+from sim.report.words import plural
 from sim.run import RunResult, collect, simulate
 from sim.scenario import ATTACK_SPECS, Honest, Scenario, describe_behaviours
 
@@ -238,7 +239,7 @@ def cell(attack: str, base: AuditRun, run: AuditRun) -> Cell:
         if before > 0 and after > before * (1 + DURATION_TOLERANCE):
             parts.append(f"secrets {what} longer: {after:,.1f} B x ms against {before:,.1f} honest")
     if trust > 0:
-        parts.append(f"{trust} unverified shares")
+        parts.append(plural(trust, "unverified share"))
     if window > WINDOW_TOLERANCE_MS:
         parts.append(f"an ITT share outlived MAPD V=0 by {a.post_unmap_share_ms:,.1f} ms")
     if parts:

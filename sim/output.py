@@ -185,7 +185,9 @@ def report_dir(path: str | Path, flag: str) -> Iterator[Path]:
     label = f"{flag} {path}"
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+        staging = Path(
+            tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        )
     except OSError as exc:
         raise OutputError(f"{label}: {_reason(exc)}") from None
     try:

@@ -86,3 +86,14 @@ def describe_costs(overrides: dict[str, Any]) -> str:
     if not overrides:
         return "sim/costs.py defaults"
     return "sim/costs.py defaults except " + ", ".join(describe_overrides(overrides))
+
+
+@functools.cache
+def code_hash() -> str:
+    """SHA-256 over the package's Python sources: what a cached result depends on."""
+    import hashlib
+
+    digest = hashlib.sha256(version().encode())
+    for path in sorted(PACKAGE.rglob("*.py")):
+        digest.update(str(path.relative_to(PACKAGE)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()

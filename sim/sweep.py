@@ -8,11 +8,13 @@ key, so the table is the same whatever ran it and in whatever order.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import itertools
 import math
 import os
 import re
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,35 +216,59 @@ def run_cell(scenario: Scenario, proposal: str) -> dict[str, Any]:
 # ---- executors ------------------------------------------------------------------------------
 
 Progress = Callable[[], None]
+Done = Callable[[int, dict], None]  # (index into todo, metrics) as each cell finishes
+
+DASK_POLL_S = 1.0
+DASK_WORKER_TIMEOUT_S = 60.0  # how long a sweep waits with no Dask worker alive
 
 
-def _local(todo: list[tuple[Cell, Scenario]], jobs: int, tick: Progress) -> list[dict]:
+def _ignore_sigint() -> None:
+    """In a worker: Ctrl-C is the parent's to handle (it ends the workers)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _local(todo: list[tuple[Cell, Scenario]], jobs: int, done: Done) -> None:
     if jobs == 1:
-        out = []
-        for cell, scenario in todo:
-            out.append(run_cell(scenario, cell.proposal))
-            tick()
-        return out
+        for i, (cell, scenario) in enumerate(todo):
+            done(i, run_cell(scenario, cell.proposal))
+        return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     # Spawned workers share nothing with this process (no forked threads or state).
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_ignore_sigint)
+    try:
         futures = {
             pool.submit(run_cell, scenario, cell.proposal): i
             for i, (cell, scenario) in enumerate(todo)
         }
-        results: list[dict | None] = [None] * len(todo)
         for future in as_completed(futures):
-            results[futures[future]] = future.result()
-            tick()
-    return results  # type: ignore[return-value]
+            done(futures[future], future.result())
+    except BaseException:
+        # Interrupted (SIGINT, SIGTERM) or a cell failed: end the workers now rather than
+        # let them finish the queue; the resource tracker ends with this process.
+        for process in list((pool._processes or {}).values()):
+            process.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
 
 
-def _dask(todo: list[tuple[Cell, Scenario]], address: Any, tick: Progress) -> list[dict]:
+class DaskLost(SweepError):
+    """The cluster went away mid-sweep; the message says what was lost."""
+
+
+def _dask(
+    todo: list[tuple[Cell, Scenario]],
+    address: Any,
+    done: Done,
+    worker_timeout: float = DASK_WORKER_TIMEOUT_S,
+) -> None:
     try:
-        from distributed import Client, as_completed
+        from distributed import Client, wait
     except ImportError:
         raise SweepError(
             "--dask needs Dask distributed: pip install 'pkvm-sim[cluster]'"
@@ -255,6 +281,11 @@ def _dask(todo: list[tuple[Cell, Scenario]], address: Any, tick: Progress) -> li
             client = Client(address, timeout="10s")
         except (OSError, TimeoutError, ValueError) as exc:
             raise SweepError(f"--dask {address}: cannot connect: {exc}") from None
+    where = address if own else getattr(client.scheduler, "address", "the Dask scheduler")
+
+    def lost(exc: BaseException) -> DaskLost:
+        return DaskLost(f"lost the Dask scheduler at {where}: {type(exc).__name__}: {exc}")
+
     try:
         futures = client.map(
             run_cell,
@@ -263,12 +294,83 @@ def _dask(todo: list[tuple[Cell, Scenario]], address: Any, tick: Progress) -> li
             key=[f"pkvm-sim-cell-{i}-{os.getpid()}" for i in range(len(todo))],
             pure=False,
         )
-        for _ in as_completed(futures):
-            tick()
-        return client.gather(futures)
+        index = {f.key: i for i, f in enumerate(futures)}
+        pending = set(futures)
+        alone_since: float | None = None
+        while pending:
+            try:
+                ready, pending = wait(pending, timeout=DASK_POLL_S, return_when="FIRST_COMPLETED")
+            except TimeoutError:
+                ready = set()
+            except Exception as exc:  # the scheduler's comm closed
+                raise lost(exc) from None
+            for future in ready:
+                if future.status == "cancelled":
+                    raise DaskLost(f"the Dask scheduler at {where} cancelled the sweep's cells")
+                if future.status == "error":
+                    error = future.exception()
+                    if type(error).__name__ == "KilledWorker":
+                        raise DaskLost(f"a cell killed every worker it ran on at {where}: {error}")
+                    raise error  # the cell itself failed: a bug, with its traceback
+                done(index[future.key], future.result())
+            if not pending:
+                break
+            try:
+                running = client.status == "running"
+                workers = len(client.scheduler_info().get("workers", {})) if running else 0
+            except Exception as exc:  # the scheduler is gone
+                raise lost(exc) from None
+            if not running:
+                raise DaskLost(f"lost the Dask scheduler at {where} (client {client.status})")
+            if workers:
+                alone_since = None
+            elif alone_since is None:
+                alone_since = time.monotonic()
+            elif time.monotonic() - alone_since > worker_timeout:
+                raise DaskLost(f"no Dask worker alive at {where} for {worker_timeout:g} s")
     finally:
         if own:
-            client.close()
+            with contextlib.suppress(Exception):
+                client.close(timeout=5)
+
+
+# ---- the cache of finished cells ---------------------------------------------------------
+
+
+class CellCache:
+    """Finished cells on disk, one JSON file each, keyed by the cell's scenario, proposal
+    and the simulator's code: a rerun after an interruption (or a lost cluster) runs only
+    what is missing."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+
+    @staticmethod
+    def key(scenario: Scenario, proposal: str) -> str:
+        import hashlib
+
+        from sim.provenance import code_hash
+
+        text = f"{code_hash()}\n{proposal}\n{scenario.model_dump_json()}"
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def get(self, scenario: Scenario, proposal: str) -> dict | None:
+        import json
+
+        path = self.directory / f"{self.key(scenario, proposal)}.json"
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def put(self, scenario: Scenario, proposal: str, metrics: dict) -> None:
+        import json
+
+        from sim.output import write_text
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"{self.key(scenario, proposal)}.json"
+        write_text(path, json.dumps(metrics, sort_keys=True), "sweep cache")
 
 
 @dataclass
@@ -285,26 +387,61 @@ def run_sweep(
     jobs: int | None = None,
     dask: Any = None,
     progress: Callable[[int], Progress] | None = None,
+    cache: CellCache | None = None,
+    dask_worker_timeout: float = DASK_WORKER_TIMEOUT_S,
 ) -> Sweep:
-    """Run every cell; ``progress(total)`` returns a tick called as each cell finishes."""
+    """Run every cell; ``progress(total)`` returns a tick called as each cell finishes.
+
+    With a ``cache``, cells found there are not run again, and each cell is stored as it
+    finishes; if the run is lost midway (:class:`DaskLost`, an interrupt), what finished
+    is kept for the next run.
+    """
     if seeds < 1:
         raise SweepError(f"--seeds: expected at least 1, got {seeds}")
     vs = variants(base, varies)
-    todo = cells(vs, seeds)
-    tick = progress(len(todo)) if progress else (lambda: None)
-    if dask is not None:
-        metrics = _dask(todo, dask, tick)
-    else:
-        metrics = _local(todo, min(jobs or os.cpu_count() or 1, len(todo)) or 1, tick)
+    cells_ = cells(vs, seeds)
+    tick = progress(len(cells_)) if progress else (lambda: None)
+    metrics: list[dict | None] = [None] * len(cells_)
+    if cache is not None:
+        for i, (cell, scenario) in enumerate(cells_):
+            metrics[i] = cache.get(scenario, cell.proposal)
+            if metrics[i] is not None:
+                tick()
+    missing = [i for i, m in enumerate(metrics) if m is None]
+    todo = [cells_[i] for i in missing]
+
+    def done(j: int, m: dict) -> None:
+        metrics[missing[j]] = m
+        if cache is not None:
+            cell, scenario = todo[j]
+            cache.put(scenario, cell.proposal, m)
+        tick()
+
+    try:
+        if not todo:
+            pass
+        elif dask is not None:
+            _dask(todo, dask, done, dask_worker_timeout)
+        else:
+            _local(todo, min(jobs or os.cpu_count() or 1, len(todo)) or 1, done)
+    except DaskLost as exc:
+        have = sum(m is not None for m in metrics)
+        kept = (
+            f"the {have} finished are kept in {cache.directory}; start workers and run the"
+            " same command again to run only the rest"
+            if cache is not None
+            else "nothing was kept (no cache); run again"
+        )
+        raise DaskLost(f"{exc}: {len(cells_) - have} of {len(cells_)} cells lost, {kept}") from None
     by_variant = {v.index: v for v in vs}
     rows = []
     for (cell, scenario), m in sorted(
-        zip(todo, metrics, strict=True), key=lambda pair: pair[0][0].key
+        zip(cells_, metrics, strict=True), key=lambda pair: pair[0][0].key
     ):
         row: dict[str, Any] = {"scenario": scenario.name}
         row.update(dict(by_variant[cell.variant].values))
         row.update({"seed": cell.seed, "proposal": cell.proposal})
-        row.update(m)
+        row.update(m or {})
         rows.append(row)
     return Sweep([v.field for v in varies], rows)
 
@@ -384,10 +521,14 @@ def write_charts(sweep: Sweep, out: Path) -> list[Path]:
 
 
 def write_all(sweep: Sweep, out: Path) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv(sweep, out / "sweep.csv")
-    write_parquet(sweep, out / "sweep.parquet")
-    return [out / "sweep.csv", out / "sweep.parquet", *write_charts(sweep, out)]
+    """The table and charts, built beside ``out`` and swapped in whole (sim/output.py)."""
+    from sim.output import report_dir
+
+    with report_dir(out, "--out") as staging:
+        write_csv(sweep, staging / "sweep.csv")
+        write_parquet(sweep, staging / "sweep.parquet")
+        charts = write_charts(sweep, staging)
+    return [out / "sweep.csv", out / "sweep.parquet", *(out / c.name for c in charts)]
 
 
 def varies_from(args: Iterable[str]) -> list[Vary]:

@@ -42,7 +42,13 @@ class _Tracks:
                 {"ph": "M", "name": "process_name", "pid": pid, "tid": 0, "args": {"name": process}}
             )
             self.meta.append(
-                {"ph": "M", "name": "process_sort_index", "pid": pid, "tid": 0, "args": {"sort_index": pid}}
+                {
+                    "ph": "M",
+                    "name": "process_sort_index",
+                    "pid": pid,
+                    "tid": 0,
+                    "args": {"sort_index": pid},
+                }
             )
         return self.pids[process]
 
@@ -108,7 +114,9 @@ def _events(world, tracks: _Tracks, prefix: str) -> list[dict[str, Any]]:
 
     def instant(process: str, actor: str, cat: str, name: str, ts: float, **args: Any) -> None:
         where = tracks.at(prefix + process, actor)
-        events.append({"ph": "i", "s": "t", "cat": cat, "name": name, "ts": ts, **where, "args": args})
+        events.append(
+            {"ph": "i", "s": "t", "cat": cat, "name": name, "ts": ts, **where, "args": args}
+        )
 
     for span in world.trace:
         if span.lane == MIGRATION:

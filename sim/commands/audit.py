@@ -19,6 +19,7 @@ from sim.commands.common import (
     check_json,
     load_all,
 )
+from sim.report.words import plural
 from sim.scenario import ATTACKS, BehaviourSpec
 
 ROW_SYNTAX = "KIND[:PARAM=VALUE,...][+KIND...]"
@@ -96,12 +97,6 @@ def register(sub) -> None:
         help="print one line per run and the matrix, not every violation",
     )
     p.set_defaults(func=main)
-
-
-def plural(n: int, word: str) -> str:
-    from sim.report.gate import plural as _plural
-
-    return _plural(n, word)
 
 
 def _print_run(run) -> None:

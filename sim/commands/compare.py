@@ -2,17 +2,26 @@
 
 Writes ``<out>/<name>/``: ``report.md`` (renders on a code-hosting site, charts beside
 it), ``summary.txt`` (72 columns, for a mail reply), ``results.json``, ``matrix.json`` and
-the charts. ``--format text`` also prints the summary.
+the charts, built beside ``<out>/<name>`` and swapped in whole (sim/output.py).
+``--format text`` prints the summary on stdout, the status lines on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from sim.commands.common import BUNDLED, bundled_scenarios, dump, load_all, run_all
+from sim.commands.common import (
+    BUNDLED,
+    add_json_argument,
+    add_set_argument,
+    bundled_scenarios,
+    check_json,
+    load_all,
+    results_document,
+    run_all,
+)
 
 FOCUS = "kzalloc-dense-secrets"  # the scenario the timeline and memory map show, if run
 
@@ -22,7 +31,8 @@ def register(sub) -> None:
         "compare",
         help="run scenarios under every proposal and attack; write the report and charts",
         epilog="examples:\n  pkvm-sim compare                  # every bundled scenario\n"
-        "  pkvm-sim compare scenarios/cloud-vm.yaml --name cloud --format text",
+        "  pkvm-sim compare scenarios/cloud-vm.yaml --name cloud --format text\n"
+        "  pkvm-sim compare scenarios/small-vm.yaml --set costs.tlbi_us=5 --name tlbi-5",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("scenarios", nargs="*", help="scenario files (default: every bundled one)")
@@ -36,18 +46,23 @@ def register(sub) -> None:
         "--format",
         choices=("markdown", "text"),
         default="markdown",
-        help="'text' also prints the 72-column summary (default: markdown)",
+        help="'text' prints the 72-column summary on stdout, status lines on stderr"
+        " (default: markdown)",
     )
+    add_set_argument(p)
+    add_json_argument(p, "results and matrix")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
     from sim.commands.console import progress
     from sim.matrix import attack_matrix, scenario_row, with_attack
+    from sim.output import check_dir, report_dir, write_json
     from sim.proposals import PROPOSALS
     from sim.report.charts import write_charts
     from sim.report.markdown import render
     from sim.report.text import render_text
+    from sim.report.words import plural
     from sim.run import simulate
     from sim.scenario import ATTACKS
 
@@ -55,8 +70,16 @@ def main(args: argparse.Namespace) -> int:
     if not paths:
         print(f"pkvm-sim: no scenario given and none bundled in {BUNDLED}", file=sys.stderr)
         return 2
-    scenarios = load_all(paths)
+    check_json(args)
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        print(f"pkvm-sim: --out {args.out}: is a file, expected a directory", file=sys.stderr)
+        return 2
+    scenarios = load_all(paths, args.overrides)
     name = args.name or ("bundled" if not args.scenarios else scenarios[0].name)
+    out = Path(args.out) / name
+    check_dir(out, "--out", "results.json")
+    # The status lines go to stderr when stdout carries the summary (or the JSON).
+    status = sys.stderr if args.format == "text" else sys.stdout
     # The proposal tables and charts: every scenario with an honest host. A scenario's own
     # host, if it is not honest, is a row of its attack matrix, composed as the file says.
     honest = [with_attack(s, None) for s in scenarios]
@@ -70,22 +93,28 @@ def main(args: argparse.Namespace) -> int:
         }
     focus = next((s for s in honest if s.name == FOCUS), honest[0])
     worlds = {p: simulate(focus, p) for p in focus.proposals}
-    out = Path(args.out) / name
-    out.mkdir(parents=True, exist_ok=True)
-    charts = write_charts(results, out, matrices, worlds)
-    (out / "results.json").write_text(dump(results) + "\n")
+    document = results_document(results, scenarios, args.overrides)
     cells = {n: [c.model_dump(mode="json") for c in cs] for n, cs in matrices.items()}
-    (out / "matrix.json").write_text(json.dumps(cells, indent=2, sort_keys=True) + "\n")
-    (out / "report.md").write_text(render(scenarios, results, charts, matrices))
-    summary = render_text(scenarios, results, matrices)
-    (out / "summary.txt").write_text(summary + "\n")
+    summary = render_text(scenarios, results, matrices, args.overrides)
+    with report_dir(out, "--out") as staging:
+        charts = write_charts(results, staging, matrices, worlds)
+        write_json(staging / "results.json", document, "--out")
+        write_json(staging / "matrix.json", cells, "--out")
+        (staging / "report.md").write_text(render(scenarios, results, charts, matrices))
+        (staging / "summary.txt").write_text(summary + "\n")
+    if args.json:
+        write_json(args.json, {**document, "matrix": cells})
     if args.format == "text":
         print(summary)
     print(
-        f"compared {len(scenarios)} scenarios: {len(results)} runs with an honest host and"
-        f" {sum(len(c) for c in matrices.values())} attack runs"
+        f"compared {plural(len(scenarios), 'scenario')}:"
+        f" {plural(len(results), 'run')} with an honest host and"
+        f" {plural(sum(len(c) for c in matrices.values()), 'attack run')}",
+        file=status,
     )
     print(
-        f"wrote {out / 'report.md'}, summary.txt, results.json, matrix.json, {len(charts)} charts"
+        f"wrote {out / 'report.md'}, summary.txt, results.json, matrix.json,"
+        f" {plural(len(charts), 'chart')}",
+        file=status,
     )
     return 0

@@ -12,7 +12,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 
-
 def _width() -> int | None:
     """A terminal's own width; piped, $COLUMNS or wide enough that no cell wraps."""
     if sys.stdout.isatty():

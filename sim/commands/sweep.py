@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from sim.commands.common import add_json_argument
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -53,7 +55,23 @@ def register(sub) -> None:
         metavar="ADDRESS",
         help="run the cells on an existing Dask distributed scheduler (e.g. tcp://host:8786)",
     )
+    p.add_argument(
+        "--dask-timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="give up after S seconds with no Dask worker alive (default 60); finished"
+        " cells are kept in the cache",
+    )
     p.add_argument("--out", help="output directory (default: reports/sweeps/SCENARIO-NAME)")
+    p.add_argument(
+        "--cache",
+        metavar="DIR",
+        help="finished cells, reused on a rerun (default: $XDG_CACHE_HOME/pkvm-sim/sweep,"
+        " ~/.cache/pkvm-sim/sweep)",
+    )
+    p.add_argument("--no-cache", action="store_true", help="run every cell, keep none")
+    add_json_argument(p, "every row")
     p.set_defaults(func=main, check=check)
 
 
@@ -64,6 +82,23 @@ def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error(f"--jobs: expected at least 1, got {args.jobs}")
     if args.jobs is not None and args.dask:
         parser.error("--jobs and --dask: expected one of them (the cluster sets parallelism)")
+    if not args.dask_timeout > 0:
+        parser.error(
+            f"--dask-timeout: expected a positive number of seconds, got {args.dask_timeout}"
+        )
+    if args.cache and args.no_cache:
+        parser.error("--cache and --no-cache: expected one of them")
+
+
+def cache_dir(args: argparse.Namespace) -> Path | None:
+    import os
+
+    if args.no_cache:
+        return None
+    if args.cache:
+        return Path(args.cache)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "pkvm-sim" / "sweep"
 
 
 def _progress(total: int):
@@ -91,10 +126,17 @@ def _progress(total: int):
 
 
 def main(args: argparse.Namespace) -> int:
-    from sim.commands.common import load_all
-    from sim.sweep import SweepError, run_sweep, varies_from, write_all
+    from sim.commands.common import check_json, load_all
+    from sim.output import check_dir, write_json
+    from sim.provenance import provenance
+    from sim.report.words import plural
+    from sim.sweep import CellCache, DaskLost, SweepError, run_sweep, varies_from, write_all
 
+    check_json(args)
     (scenario,) = load_all([args.scenario])
+    out = Path(args.out) if args.out else Path("reports") / "sweeps" / scenario.name
+    check_dir(out, "--out", "sweep.csv")
+    where_cache = cache_dir(args)
     try:
         varies = varies_from(args.vary)
         start = time.perf_counter()
@@ -105,18 +147,25 @@ def main(args: argparse.Namespace) -> int:
             jobs=args.jobs,
             dask=args.dask,
             progress=_progress,
+            cache=CellCache(where_cache) if where_cache else None,
+            dask_worker_timeout=args.dask_timeout,
         )
+    except DaskLost as exc:  # not bad input: the cluster went away
+        print(f"pkvm-sim: sweep {scenario.name}: {exc}", file=sys.stderr)
+        return 1
     except SweepError as exc:
         print(f"pkvm-sim: {args.scenario}: {exc}", file=sys.stderr)
         return 2
     wall = time.perf_counter() - start
-    out = Path(args.out) if args.out else Path("reports") / "sweeps" / scenario.name
     written = write_all(sweep, out)
+    if args.json:
+        write_json(args.json, {"provenance": provenance([scenario]), "rows": sweep.rows})
     where = f"Dask at {args.dask}" if args.dask else f"{args.jobs or 'all'} local jobs"
     nr_variants = len({tuple(row[f] for f in sweep.fields) for row in sweep.rows})
     print(
-        f"swept {scenario.name}: {len(sweep.rows)} runs ({nr_variants} variants x"
-        f" {args.seeds} seeds x proposals) in {wall:.1f} s on {where}"
+        f"swept {scenario.name}: {plural(len(sweep.rows), 'run')}"
+        f" ({plural(nr_variants, 'variant')} x {plural(args.seeds, 'seed')} x proposals)"
+        f" in {wall:.1f} s on {where}"
     )
     print(f"wrote {', '.join(str(p) for p in written)}")
     return 0

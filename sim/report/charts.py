@@ -107,11 +107,23 @@ def bar_chart(
             }
             _bars(ax, values, scenarios, proposals, log)
             ax.set_ylabel(label)
-        caption = textwrap.fill(f"scenario seeds: {seeds}; cost model: sim/costs.py defaults", 150)
+        caption = textwrap.fill(
+            f"scenario seeds: {seeds}; cost model: {_cost_models(results)}", 150
+        )
         fig.suptitle(f"{title}\n{caption}", fontsize=8)
         handles, labels = axes[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=7)
         return _save(fig, path)
+
+
+def _cost_models(results: list[RunResult]) -> str:
+    """The cost model each scenario ran with, in words (one phrase if all agree)."""
+    from sim.provenance import describe_costs
+
+    by = {r.scenario: describe_costs(r.cost_overrides) for r in results}
+    if len(set(by.values())) == 1:
+        return next(iter(by.values()))
+    return "; ".join(f"{name}: {model}" for name, model in by.items())
 
 
 def matrix_chart(matrices: dict[str, list], path: Path, focus: str) -> Path:

@@ -13,12 +13,9 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass
 
+from sim.report.words import plural
+
 NOT_GATING = "unprotected proposal: reported, not gating (--include-unprotected gates it)"
-
-
-def plural(n: int, word: str, words: str | None = None) -> str:
-    """``1 run``, ``2 runs``; ``words`` for an irregular plural."""
-    return f"{n:,} {word if n == 1 else (words or word + 's')}"
 
 
 @dataclass(frozen=True)
@@ -86,7 +83,11 @@ def render_tap(verdicts_: list[Verdict]) -> str:
         directive = f" # TODO {NOT_GATING}" if v.failed and not v.gating else ""
         out.append(f"{'not ok' if v.failed else 'ok'} {i} - {v.name}{directive}")
         if v.failed:
-            out += ["  ---", f"  proposal: {v.proposal}", f"  protected: {str(v.protected).lower()}"]
+            out += [
+                "  ---",
+                f"  proposal: {v.proposal}",
+                f"  protected: {str(v.protected).lower()}",
+            ]
             if v.violations:
                 out.append("  violations:")
                 out += [f"    {k}: {n}" for k, n in sorted(v.violations.items())]
@@ -114,17 +115,19 @@ def render_junit(verdicts_: list[Verdict]) -> str:
             "errors": 0,
         }
         totals.update(counts)
-        suite = ET.SubElement(root, "testsuite", name=scenario, **{k: str(n) for k, n in counts.items()})
+        suite = ET.SubElement(
+            root, "testsuite", name=scenario, **{k: str(n) for k, n in counts.items()}
+        )
         for v in runs:
-            case = ET.SubElement(suite, "testcase", classname=f"{scenario}.{v.host}", name=v.proposal)
+            case = ET.SubElement(
+                suite, "testcase", classname=f"{scenario}.{v.host}", name=v.proposal
+            )
             if v.gates:
                 ET.SubElement(case, "failure", message=v.reasons(), type="audit").text = v.reasons()
             elif v.failed:
                 ET.SubElement(case, "skipped", message=NOT_GATING)
             if v.failed:
-                ET.SubElement(case, "system-out").text = "\n".join(
-                    [v.reasons(), *v.its_failures]
-                )
+                ET.SubElement(case, "system-out").text = "\n".join([v.reasons(), *v.its_failures])
     for key in ("tests", "failures", "skipped", "errors"):
         root.set(key, str(totals[key]))
     ET.indent(root)

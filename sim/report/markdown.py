@@ -7,6 +7,7 @@ from pathlib import Path
 from sim.costs import CostModel
 from sim.matrix import DURATION_TOLERANCE, scenario_row
 from sim.proposals import PROPOSALS
+from sim.provenance import describe_costs
 from sim.run import RunResult
 from sim.scenario import Scenario, describe_behaviours
 
@@ -130,7 +131,7 @@ def render(
             "",
         ]
         overrides = rows[0].cost_overrides if rows else {}
-        model = f"defaults with overrides {overrides}" if overrides else "defaults"
+        model = describe_costs(overrides).removeprefix("sim/costs.py ")
         out += [
             f"Scenario `{scenario.name}`, seed {scenario.seed}, cost model: {model}"
             " (`sim/costs.py`, sources at the end). " + _host_line(rows),
