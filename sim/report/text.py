@@ -29,8 +29,11 @@ def render_text(
 ) -> str:
     out = [
         "pkvm-sim: vGIC ITS migration proposals, honest host and under attack",
-        f"(simulated, {plural(len(scenarios), 'scenario')}; cost model: sim/costs.py"
-        " defaults unless noted)",
+        *textwrap.wrap(
+            f"({plural(len(scenarios), 'scenario')}, simulated; costs: sim/costs.py"
+            " defaults unless noted)",
+            WIDTH,
+        ),
     ]
     if overrides:
         out += textwrap.wrap(

@@ -190,7 +190,7 @@ def test_compare_tables_run_an_honest_host_and_the_scenarios_own_host_is_a_matri
     assert main(["compare", str(path), "--out", str(tmp_path), "--name", "m"]) == 0
     out = tmp_path / "m"
     report = (out / "report.md").read_text()
-    results = json.loads((out / "results.json").read_text())
+    results = json.loads((out / "results.json").read_text())["results"]
     assert {r["host"] for r in results} == {"honest"}
     # The honest baseline keeps the ITS working under every proposal...
     assert all(r["correctness"]["its_correct"] for r in results)
