@@ -48,6 +48,9 @@ def register(sub) -> None:
     )
     p.add_argument("--quick", action="store_true", help="a small, fast run (for tests)")
     p.add_argument("--out", default="reports", help="directory for perf.md (default: reports)")
+    from sim.commands.common import add_json_argument
+
+    add_json_argument(p, "every measurement")
     p.set_defaults(func=main, check=check)
 
 
@@ -83,6 +86,9 @@ def main(args: argparse.Namespace) -> int:
     sizes = args.sizes or list(bench.QUICK_SIZES if quick else bench.DEFAULT_SIZES)
     proposals = args.proposal or (["trusted-host", "share-host-claims"] if quick else None)
     proposals = list(proposals or ALL_PROPOSALS)
+    from sim.commands.common import check_json
+
+    check_json(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -151,4 +157,13 @@ def main(args: argparse.Namespace) -> int:
     path = out / "perf.md"
     path.write_text(bench.render(result, shlex.join(argv)))
     say(f"wrote {path}")
+    if args.json:
+        import dataclasses
+
+        from sim.output import write_json
+        from sim.provenance import provenance
+
+        data = dataclasses.asdict(result)
+        data["batch_wall"] = {str(k): v for k, v in data["batch_wall"].items()}
+        write_json(args.json, {"provenance": provenance(), "bench": data, "ratio": result.ratio})
     return 0

@@ -21,6 +21,9 @@ def register(sub) -> None:
     )
     p.add_argument("--devices", type=int, default=4, help="devices to map (default 4)")
     p.add_argument("--events", type=int, default=16, help="events per device (default 16)")
+    from sim.commands.common import add_json_argument
+
+    add_json_argument(p, "both VMs' outcome")
     p.set_defaults(func=main, check=check)
 
 
@@ -42,8 +45,11 @@ def main(args: argparse.Namespace) -> int:
     The protected guest is mainline Linux: its ITS tables are shared with the host, but
     its ITTs sit in private memory at the addresses MAPD named, where SAVE_TABLES faults.
     """
+    from sim.commands.common import check_json
     from sim.its.vits import QEMU_VIRT_RAM_BASE, VirtualITS
     from sim.memory.access import MemorySystem
+
+    check_json(args)
 
     ram_size = 2 << 30
     rows = []
@@ -79,4 +85,28 @@ def main(args: argparse.Namespace) -> int:
     for protected, *_, first_fault in rows:
         if first_fault:
             print(f"\n{'protected' if protected else 'non-protected'}: first fault: {first_fault}")
+    if args.json:
+        from sim.output import write_json
+        from sim.provenance import provenance
+
+        vms = [
+            {
+                "vm": "protected" if protected else "non-protected",
+                "mapped": mapped,
+                "command_errors": [str(e) for e in errors],
+                "save_tables": str(err) if err else "ok",
+                "stage2_faults": faults,
+                "first_fault": first_fault or None,
+            }
+            for protected, mapped, errors, err, faults, first_fault in rows
+        ]
+        write_json(
+            args.json,
+            {
+                "provenance": provenance(),
+                "devices": args.devices,
+                "events": args.events,
+                "vms": vms,
+            },
+        )
     return 0

@@ -76,6 +76,9 @@ def register(sub) -> None:
         help="do not shrink divergences on the kernel (each round is a boot)",
     )
     p.add_argument("--out", default="reports/oracle.md", help="report (default reports/oracle.md)")
+    from sim.commands.common import add_json_argument
+
+    add_json_argument(p, "each kernel and mode's counts")
     p.set_defaults(func=main, check=check)
 
 
@@ -108,9 +111,11 @@ def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from sim.commands.common import check_json
     from sim.oracle.errors import OracleSetupError
     from sim.oracle.run import OracleOptions, run_oracle
 
+    check_json(args)
     start = time.monotonic()
 
     def terminate(signum, frame):  # run_l1's finally kills QEMU's process group
@@ -150,4 +155,20 @@ def main(args: argparse.Namespace) -> int:
         )
     if options.out is not None:
         print(f"report: {options.out}")
+    if args.json:
+        from sim.output import write_json
+        from sim.provenance import provenance
+
+        rows = [
+            {
+                "kernel": r.kernel,
+                "mode": r.mode,
+                "streams": len(r.streams),
+                "diverging": sum(bool(c.mismatches) for c in r.comparisons),
+                "unexplained": sum(len(c.unexplained) for c in r.comparisons),
+                "wall_s": r.wall_time,
+            }
+            for r in run.runs
+        ]
+        write_json(args.json, {"provenance": provenance(), "runs": rows})
     return 1 if run.unexplained else 0
