@@ -15,6 +15,7 @@ import math
 import os
 import re
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -282,6 +283,7 @@ def _dask(
         except (OSError, TimeoutError, ValueError) as exc:
             raise SweepError(f"--dask {address}: cannot connect: {exc}") from None
     where = address if own else getattr(client.scheduler, "address", "the Dask scheduler")
+    token = uuid.uuid4().hex
 
     def lost(exc: BaseException) -> DaskLost:
         return DaskLost(f"lost the Dask scheduler at {where}: {type(exc).__name__}: {exc}")
@@ -291,7 +293,9 @@ def _dask(
             run_cell,
             [scenario for _, scenario in todo],
             [cell.proposal for cell, _ in todo],
-            key=[f"pkvm-sim-cell-{i}-{os.getpid()}" for i in range(len(todo))],
+            # Unique per sweep: a key the scheduler still holds from an earlier sweep on
+            # the same client would hand back that sweep's result for another cell.
+            key=[f"pkvm-sim-cell-{i}-{token}" for i in range(len(todo))],
             pure=False,
         )
         index = {f.key: i for i, f in enumerate(futures)}

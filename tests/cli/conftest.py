@@ -34,8 +34,11 @@ def tiny(tmp_path: Path) -> Path:
 
 @pytest.fixture(autouse=True)
 def own_cache(tmp_path: Path, monkeypatch) -> Path:
-    """Each test its own sweep cache (never the user's)."""
+    """Each test its own sweep cache (never the user's); matplotlib keeps its own."""
+    import matplotlib
+
     cache = tmp_path / "cache"
+    monkeypatch.setenv("MPLCONFIGDIR", os.environ.get("MPLCONFIGDIR") or matplotlib.get_cachedir())
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
     return cache
 
@@ -51,7 +54,9 @@ def small_fs(tmp_path: Path):
         where = tmp_path / f"fs{len(mounted)}"
         where.mkdir()
         opts = ",".join([f"size={kib}k", *options])
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)], check=False)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)], check=False
+        )
         if done.returncode != 0:
             pytest.skip("cannot mount a tmpfs here")
         mounted.append(where)

@@ -4,6 +4,7 @@ and clear errors on bad --vary input."""
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -27,6 +28,15 @@ proposals: [trusted-host, share-host-claims]
 """
 VARY = ["--vary", "guest.secret_density=0,0.5", "--vary", "devices[0].vectors=3,7"]
 PROPOSALS = ["trusted-host", "share-host-claims"]
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path: Path, monkeypatch) -> None:
+    """The sweep cache of finished cells in the test's own directory."""
+    import matplotlib
+
+    monkeypatch.setenv("MPLCONFIGDIR", os.environ.get("MPLCONFIGDIR") or matplotlib.get_cachedir())
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
 
 
 @pytest.fixture
@@ -90,7 +100,8 @@ def test_sweep_is_the_same_in_process_and_on_two_workers(tiny, tmp_path, capsys)
     outs = []
     for jobs in ("1", "2"):
         out = tmp_path / f"jobs{jobs}"
-        assert main(["sweep", str(tiny), *VARY, "--jobs", jobs, "--out", str(out)]) == 0
+        argv = ["sweep", str(tiny), *VARY, "--jobs", jobs, "--out", str(out), "--no-cache"]
+        assert main(argv) == 0
         outs.append(out)
     assert (outs[0] / "sweep.csv").read_text() == (outs[1] / "sweep.csv").read_text()
     assert pq.read_table(outs[0] / "sweep.parquet").equals(pq.read_table(outs[1] / "sweep.parquet"))
