@@ -230,6 +230,24 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+@contextlib.contextmanager
+def _sigint_ignored():
+    """Ignore SIGINT while worker processes are started: a child that starts with it
+    ignored keeps it so (CPython installs its handler only over SIG_DFL), so a Ctrl-C to
+    the process group reaches the parent alone, which ends the workers."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _local(todo: list[tuple[Cell, Scenario]], jobs: int, done: Done) -> None:
     if jobs == 1:
         for i, (cell, scenario) in enumerate(todo):
@@ -242,10 +260,11 @@ def _local(todo: list[tuple[Cell, Scenario]], jobs: int, done: Done) -> None:
     ctx = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_ignore_sigint)
     try:
-        futures = {
-            pool.submit(run_cell, scenario, cell.proposal): i
-            for i, (cell, scenario) in enumerate(todo)
-        }
+        with _sigint_ignored():  # the workers start with Ctrl-C ignored, and keep it so
+            futures = {
+                pool.submit(run_cell, scenario, cell.proposal): i
+                for i, (cell, scenario) in enumerate(todo)
+            }
         for future in as_completed(futures):
             done(futures[future], future.result())
     except BaseException:
