@@ -543,15 +543,19 @@ def write_charts(sweep: Sweep, out: Path) -> list[Path]:
     return paths
 
 
-def write_all(sweep: Sweep, out: Path) -> list[Path]:
-    """The table and charts, built beside ``out`` and swapped in whole (sim/output.py)."""
-    from sim.output import report_dir
+def write_all(sweep: Sweep, out: Path, provenance: dict | None = None) -> list[Path]:
+    """The table and charts (and ``provenance.json``), built beside ``out`` and swapped
+    in whole (sim/output.py)."""
+    from sim.output import report_dir, write_json
 
     with report_dir(out, "--out") as staging:
         write_csv(sweep, staging / "sweep.csv")
         write_parquet(sweep, staging / "sweep.parquet")
         charts = write_charts(sweep, staging)
-    return [out / "sweep.csv", out / "sweep.parquet", *(out / c.name for c in charts)]
+        if provenance is not None:
+            write_json(staging / "provenance.json", provenance, "--out")
+    names = ["sweep.csv", "sweep.parquet", *(c.name for c in charts)]
+    return [out / name for name in [*names, *(["provenance.json"] if provenance else [])]]
 
 
 def varies_from(args: Iterable[str]) -> list[Vary]:

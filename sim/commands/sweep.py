@@ -157,9 +157,10 @@ def main(args: argparse.Namespace) -> int:
         print(f"pkvm-sim: {args.scenario}: {exc}", file=sys.stderr)
         return 2
     wall = time.perf_counter() - start
-    written = write_all(sweep, out)
+    made = {**provenance([scenario]), "vary": args.vary, "seeds": args.seeds}
+    written = write_all(sweep, out, made)
     if args.json:
-        write_json(args.json, {"provenance": provenance([scenario]), "rows": sweep.rows})
+        write_json(args.json, {"provenance": made, "rows": sweep.rows})
     where = f"Dask at {args.dask}" if args.dask else f"{args.jobs or 'all'} local jobs"
     nr_variants = len({tuple(row[f] for f in sweep.fields) for row in sweep.rows})
     print(

@@ -113,3 +113,13 @@ def test_a_dead_scheduler_is_a_message_not_a_dask_traceback(tiny, tmp_path, caps
     message = str(exc.value)
     assert "lost the Dask scheduler at" in message or "cancelled the sweep" in message
     assert "cells lost, the" in message and "kept in" in message
+
+
+def test_a_sweep_writes_its_provenance(tiny, tmp_path, capsys):
+    import json
+
+    out = tmp_path / "o"
+    assert main(["sweep", str(tiny), "--vary", VARIES[0], "--jobs", "1", "--out", str(out)]) == 0
+    data = json.loads((out / "provenance.json").read_text())
+    assert data["vary"] == [VARIES[0]] and data["seeds"] == 1
+    assert data["scenarios"][0]["name"] == "tiny" and "tiny" in data["cost_model"]
