@@ -205,17 +205,18 @@ def main(args: argparse.Namespace) -> int:
     violated = [v for v in gating if v.violations]
     broken = [v for v in gating if v.its_failures]
     print()
-    if violated:
-        print(f"violations found in {plural(len(violated), 'protected run')}")
-    else:
-        print("no violation found" + (" in a gating run" if quiet else ""))
-    if broken:
-        hosts = sorted({v.host for v in broken})
-        print(f"ITS failures in {plural(len(broken), 'run')} (host: {'; '.join(hosts)})")
     if quiet:
         names = sorted({v.proposal for v in quiet})
         print(
             f"not gating: {plural(len(quiet), 'run')} of unprotected {', '.join(names)} failed"
             " (--include-unprotected to gate)"
         )
+    if broken:
+        hosts = sorted({v.host for v in broken})
+        print(f"ITS failures in {plural(len(broken), 'run')} (host: {'; '.join(hosts)})")
+    if violated:
+        print(f"{plural(len(violated), 'protected run')} with violations")
+        print("violations found")
+    else:
+        print("no violation found" + (" in a gating run" if quiet else ""))
     return 1 if gating else 0

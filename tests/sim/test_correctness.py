@@ -135,7 +135,7 @@ def test_a_failed_command_is_shown_in_the_report_the_summary_and_the_audit(capsy
     argv = ["audit", str(SCENARIOS / "small-vm.yaml"), "--proposal", "userspace-serialization"]
     assert main([*argv, "--attack", "tamper-state"]) == 1
     out = capsys.readouterr().out
-    assert "ITS failures in 1 runs (host: tamper-state)" in out
+    assert "ITS failures in 1 run (host: tamper-state)" in out
     assert "translations BROKEN" in out
     argv = ["audit", str(SCENARIOS / "small-vm.yaml"), "--proposal", "iommu-gated-its"]
     assert main(argv) == 0  # small-vm's honest host under an IOMMU: nothing to report
