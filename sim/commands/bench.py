@@ -87,10 +87,15 @@ def main(args: argparse.Namespace) -> int:
     proposals = args.proposal or (["trusted-host", "share-host-claims"] if quick else None)
     proposals = list(proposals or ALL_PROPOSALS)
     from sim.commands.common import check_json
+    from sim.output import OutputError, check_file, write_text
 
     check_json(args)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"--out {out}: {exc.strerror.lower()}") from None
+    check_file(out / "perf.md", "--out")  # before minutes of measuring
 
     def say(msg: str) -> None:
         print(msg, flush=True)
@@ -155,7 +160,7 @@ def main(args: argparse.Namespace) -> int:
     if args.out != "reports":
         argv += ["--out", args.out]
     path = out / "perf.md"
-    path.write_text(bench.render(result, shlex.join(argv)))
+    write_text(path, bench.render(result, shlex.join(argv)), "--out")
     say(f"wrote {path}")
     if args.json:
         import dataclasses

@@ -237,3 +237,12 @@ def test_sweep_on_two_workers_stopped_leaves_no_process(tmp_path, how, status, l
     assert err == line + "\n"  # one line: no worker's traceback, no leak warning
     _wait_until(lambda: not any(_alive(p) for p in seen), timeout=10)
     assert not (tmp_path / "out").exists()
+
+
+def test_bench_refuses_an_unwritable_out_before_measuring(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("sim.bench.bare_simpy", lambda **kw: pytest.fail("measured"))
+    target = tmp_path / "afile"
+    target.write_text("mine\n")
+    assert main(["bench", "--quick", "--out", str(target)]) == 2
+    assert _one_line(capsys.readouterr().err) == f"pkvm-sim: --out {target}: file exists"
+    assert target.read_text() == "mine\n"
