@@ -41,7 +41,16 @@ class GuestSpec(_Strict):
     two_level_device_table: bool = True
     # linux: irq-gic-v3-its.c's command pattern; bulk: a synthetic driver for scale that
     # batches commands and may map more vectors than LPIs (sim/actors/guest.py).
-    its_driver: Literal["linux", "bulk"] = "linux"
+    its_driver: Literal["linux", "bulk", "replay"] = "linux"
+    # replay: a capture file (sim/capture/format.py) played as the driver
+    # (sim/actors/replay.py), relative to the scenario file, or a bundled capture's name;
+    # colocated_as labels the capture's neighbours of each ITT: secret, kernel-data, or
+    # density (a secret with probability secret_density, as the model's neighbours).
+    capture: str | None = None
+    colocated_as: Literal["secret", "kernel-data", "density"] = "density"
+    # At the end of the workload the guest powers off: a replay guest plays its capture's
+    # shutdown commands.
+    power_off: bool = False
 
 
 class DeviceSpec(_Strict):
@@ -224,6 +233,12 @@ class Scenario(_Strict):
                         f" devices[{seen[value]}].{field}"
                     )
                 seen[value] = i
+        if (self.guest.its_driver == "replay") != (self.guest.capture is not None):
+            raise ValueError(
+                "guest.capture: expected a capture file exactly when guest.its_driver is replay"
+            )
+        if self.guest.its_driver == "replay" and self.workload.churn:
+            raise ValueError("workload.churn: a replay guest plays its capture, not device churn")
         names = {d.name for d in self.devices}
         for i, event in enumerate(self.workload.churn):
             if event.device not in names:
@@ -363,7 +378,7 @@ def load_scenario(path: str | Path) -> Scenario:
             f"{path}:{line}: {_field_name(loc)}: duplicate key, first given on line {first}"
         )
     try:
-        return Scenario.model_validate(data)
+        scenario = Scenario.model_validate(data)
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         # Drop pydantic's own location parts: the root marker and union tags
@@ -381,3 +396,8 @@ def load_scenario(path: str | Path) -> Scenario:
         if "input" in err and not isinstance(err["input"], dict | list) and "got" not in msg:
             got = f", got {err['input']!r}"
         raise ScenarioError(f"{path}:{line}: {field}: {msg}{got}") from None
+    if scenario.guest.its_driver == "replay":  # the capture it plays: sim/actors/replay.py
+        from sim.actors.replay import bind_scenario
+
+        scenario = bind_scenario(scenario, path, lambda at: _node_at(root, at).start_mark.line + 1)
+    return scenario
