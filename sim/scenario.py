@@ -48,8 +48,13 @@ class GuestSpec(_Strict):
     # density (a secret with probability secret_density, as the model's neighbours).
     capture: str | None = None
     colocated_as: Literal["secret", "kernel-data", "density"] = "density"
+    # The guest kernel whose ITS driver the linux driver follows (sim/actors/linux_driver.py:
+    # LPI and CPU choice, ITT sizing, re-probe and free sequences as each generation does
+    # them, checked against the captures); unset: the generic model of sim/actors/guest.py.
+    kernel: KernelName | None = None
     # At the end of the workload the guest powers off: a replay guest plays its capture's
-    # shutdown commands.
+    # shutdown commands; a guest.kernel guest frees the vectors of devices whose drivers
+    # do so at shutdown (devices[].frees_at_shutdown).
     power_off: bool = False
 
 
@@ -58,6 +63,15 @@ class DeviceSpec(_Strict):
     device_id: Annotated[int, Field(ge=0, le=0xFFFF)]
     vectors: Annotated[int, Field(ge=1, le=2048)]
     rate_hz: Annotated[float, Field(ge=0.0)] = 1000.0
+    # Driver facts a guest.kernel guest uses (sim/actors/linux_driver.py): the MSI-X table
+    # size (7.3 sizes the ITT by it; default: vectors), the vectors with managed affinity
+    # (the last N: queue vectors of virtio-blk, nvme), vectors probed first and freed
+    # before the full allocation (nvme: 1 admin vector), whether the driver frees its
+    # vectors at power-off (nvme_shutdown).
+    msix_table_size: Annotated[int, Field(ge=1, le=2048)] | None = None
+    managed_vectors: Annotated[int, Field(ge=0, le=2048)] = 0
+    probe_vectors: Annotated[int, Field(ge=1, le=2048)] | None = None
+    frees_at_shutdown: bool = False
 
 
 class ChurnEvent(_Strict):
@@ -237,6 +251,17 @@ class Scenario(_Strict):
             raise ValueError(
                 "guest.capture: expected a capture file exactly when guest.its_driver is replay"
             )
+        for i, device in enumerate(self.devices):
+            if device.managed_vectors > device.vectors:
+                raise ValueError(
+                    f"devices[{i}].managed_vectors: expected at most vectors ({device.vectors})"
+                )
+            if device.msix_table_size is not None and device.msix_table_size < device.vectors:
+                raise ValueError(
+                    f"devices[{i}].msix_table_size: expected at least vectors ({device.vectors})"
+                )
+        if self.guest.kernel is not None and self.guest.its_driver != "linux":
+            raise ValueError("guest.kernel: expected only with guest.its_driver: linux")
         if self.guest.its_driver == "replay" and self.workload.churn:
             raise ValueError("workload.churn: a replay guest plays its capture, not device churn")
         names = {d.name for d in self.devices}

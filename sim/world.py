@@ -100,6 +100,10 @@ class World:
             from sim.actors.replay import ReplayGuest
 
             self.guest: Guest = ReplayGuest(self, self.src)
+        elif scenario.guest.kernel is not None:
+            from sim.actors.linux_driver import LinuxGuest
+
+            self.guest = LinuxGuest(self, self.src)
         else:
             self.guest = Guest(self, self.src)
         self.paused = False
