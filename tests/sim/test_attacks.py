@@ -120,7 +120,10 @@ def test_share_host_claims_falls_to_the_secret_page_as_itt_claim(matrices):
         read = new(run, base, "did-read")
         assert read, name
         for v in read:
-            assert v.actor == "src.host.attack"
+            # The attacker reads them; so does the VMM's migration stream when a claimed
+            # page is one the save dirties (a replayed 6.1 guest's lowest secrets share
+            # the ITT pages), the claim still the cause in the chain.
+            assert v.actor in ("src.host.attack", "src.host.vmm")
             assert v.victim.startswith("secret:")
             assert "host claim: secret page named as an ITT" in v.chain[1], v.chain
         assert new(run, base, "could-read"), name
