@@ -96,11 +96,15 @@ def main(args: argparse.Namespace) -> int:
     document = results_document(results, scenarios, args.overrides)
     cells = {n: [c.model_dump(mode="json") for c in cs] for n, cs in matrices.items()}
     summary = render_text(scenarios, results, matrices, args.overrides)
+    from sim.report.realguest import render_realguest, twins  # replay scenarios' twins
+
+    realguest = render_realguest(honest, results, run_all(twins(honest)))
     with report_dir(out, "--out") as staging:
         charts = write_charts(results, staging, matrices, worlds)
         write_json(staging / "results.json", document, "--out")
         write_json(staging / "matrix.json", cells, "--out")
-        (staging / "report.md").write_text(render(scenarios, results, charts, matrices))
+        report = render(scenarios, results, charts, matrices) + realguest
+        (staging / "report.md").write_text(report)
         (staging / "summary.txt").write_text(summary + "\n")
     if args.json:
         write_json(args.json, {**document, "matrix": cells})
