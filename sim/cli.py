@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from sim import __version__
 from sim.commands import audit, bench, compare, its_save, oracle, run, scenarios, sweep
 
 COMMANDS = (compare, run, audit, scenarios, sweep, bench, its_save, oracle)
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"pkvm-sim {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS:
         command.register(sub)

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 from sim.run import RunResult, run
-from sim.scenario import Scenario, ScenarioError, load_scenario
-
-BUNDLED = Path(__file__).resolve().parents[2] / "scenarios"
+from sim.scenario import BUNDLED, Scenario, ScenarioError, load_scenario
 
 
 def add_scenario_arguments(p) -> None:
@@ -37,7 +34,7 @@ def load_all(paths: list[str]) -> list[Scenario]:
         try:
             scenarios.append(load_scenario(path))
         except ScenarioError as exc:
-            print(f"pkvm-sim: {exc}", file=sys.stderr)
+            print("\n".join(f"pkvm-sim: {e}" for e in exc.errors), file=sys.stderr)
             raise SystemExit(2) from None
     return scenarios
 
