@@ -6,9 +6,20 @@ import argparse
 import sys
 
 from sim import __version__
-from sim.commands import audit, bench, compare, its_save, oracle, run, scenarios, sweep
+from sim.commands import (
+    attacks,
+    audit,
+    bench,
+    compare,
+    its_save,
+    oracle,
+    proposals,
+    run,
+    scenarios,
+    sweep,
+)
 
-COMMANDS = (compare, run, audit, scenarios, sweep, bench, its_save, oracle)
+COMMANDS = (compare, run, audit, scenarios, proposals, attacks, sweep, bench, its_save, oracle)
 EXAMPLES = """\
 examples:
   pkvm-sim compare                          # every bundled scenario, report in reports/
@@ -33,8 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sim.registry import plugin_errors
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    for error in plugin_errors():  # left out; every other plugin and built-in still works
+        print(f"pkvm-sim: warning: {error}", file=sys.stderr)
     if args.command is None:
         parser.print_help()
         return 0

@@ -39,6 +39,17 @@ def load_all(paths: list[str]) -> list[Scenario]:
     return scenarios
 
 
+def unique_names(paths: list[str], scenarios: list[Scenario]) -> None:
+    """Exit 2 if two scenarios share a name (their cells would merge in one report)."""
+    from sim.scenario import check_unique_names
+
+    try:
+        check_unique_names(paths, scenarios)
+    except ScenarioError as exc:
+        print("\n".join(f"pkvm-sim: {e}" for e in exc.errors), file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def run_all(scenarios: list[Scenario], only: list[str] | None = None) -> list[RunResult]:
     from sim.commands.console import progress
 

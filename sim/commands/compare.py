@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from sim.commands.common import BUNDLED, bundled_scenarios, dump, load_all, run_all
+from sim.commands.common import BUNDLED, bundled_scenarios, dump, load_all, run_all, unique_names
 
 FOCUS = "kzalloc-dense-secrets"  # the scenario the timeline and memory map show, if run
 
@@ -56,6 +56,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"pkvm-sim: no scenario given and none bundled in {BUNDLED}", file=sys.stderr)
         return 2
     scenarios = load_all(paths)
+    unique_names(paths, scenarios)
     name = args.name or ("bundled" if not args.scenarios else scenarios[0].name)
     # The proposal tables and charts: every scenario with an honest host. A scenario's own
     # host, if it is not honest, is a row of its attack matrix, composed as the file says.

@@ -92,9 +92,19 @@ def _progress(total: int):
 
 def main(args: argparse.Namespace) -> int:
     from sim.commands.common import load_all
-    from sim.sweep import SweepError, run_sweep, varies_from, write_all
+    from sim.sweep import (
+        PARQUET_MISSING,
+        SweepError,
+        parquet_available,
+        run_sweep,
+        varies_from,
+        write_all,
+    )
 
     (scenario,) = load_all([args.scenario])
+    if not parquet_available():  # before any run: nothing half-written
+        print(f"pkvm-sim: {PARQUET_MISSING}", file=sys.stderr)
+        return 2
     try:
         varies = varies_from(args.vary)
         start = time.perf_counter()
