@@ -36,6 +36,18 @@ def test_bad_arguments_exit_2_with_a_clear_message(capsys, argv, message):
     assert "Traceback" not in err
 
 
+def test_version_is_the_installed_distribution_s(capsys):
+    from importlib.metadata import version
+
+    import sim
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out == f"pkvm-sim {version('pkvm-sim')}\n"
+    assert sim.__version__ == version("pkvm-sim")
+
+
 def test_help_has_an_example(capsys):
     with pytest.raises(SystemExit):
         main(["its-save", "--help"])

@@ -13,7 +13,9 @@ def add_scenario_arguments(p) -> None:
     """SCENARIO and --proposal, as `run` and `audit` take them."""
     from sim.scenario import ALL_PROPOSALS
 
-    p.add_argument("scenario", help="scenario YAML file")
+    p.add_argument(
+        "scenario", help="scenario YAML file, or a bundled one by name (pkvm-sim scenarios)"
+    )
     p.add_argument(
         "--proposal",
         action="append",
