@@ -30,9 +30,11 @@ MAX_DURATION_MS = 600_000.0  # ten minutes of simulated time
 MAX_RATE_HZ = 10_000_000.0  # MSIs per second from one device
 MAX_MOVES_PER_S = 1_000_000.0
 # What one run may simulate, in MSIs: 2M MSIs took 8.8 s on the 2-core machine (loaded),
-# 100k affinity moves 6.5 s, so a move counts as MOVE_COST MSIs.
+# 100k affinity moves 6.5 s, 40k read-everything polls of a small VM 9.7 s; so a move
+# counts as MOVE_COST MSIs, a poll as POLL_COST (more pages reached make a poll dearer).
 EVENT_BUDGET = 2_000_000
 MOVE_COST = 15
+POLL_COST = 50
 
 
 def _proposal_names() -> tuple[str, ...]:
@@ -280,7 +282,8 @@ class Scenario(_Strict):
         if events > EVENT_BUDGET:
             yield (
                 f"workload: {events:,.0f} events to simulate (MSIs: the devices' rate_hz"
-                f" over workload.duration_ms; affinity moves, {MOVE_COST} each; host polls)"
+                f" over workload.duration_ms; affinity moves, {MOVE_COST} each; host polls,"
+                f" {POLL_COST} each)"
                 f" exceed the budget of {EVENT_BUDGET:,}; expected lower rates or a shorter"
                 " duration"
             )
@@ -336,13 +339,13 @@ class Scenario(_Strict):
 
     def events_estimate(self) -> float:
         """About how many events a run simulates, in MSIs: MSIs, affinity moves (MOVE_COST
-        each) and the polls of a read-everything host (on both machines); EVENT_BUDGET
-        bounds it."""
+        each) and the polls of a read-everything host (on both machines, POLL_COST each);
+        EVENT_BUDGET bounds it."""
         seconds = self.workload.duration_ms / 1000.0
         msis = sum(d.rate_hz for d in self.devices) * seconds
         moves = self.workload.affinity_moves_per_s * seconds * MOVE_COST
         polls = sum(
-            2 * self.workload.duration_ms / b.period_ms
+            2 * POLL_COST * self.workload.duration_ms / b.period_ms
             for b in self.host.behaviours
             if b.kind == "read-everything"
         )
