@@ -12,7 +12,8 @@ A package extends pkvm-sim without forking it by declaring entry points
 A proposal class sets ``name`` (the entry point's name) and ``summary``. A behaviour class
 sets ``kind`` (the entry point's name) and ``spec``: the pydantic model of its entry in a
 scenario's ``host.behaviours``, a :class:`Spec` with ``kind: Literal["my-attack"]`` and its
-parameters, each with a default and bounds (one docstring line: what the host does).
+parameters, each with a default and bounds (one docstring line: what the host does); each
+instance's ``self.spec`` is then the validated entry, as for the built-ins.
 
 Built-ins stay where they are (``sim.proposals.PROPOSALS``, ``sim.scenario.ATTACK_SPECS``
 and the classes in ``sim.attacks``); plugins are loaded once, when ``sim.proposals`` and

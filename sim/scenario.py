@@ -555,8 +555,9 @@ def _pydantic_error(path: Path, root: yaml.Node | None, err: dict) -> list[tuple
         # one per line.
         out = []
         for line in msg.splitlines():
-            head, text = line.split(": ", 1)
-            out += _pydantic_error(path, root, {**err, "loc": _parse_field(head), "msg": text})
+            head, _, text = line.partition(": ")
+            field = {"loc": _parse_field(head), "msg": text} if text else {"msg": line}
+            out += _pydantic_error(path, root, {**err, "loc": (), **field})
         return out
     node = _node_at(root, loc) if root is not None else None
     line = node.start_mark.line + 1 if node is not None else 1

@@ -64,3 +64,15 @@ def test_every_command_help_has_an_example(capsys):
         with pytest.raises(SystemExit):
             main([name, "--help"])
         assert "example" in capsys.readouterr().out, name
+
+
+def test_scenarios_json_lists_every_bundled_one_by_the_name_run_takes(capsys):
+    import json
+
+    from sim.scenario import BUNDLED, load_scenario
+
+    assert main(["scenarios", "--json", "-"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == sorted(p.stem for p in BUNDLED.glob("*.yaml"))
+    for row in rows:
+        assert load_scenario(row["name"]).question == row["question"]
