@@ -7,6 +7,7 @@ the same result.
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -573,6 +574,43 @@ def _pydantic_error(path: Path, root: yaml.Node | None, err: dict) -> list[tuple
     return [(line, f"{path}:{line}: {_field_name(loc)}: {msg}{got}")]
 
 
+def _cross_field_despite(data: dict, errors: list[dict]) -> list[dict]:
+    """The cross-field mistakes of a file whose fields failed too: validated again with
+    each bad value left out, its default standing in. Nothing if a bad value has no
+    default, or sits in a list (leaving it out would renumber the rest); a mistake that
+    names a field in error is dropped (it may be the default's, not the file's)."""
+    patched = copy.deepcopy(data)
+    named = []
+    for err in errors:
+        loc = tuple(k for k in err["loc"] if k not in BEHAVIOUR_KINDS)
+        parent = patched
+        for key in loc[:-1]:
+            if isinstance(parent, dict):
+                parent = parent.get(key)
+            elif isinstance(parent, list) and isinstance(key, int) and key < len(parent):
+                parent = parent[key]
+            else:
+                parent = None
+        if not loc or not isinstance(parent, dict) or loc[-1] not in parent:
+            return []
+        del parent[loc[-1]]
+        named.append(_field_name(loc))
+    try:
+        Scenario.model_validate(patched)
+    except ValidationError as exc:
+        again = exc.errors(include_url=False)
+        if any(e["loc"] for e in again):
+            return []  # a bad value without a default: the fields must be fixed first
+        lines = [
+            line
+            for e in again
+            for line in e["msg"].removeprefix("Value error, ").splitlines()
+            if not any(name in line for name in named)
+        ]
+        return [{**again[0], "msg": line} for line in lines]
+    return []
+
+
 def _kinds() -> str:
     return ", ".join(repr(k) for k in ("honest", *ATTACKS))
 
@@ -622,7 +660,8 @@ def load_scenario(path: str | Path) -> Scenario:
     try:
         scenario = Scenario.model_validate(data)
     except ValidationError as exc:
-        for err in exc.errors(include_url=False):
+        errors = exc.errors(include_url=False)
+        for err in errors + _cross_field_despite(data, errors):
             problems += _pydantic_error(path, root, err)
     if problems:
         raise ScenarioError([m for _, m in sorted(problems, key=lambda p: p[0])])

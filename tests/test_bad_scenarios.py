@@ -214,3 +214,43 @@ def test_a_bundled_scenario_is_found_by_its_listed_name(capsys):
     assert load_scenario("small-vm.yaml").name == "small-vm"
     lines = errors_of(capsys, ["run", "no-such-scenario"])
     assert lines == ["no-such-scenario: cannot read: No such file or directory"]
+
+
+def test_cross_field_mistakes_are_reported_beside_field_mistakes(tmp_path, capsys):
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "name: t\n"
+        "question: q\n"
+        "guest: {vcpus: 0}\n"  # 3: field
+        "devices:\n"
+        "  - {name: a, device_id: 1, vectors: 2, rate_hz: -5}\n"  # 5: field
+        "  - {name: a, device_id: 2, vectors: 2}\n"  # 6: cross-field, name again
+        "workload:\n"
+        "  duration_ms: -1\n"  # 8: field
+        "  churn:\n"
+        "    - {at_ms: 1, device: a, action: add}\n"  # 10: cross-field, present
+        "migration: {at_ms: 15}\n"  # against a bad duration: not judged
+        "proposals: [trusted-host, trusted-host]\n"  # 12: cross-field, twice
+    )
+    lines = errors_of(capsys, ["run", str(path)])
+    where = [line.removeprefix(f"{path}:").split(": ")[:2] for line in lines]
+    assert where == [
+        ["3", "guest.vcpus"],
+        ["5", "devices[0].rate_hz"],
+        ["6", "devices[1].name"],
+        ["8", "workload.duration_ms"],
+        ["10", "workload.churn[0].action"],
+        ["12", "proposals[1]"],
+    ]
+
+
+def test_cross_field_checks_wait_for_a_required_field(tmp_path, capsys):
+    """A bad value with no default cannot be left out: only the field mistakes, then."""
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        GOOD.replace("vectors: 3", "vectors: 0") + "proposals: [trusted-host, trusted-host]\n"
+    )
+    lines = errors_of(capsys, ["run", str(path)])
+    assert [line.removeprefix(f"{path}:").split(": ")[:2] for line in lines] == [
+        ["4", "devices[0].vectors"]
+    ]
