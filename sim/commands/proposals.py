@@ -45,7 +45,7 @@ def rows() -> list[dict]:
 
 
 def write_json(data: object, where: str) -> None:
-    text = json.dumps(data, indent=2) + "\n"
+    text = json.dumps(data, indent=2, default=str) + "\n"
     if where == "-":
         sys.stdout.write(text)
     else:
