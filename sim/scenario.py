@@ -412,15 +412,17 @@ def _path_at_yaml_error(text: str) -> tuple[Any, ...]:
                     if top[2]:  # this node is a key
                         top[1] = getattr(event, "value", None)
                         top[2] = False
-                        continue
-                    top[2] = True  # this node is the value; a key comes next
+                        if isinstance(event, yaml.ScalarEvent | yaml.AliasEvent):
+                            continue  # (a collection as a key is pushed like a value)
+                    else:
+                        top[2] = True  # this node is the value; a key comes next
                 elif top is not None:
                     top[1] += 1
                 if isinstance(event, yaml.MappingStartEvent):
                     stack.append(["map", None, True])
                 elif isinstance(event, yaml.SequenceStartEvent):
                     stack.append(["seq", -1])
-            elif isinstance(event, yaml.MappingEndEvent | yaml.SequenceEndEvent):
+            elif isinstance(event, yaml.MappingEndEvent | yaml.SequenceEndEvent) and stack:
                 stack.pop()
     except yaml.YAMLError:
         pass

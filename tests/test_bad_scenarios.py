@@ -254,3 +254,47 @@ def test_cross_field_checks_wait_for_a_required_field(tmp_path, capsys):
     assert [line.removeprefix(f"{path}:").split(": ")[:2] for line in lines] == [
         ["4", "devices[0].vectors"]
     ]
+
+
+def test_mutated_bundled_scenarios_load_or_get_messages_never_a_traceback(tmp_path):
+    """Seeded fuzz of the loader: a few random edits to each bundled scenario (YAML
+    punctuation, anchors, tags, non-finite numbers, deletions, copies) either load or
+    raise ScenarioError with every line naming the file, at once. A collection used as a
+    mapping key made the parse-path walk pop an empty stack (IndexError on main)."""
+    import random
+
+    from sim.scenario import BUNDLED, ScenarioError, load_scenario
+
+    texts = [p.read_text() for p in sorted(BUNDLED.glob("*.yaml"))]
+    pieces = [*":-[]{}&*!|>'\",#?\n\t 019.e+x", "- ", ": ", "&a ", "*a", "!!", ".inf", "? "]
+    rng = random.Random(15)
+    path = tmp_path / "s.yaml"
+    refused = 0
+    for _ in range(600):
+        text = rng.choice(texts)
+        for _ in range(rng.randint(1, 6)):
+            at = rng.randrange(len(text) + 1)
+            op = rng.random()
+            if op < 0.4:
+                text = text[:at] + rng.choice(pieces) + text[at:]
+            elif op < 0.7:
+                text = text[:at] + text[at + rng.randint(1, 8) :]
+            else:
+                src = rng.randrange(len(text) + 1)
+                text = text[:at] + text[src : src + rng.randint(1, 30)] + text[at:]
+        path.write_text(text)
+        try:
+            load_scenario(path)
+        except ScenarioError as exc:
+            refused += 1
+            assert exc.errors and all(e.startswith(f"{path}:") for e in exc.errors), exc.errors
+    assert refused > 300  # most edits break something, and each said what
+
+
+def test_a_collection_as_a_mapping_key_is_named(tmp_path, capsys):
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        GOOD + "  - {name: b, device_id: 9, vectors: 3}: 1\nworkload:\n  x: 1\nseed: [2\n"
+    )
+    (line,) = errors_of(capsys, ["run", str(path)])
+    assert line.startswith(f"{path}:9: seed[0]: not valid YAML")
