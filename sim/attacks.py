@@ -512,11 +512,20 @@ BEHAVIOURS: dict[str, type[Behaviour]] = {
 }
 
 
+def behaviour_class(kind: str) -> type[Behaviour]:
+    """A behaviour's class by kind: a built-in above, or an installed plugin's."""
+    if kind in BEHAVIOURS:
+        return BEHAVIOURS[kind]
+    from sim.registry import plugin_behaviours
+
+    return plugin_behaviours(frozenset(BEHAVIOURS))[kind]
+
+
 def install(world: World, scenario: Scenario) -> None:
     """Give both hosts (source and destination) the scenario's behaviours."""
     for machine in world.machines.values():
         for spec in scenario.host.behaviours:
-            behaviour = BEHAVIOURS[spec.kind](spec, world, machine)
+            behaviour = behaviour_class(spec.kind)(spec, world, machine)
             machine.host.behaviours.append(behaviour)
 
 
@@ -526,4 +535,4 @@ def start(world: World) -> None:
             behaviour.start()
 
 
-__all__ = ["BEHAVIOURS", "Behaviour", "install", "start"]
+__all__ = ["BEHAVIOURS", "Behaviour", "behaviour_class", "install", "start"]

@@ -8,9 +8,21 @@ import signal
 import sys
 from collections.abc import Iterator
 
-from sim.commands import audit, bench, compare, its_save, oracle, run, scenarios, sweep
+from sim import __version__
+from sim.commands import (
+    attacks,
+    audit,
+    bench,
+    compare,
+    its_save,
+    oracle,
+    proposals,
+    run,
+    scenarios,
+    sweep,
+)
 
-COMMANDS = (compare, run, audit, scenarios, sweep, bench, its_save, oracle)
+COMMANDS = (compare, run, audit, scenarios, proposals, attacks, sweep, bench, its_save, oracle)
 EXAMPLES = """\
 examples:
   pkvm-sim compare                          # every bundled scenario, report in reports/
@@ -27,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"pkvm-sim {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS:
         command.register(sub)
@@ -75,9 +88,12 @@ def _json_on_stdout(args: argparse.Namespace) -> Iterator[None]:
 
 def main(argv: list[str] | None = None) -> int:
     from sim.output import OutputError
+    from sim.registry import plugin_errors
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    for error in plugin_errors():  # left out; every other plugin and built-in still works
+        print(f"pkvm-sim: warning: {error}", file=sys.stderr)
     if args.command is None:
         parser.print_help()
         return 0

@@ -9,7 +9,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+# Each unit's bounds, beyond which a figure is a typo and a run would never end: (rate?,
+# upper bound). A rate must be above zero (a copy at 0 GB/s never ends).
+UNIT_BOUNDS: dict[str, tuple[bool, float]] = {
+    "us": (False, 1e6),  # one second per operation
+    "ms": (False, 600_000.0),  # as long as the longest workload
+    "GB/s": (True, 10_000.0),
+    "Gb/s": (True, 100_000.0),
+    "lines": (False, 1e6),
+}
 
 
 def cited(default: float, unit: str, source: str, why: str) -> Any:
@@ -20,7 +30,19 @@ def cited(default: float, unit: str, source: str, why: str) -> Any:
 
 
 class CostModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*")
+    @classmethod
+    def _bounded(cls, value: float, info: ValidationInfo) -> float:
+        """Every cost finite (allow_inf_nan) and within its unit's UNIT_BOUNDS."""
+        unit = (cls.model_fields[info.field_name].json_schema_extra or {}).get("unit")
+        rate, high = UNIT_BOUNDS.get(unit, (False, float("inf")))
+        if rate and value <= 0:
+            raise ValueError(f"expected a rate above 0 {unit}")
+        if value > high:
+            raise ValueError(f"expected at most {high:g} {unit}")
+        return value
 
     guest_hvc_us: float = cited(
         1.0,

@@ -479,9 +479,24 @@ def write_csv(sweep: Sweep, path: Path) -> None:
         writer.writerows(sweep.rows)
 
 
+PARQUET_MISSING = (
+    "sweep.parquet needs pyarrow, in the sweep extra: pip install 'pkvm-sim[sweep]'"
+    " (sweep.csv needs nothing more)"
+)
+
+
+def parquet_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("pyarrow") is not None
+
+
 def write_parquet(sweep: Sweep, path: Path) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise SweepError(PARQUET_MISSING) from None
 
     pq.write_table(pa.Table.from_pylist(sweep.rows), path)
 

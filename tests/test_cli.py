@@ -36,6 +36,18 @@ def test_bad_arguments_exit_2_with_a_clear_message(capsys, argv, message):
     assert "Traceback" not in err
 
 
+def test_version_is_the_installed_distribution_s(capsys):
+    from importlib.metadata import version
+
+    import sim
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out == f"pkvm-sim {version('pkvm-sim')}\n"
+    assert sim.__version__ == version("pkvm-sim")
+
+
 def test_help_has_an_example(capsys):
     with pytest.raises(SystemExit):
         main(["its-save", "--help"])
@@ -52,3 +64,15 @@ def test_every_command_help_has_an_example(capsys):
         with pytest.raises(SystemExit):
             main([name, "--help"])
         assert "example" in capsys.readouterr().out, name
+
+
+def test_scenarios_json_lists_every_bundled_one_by_the_name_run_takes(capsys):
+    import json
+
+    from sim.scenario import BUNDLED, load_scenario
+
+    assert main(["scenarios", "--json", "-"]) == 0
+    rows = json.loads(capsys.readouterr().out)["scenarios"]
+    assert [r["name"] for r in rows] == sorted(p.stem for p in BUNDLED.glob("*.yaml"))
+    for row in rows:
+        assert load_scenario(row["name"]).question == row["question"]

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 from sim.run import RunResult, run
-from sim.scenario import Scenario, ScenarioError, load_scenario
-
-BUNDLED = Path(__file__).resolve().parents[2] / "scenarios"
+from sim.scenario import BUNDLED, Scenario, ScenarioError, load_scenario
 
 
 def add_scenario_arguments(p) -> None:
     """SCENARIO and --proposal, as `run` and `audit` take them."""
     from sim.scenario import ALL_PROPOSALS
 
-    p.add_argument("scenario", help="scenario YAML file")
+    p.add_argument(
+        "scenario", help="scenario YAML file, or a bundled one by name (pkvm-sim scenarios)"
+    )
     p.add_argument(
         "--proposal",
         action="append",
@@ -70,10 +69,24 @@ def load_all(paths: list[str], overrides: list[str] | None = None) -> list[Scena
         parsed = [parse_override(o) for o in overrides or []]
         for path in paths:
             scenarios.append(apply_overrides(load_scenario(path), parsed, str(path)))
-    except (ScenarioError, OverrideError) as exc:
+    except ScenarioError as exc:
+        print("\n".join(f"pkvm-sim: {e}" for e in exc.errors), file=sys.stderr)
+        raise SystemExit(2) from None
+    except OverrideError as exc:
         print(f"pkvm-sim: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     return scenarios
+
+
+def unique_names(paths: list[str], scenarios: list[Scenario]) -> None:
+    """Exit 2 if two scenarios share a name (their cells would merge in one report)."""
+    from sim.scenario import check_unique_names
+
+    try:
+        check_unique_names(paths, scenarios)
+    except ScenarioError as exc:
+        print("\n".join(f"pkvm-sim: {e}" for e in exc.errors), file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def run_all(scenarios: list[Scenario], only: list[str] | None = None) -> list[RunResult]:

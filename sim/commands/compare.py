@@ -21,6 +21,7 @@ from sim.commands.common import (
     load_all,
     results_document,
     run_all,
+    unique_names,
 )
 
 FOCUS = "kzalloc-dense-secrets"  # the scenario the timeline and memory map show, if run
@@ -75,6 +76,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"pkvm-sim: --out {args.out}: is a file, expected a directory", file=sys.stderr)
         return 2
     scenarios = load_all(paths, args.overrides)
+    unique_names(paths, scenarios)
     name = args.name or ("bundled" if not args.scenarios else scenarios[0].name)
     out = Path(args.out) / name
     check_dir(out, "--out", "results.json")

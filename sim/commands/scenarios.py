@@ -1,8 +1,9 @@
-"""`pkvm-sim scenarios`: the bundled scenarios and the question each answers."""
+"""`pkvm-sim scenarios`: the bundled scenarios, by the name `run`, `audit` and `compare` take."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from sim.commands.common import add_json_argument, bundled_scenarios, check_json, load_all
@@ -13,6 +14,7 @@ def register(sub) -> None:
         "scenarios",
         help="list the bundled scenarios with the question each answers",
         epilog="examples:\n  pkvm-sim scenarios\n"
+        "  pkvm-sim run small-vm   # a bundled one by name\n"
         "  pkvm-sim scenarios --json - | jq '.scenarios[].name'",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -23,17 +25,21 @@ def register(sub) -> None:
 def main(args: argparse.Namespace) -> int:
     from sim.output import write_json
     from sim.provenance import provenance
+    from sim.scenario import BUNDLED
 
     check_json(args)
     paths = bundled_scenarios()
+    if not paths:
+        print(f"pkvm-sim: no scenario bundled in {BUNDLED}", file=sys.stderr)
+        return 2
     scenarios = load_all(paths)
-    width = max(len(Path(p).name) for p in paths)
+    width = max(len(Path(p).stem) for p in paths)
     for path, scenario in zip(paths, scenarios, strict=True):
-        print(f"{Path(path).name:<{width}}  {scenario.question}")
+        print(f"{Path(path).stem:<{width}}  {scenario.question}")
     if args.json:
         data = provenance(scenarios)
         files = [
-            {"file": Path(p).name, "name": s.name, "question": s.question}
+            {"name": Path(p).stem, "file": str(p), "question": s.question}
             for p, s in zip(paths, scenarios, strict=True)
         ]
         write_json(args.json, {"provenance": data, "scenarios": files})

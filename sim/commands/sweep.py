@@ -130,10 +130,22 @@ def main(args: argparse.Namespace) -> int:
     from sim.output import check_dir, write_json
     from sim.provenance import provenance
     from sim.report.words import plural
-    from sim.sweep import CellCache, DaskLost, SweepError, run_sweep, varies_from, write_all
+    from sim.sweep import (
+        PARQUET_MISSING,
+        CellCache,
+        DaskLost,
+        SweepError,
+        parquet_available,
+        run_sweep,
+        varies_from,
+        write_all,
+    )
 
     check_json(args)
     (scenario,) = load_all([args.scenario])
+    if not parquet_available():  # before any run: nothing half-written
+        print(f"pkvm-sim: {PARQUET_MISSING}", file=sys.stderr)
+        return 2
     out = Path(args.out) if args.out else Path("reports") / "sweeps" / scenario.name
     check_dir(out, "--out", "sweep.csv")
     where_cache = cache_dir(args)

@@ -7,6 +7,7 @@ from sim.proposals.share_enlightened_guest import ShareEnlightenedGuest
 from sim.proposals.share_host_claims import ShareHostClaims
 from sim.proposals.trusted_host import TrustedHost
 from sim.proposals.userspace_serialization import UserspaceSerialization
+from sim.registry import plugin_proposals
 
 PROPOSALS: dict[str, type[Proposal]] = {
     cls.name: cls
@@ -19,6 +20,8 @@ PROPOSALS: dict[str, type[Proposal]] = {
         IOMMUGatedITS,
     )
 }
+# Then every installed plugin's (entry points "pkvm_sim.proposals", sim/registry.py).
+PROPOSALS.update(plugin_proposals(frozenset(PROPOSALS)))
 
 
 def make_proposal(name: str) -> Proposal:
@@ -26,7 +29,7 @@ def make_proposal(name: str) -> Proposal:
         return PROPOSALS[name]()
     except KeyError:
         raise ValueError(
-            f"unknown proposal {name!r}; expected one of {sorted(PROPOSALS)}"
+            f"unknown proposal {name!r}; expected one of {', '.join(PROPOSALS)}"
         ) from None
 
 

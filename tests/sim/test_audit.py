@@ -34,6 +34,7 @@ from sim.memory.physmem import PAGE_SHIFT, PAGE_SIZE
 from sim.run import simulate
 from sim.scenario import Scenario
 from sim.world import GUEST, RAM_BASE
+from tests.sim.test_valid_scenarios import possible_churn
 
 ITS_STRUCTURES = {
     LabelKind.DEVICE_TABLE,
@@ -1192,14 +1193,10 @@ def honest_scenarios(draw, allocator: str) -> Scenario:
     ]
     churn = []
     if draw(st.booleans()):
-        for _ in range(draw(st.integers(1, 3))):
-            churn.append(
-                {
-                    "at_ms": draw(st.floats(0.0, 29.0)),
-                    "device": draw(st.sampled_from(devices))["name"],
-                    "action": draw(st.sampled_from(["remove", "add"])),
-                }
-            )
+        churn = possible_churn(
+            (draw(st.floats(0.0, 29.0)), draw(st.sampled_from(devices))["name"])
+            for _ in range(draw(st.integers(1, 3)))
+        )
     return Scenario.model_validate(
         {
             "name": "honest",

@@ -40,7 +40,10 @@ def test_defaults_fill_everything_but_name_question_and_devices(tmp_path):
         (GOOD + "guest:\n  allocator: slab\n", ":6: guest.allocator: Input should be"),
         (GOOD + "costs:\n  tlbi_us: -1\n", ":6: costs.tlbi_us: Input should be greater than or"),
         (GOOD + "costs:\n  tlbi_ns: 1\n", ":6: costs.tlbi_ns: Extra inputs are not permitted"),
-        (GOOD + "proposals: [share-everything]\n", ":5: proposals[0]: Input should be"),
+        (
+            GOOD + "proposals: [share-everything]\n",
+            ":5: proposals[0]: unknown proposal; expected one of 'trusted-host'",
+        ),
         (GOOD + "migration: {at_ms: 50}\n", "migration.at_ms: expected a time before"),
         (GOOD.replace("question: does it load?\n", ""), ":1: question: Field required"),
         ("name: [unclosed\n", ":2: name[0]: not valid YAML"),

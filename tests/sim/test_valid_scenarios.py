@@ -44,6 +44,18 @@ def behaviour(draw) -> dict:
     return {"kind": kind, **params}
 
 
+def possible_churn(events) -> list[dict]:
+    """(at_ms, device) in time order, each removing the device if it is up, else adding it
+    back: churn the guest can do (sim/scenario.py refuses any other)."""
+    up: dict[str, bool] = {}
+    churn = []
+    for at_ms, device in sorted(events):
+        action = "remove" if up.get(device, True) else "add"
+        up[device] = action == "add"
+        churn.append({"at_ms": at_ms, "device": device, "action": action})
+    return churn
+
+
 @st.composite
 def valid_scenarios(draw) -> Scenario:
     n = draw(st.integers(1, 3))
@@ -59,14 +71,10 @@ def valid_scenarios(draw) -> Scenario:
         for i, dev_id in enumerate(ids)
     ]
     duration = draw(st.sampled_from([4.0, 12.0, 25.0]))
-    churn = [
-        {
-            "at_ms": draw(st.floats(0.0, duration)),
-            "device": draw(st.sampled_from(devices))["name"],
-            "action": draw(st.sampled_from(["remove", "add"])),
-        }
+    churn = possible_churn(
+        (draw(st.floats(0.0, duration, exclude_max=True)), draw(st.sampled_from(devices))["name"])
         for _ in range(draw(st.integers(0, 4)))
-    ]
+    )
     behaviours = draw(st.lists(behaviour(), max_size=3)) if draw(st.booleans()) else []
     behaviours = behaviours or [{"kind": "honest"}]
     return Scenario.model_validate(
