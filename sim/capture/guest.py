@@ -12,7 +12,9 @@ returns), then collects, as root, into one tar file sent back over the /out disk
 - ``pci``: each PCI function's address, vendor:device, driver and MSI vectors;
 - ``interrupts``, ``version``, ``release``: /proc/interrupts, /proc/version, uname -r.
 
-It then powers off; the command stream, the ITS registers and RAM are read from QEMU.
+Its last act is a read of GITS_IIDR through /dev/mem (busybox ``devmem``): QEMU traces it,
+and the commands after it are the guest's power-off. It then powers off; the command
+stream, the ITS registers and RAM are read from QEMU.
 """
 
 from __future__ import annotations
@@ -52,11 +54,13 @@ cat /proc/interrupts > /tmp/cap/interrupts
 cat /proc/version > /tmp/cap/version
 uname -r > /tmp/cap/release
 cd /tmp/cap && tar cf /out kallsyms kcore.head pci interrupts version release
+v=$(devmem {marker} 32) && echo "pkvm-sim-capture: its marker $v"
 """
 
 
-def payload(nvme: int) -> str:
-    return PAYLOAD.format(nvme=nvme, wait_ticks=NVME_LIVE_WAIT_S * 10)
+def payload(nvme: int, marker: int) -> str:
+    """The /init payload: wait for ``nvme`` controllers, collect, read ``marker`` (GITS_IIDR)."""
+    return PAYLOAD.format(nvme=nvme, wait_ticks=NVME_LIVE_WAIT_S * 10, marker=f"{marker:#x}")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ page tables) and ``quit``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import time
@@ -94,10 +95,8 @@ class QMP:
             time.sleep(0.05)
 
     def quit(self) -> None:
-        try:
+        with contextlib.suppress(QMPError):  # QEMU may close the socket as it quits
             self.execute("quit")
-        except QMPError:
-            pass  # QEMU closes the socket as it quits
 
 
 class GuestRAM:

@@ -91,7 +91,9 @@ class QueueGeometry:
 
 def geometry(cbaser: int) -> QueueGeometry:
     return QueueGeometry(
-        base=_bits(cbaser, 12, 40) << 12, size=(_bits(cbaser, 0, 8) + 1) * PAGE, valid=bool(cbaser >> 63)
+        base=_bits(cbaser, 12, 40) << 12,
+        size=(_bits(cbaser, 0, 8) + 1) * PAGE,
+        valid=bool(cbaser >> 63),
     )
 
 
@@ -154,7 +156,9 @@ def cross_check(queue: bytes, trace: Trace) -> CrossCheck:
         out.compared += 1
         out.fields += 1
         if c.opcode != raw[c.slot][0] & 0xFF:
-            out.mismatches.append(Mismatch(c.seq, c.slot, "command", c.opcode, raw[c.slot][0] & 0xFF))
+            out.mismatches.append(
+                Mismatch(c.seq, c.slot, "command", c.opcode, raw[c.slot][0] & 0xFF)
+            )
             continue
         if c.name and c.name != name:
             out.mismatches.append(Mismatch(c.seq, c.slot, "command", c.name, name))
@@ -174,6 +178,9 @@ def cross_check(queue: bytes, trace: Trace) -> CrossCheck:
 
 
 def commands_in_order(queue: bytes, trace: Trace) -> list[tuple[int, tuple[int, int, int, int]]]:
-    """(slot, dwords) of the commands still in the queue, in the order QEMU processed them."""
+    """(seq, dwords) of the commands still in the queue, in the order QEMU processed them."""
     raw = slots(queue)
-    return [(trace.commands[i].slot, raw[trace.commands[i].slot]) for i in in_queue_order(trace, len(raw))]
+    return [
+        (trace.commands[i].seq, raw[trace.commands[i].slot])
+        for i in in_queue_order(trace, len(raw))
+    ]

@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+GITS_IIDR = 0x4
 GITS_CBASER = 0x80
 GITS_CWRITER = 0x88
 GITS_BASER0 = 0x100
@@ -56,6 +57,8 @@ class Trace:
     reads: dict[int, int] = field(default_factory=dict)  # register offset -> last value read
     cbaser_writes: list[int] = field(default_factory=list)  # every GITS_CBASER value written
     cwriter_writes: int = 0
+    # commands processed before each GITS_IIDR read (the capture payload's phase marker)
+    marker_reads: list[int] = field(default_factory=list)
     translations: int = 0  # GITS_TRANSLATER writes: MSIs the devices sent
     lines: int = 0
 
@@ -143,6 +146,8 @@ def parse_trace(text: str, source: str = "trace") -> Trace:
                     trace.cwriter_writes += 1
             else:
                 _mmio(off, data, size, trace.reads)
+                if off == GITS_IIDR:
+                    trace.marker_reads.append(len(trace.commands))
         elif event == "gicv3_its_translation_write":
             trace.translations += 1
     return trace
