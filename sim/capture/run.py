@@ -461,7 +461,7 @@ def run_capture(options: CaptureOptions, progress: Progress, command: str = "pkv
         except BootError as exc:
             refusal = _qemu_refusal(exc.console, tools.qemu)
             if refusal is not None and "pkvm-sim-oracle: init started" not in exc.console:
-                raise QemuRefused(refusal) from None
+                raise QemuRefused(f"QEMU refused the device mix:\n{refusal}") from None
             raise
         argv = qemu_argv(
             kernel, tools, initramfs, Path("<out disk>"),

@@ -133,9 +133,9 @@ class KernelMap:
     def __init__(self, head: bytes, kallsyms: Kallsyms | None = None):
         segs = kcore_segments(head)
         image = kallsyms.image if kallsyms else None
-        ranges: list[LinearRange] = []
+        mapped: list[LinearRange] = []
         for i, s in enumerate(segs):
-            if s.paddr == NO_PADDR or (image and image[0] <= s.vaddr < image[1]):
+            if s.paddr == NO_PADDR:
                 continue
             vmemmap = sps = None
             pages = s.size // PAGE
@@ -145,20 +145,26 @@ class KernelMap:
                 size = nxt.size // pages
                 if size in (56, 64, 72, 80) and nxt.size - size * pages < PAGE:
                     vmemmap, sps = nxt.vaddr, size
-            ranges.append(LinearRange(s.vaddr, s.paddr, s.size, vmemmap, sps))
+            mapped.append(LinearRange(s.vaddr, s.paddr, s.size, vmemmap, sps))
+        # The kernel image (KCORE_TEXT) also has a physical address; it translates image
+        # addresses (phys) but is not the linear map (virt, struct_page).
+        ranges = [r for r in mapped if r.vmemmap is not None] or [
+            r for r in mapped if not (image and image[0] <= r.vaddr < image[1])
+        ]
         if not ranges:
             raise KernelMapError("/proc/kcore: no linear-map (KCORE_RAM) segment")
+        self.mapped = mapped
         self.ranges = ranges
 
     def phys(self, va: int) -> int | None:
-        """The physical address of a linear-map address (None if not in the linear map)."""
-        for r in self.ranges:
+        """The physical address of a linear-map or kernel-image address, else None."""
+        for r in self.mapped:
             if r.vaddr <= va < r.vaddr + r.size:
                 return r.paddr + va - r.vaddr
         return None
 
     def is_linear(self, va: int) -> bool:
-        return self.phys(va) is not None
+        return any(r.vaddr <= va < r.vaddr + r.size for r in self.ranges)
 
     def virt(self, pa: int) -> int | None:
         for r in self.ranges:
