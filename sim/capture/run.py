@@ -104,6 +104,7 @@ class CaptureOptions:
     cpus: int = DEFAULT_CPUS
     memory_mib: int = DEFAULT_MEMORY_MIB
     timeout_s: float = DEFAULT_TIMEOUT_S
+    raw_dir: Path | None = None  # also keep QEMU's ITS trace, the queue and the guest's /out
 
 
 @dataclass
@@ -124,6 +125,7 @@ class _Readback:
 
     trace: Trace | None = None
     queue: bytes = b""
+    out: bytes = b""
     report: guest_mod.GuestReport | None = None
     pages: list[ITTPage] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -196,6 +198,7 @@ def _hook(
             geo = geometry(trace.cbaser)
             ram = GuestRAM(qmp, scratch, RAM_BASE, options.memory_mib << 20)
             rb.queue = ram.save(geo.base, geo.size)
+            rb.out = out or b""
             rb.report = guest_mod.parse_out(out)
             syms = Kallsyms(rb.report.kallsyms)
             kmap = KernelMap(rb.report.kcore_head, syms)
@@ -352,21 +355,45 @@ def mapped_vectors(capture: Capture) -> dict[int, int]:
     return {d: len(e) for d, e in live.items()}
 
 
-def scenario_text(capture: Capture, capture_ref: str, name: str, command: str) -> str:
-    """A scenario replaying the capture under every proposal (the bundled real-guest shape)."""
+def _driver_facts(device: Device | None) -> str:
+    """The device's MSI-X table size and driver facts the modelled twin uses (scenario.py)."""
+    if device is None:
+        return ""
+    table = {"virtio-net": device.size, "virtio-rng": device.size}.get(device.kind, device.size + 1)
+    facts = f", msix_table_size: {table}"
+    if device.kind in ("virtio-blk", "nvme"):  # queue vectors: managed affinity
+        facts += f", managed_vectors: {device.size}"
+    if device.kind == "nvme":  # nvme_pci_enable probes with 1 vector; nvme_shutdown frees
+        facts += ", probe_vectors: 1, frees_at_shutdown: true"
+    return facts
+
+
+def scenario_text(
+    capture: Capture,
+    capture_ref: str,
+    name: str,
+    command: str,
+    devices: tuple[Device, ...] = (),
+) -> str:
+    """A scenario replaying the capture under every proposal (the bundled real-guest shape).
+
+    ``devices``: the mix the capture was made with, in slot order, for each device's MSI-X
+    table size (what QEMU offered); the vectors are what the guest left mapped.
+    """
     gen = capture.kernel.generation
     allocator = "linux-kzalloc" if gen == "6.1" else "linux-shared-pool"
     vectors = mapped_vectors(capture)
+    by_slot = {(i + 1) << 3: d for i, d in enumerate(devices)}
     lines = [
         f"# Question: what does each proposal expose and cost for this captured Linux"
         f" {capture.kernel.release} guest?",
-        f"# Written by `{command}`: the guest's own ITS commands ({len(capture.commands)}),",
-        f"# ITT placement and page neighbours ({capture_ref}), replayed under every proposal.",
+        f"# Written by: {command}",
+        f"# The guest's own ITS commands ({len(capture.commands)}), ITT placement and page",
+        f"# neighbours ({capture_ref}), replayed under every proposal.",
         f"name: {name}",
         f"question: What does each proposal expose and cost for the captured Linux"
         f" {capture.kernel.release} guest?",
         "seed: 1",
-        f'kernel: "{gen}"',
         "guest:",
         f"  ram_mib: {capture.guest.ram_size >> 20}",
         f"  vcpus: {capture.guest.vcpus}",
@@ -377,14 +404,16 @@ def scenario_text(capture: Capture, capture_ref: str, name: str, command: str) -
         "  colocated_as: density",
         "  power_off: true",
         "devices:",
-        "  # DeviceID = PCI requester ID; vectors = the events the captured boot leaves mapped",
+        "  # DeviceID = PCI requester ID; vectors = the events the captured boot leaves mapped;",
+        "  # msix_table_size = what QEMU offered (the replay plays the capture whatever they say)",
     ]
     for d in capture.devices:
         kind = next((k for k in KINDS if d.name and d.name.startswith(k)), "")
         n = max(1, vectors.get(d.device_id, 0))
         lines.append(
             f"  - {{name: {d.name or f'dev{d.device_id:#x}'}, device_id: {d.device_id:#06x},"
-            f" vectors: {n}, rate_hz: {RATE_HZ.get(kind, 1000.0):g}}}"
+            f" vectors: {n}, rate_hz: {RATE_HZ.get(kind, 1000.0):g}"
+            f"{_driver_facts(by_slot.get(d.device_id))}}}"
         )
     lines += [
         "workload:",
@@ -411,6 +440,17 @@ def scenario_name(path: Path) -> str:
     stem = path.name.removesuffix(".yaml").lower()
     name = re.sub(r"[^a-z0-9-]+", "-", stem).strip("-")
     return name if name and name[0].isalnum() else f"capture-{name}".strip("-")
+
+
+def keep_raw(directory: Path, trace_path: Path, rb: _Readback) -> None:
+    """QEMU's ITS trace, the 64 KiB queue as read back, and the guest's /out (a tar file)."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(trace_path, directory / "its.trace")
+        (directory / "queue.bin").write_bytes(rb.queue)
+        (directory / "guest-out.tar").write_bytes(rb.out)
+    except OSError as exc:
+        raise OracleSetupError(f"--raw {directory}: cannot write: {exc}") from None
 
 
 def run_capture(options: CaptureOptions, progress: Progress, command: str = "pkvm-sim capture"):
@@ -483,9 +523,11 @@ def run_capture(options: CaptureOptions, progress: Progress, command: str = "pkv
         text = dump_capture(capture)
         parse_capture(text, str(out))
         ref = os.path.relpath(out.resolve(), scenario.resolve().parent)
-        scen = scenario_text(capture, ref, scenario_name(scenario), command)
+        scen = scenario_text(capture, ref, scenario_name(scenario), command, options.devices)
         _atomic_write(out, text)
         _atomic_write(scenario, scen)
+        if options.raw_dir is not None:
+            keep_raw(options.raw_dir, trace_path, rb)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     timings = {

@@ -82,6 +82,12 @@ def register(sub) -> None:
     p.add_argument(
         "--scenario", default=None, metavar="FILE", help="the scenario (default: beside --out)"
     )
+    p.add_argument(
+        "--raw",
+        default=None,
+        metavar="DIR",
+        help="also keep the raw material in DIR: QEMU's ITS trace, the queue, the guest's /out",
+    )
     p.set_defaults(func=main, check=check)
 
 
@@ -138,6 +144,7 @@ def main(args: argparse.Namespace) -> int:
         cpus=args.cpus,
         memory_mib=args.memory,
         timeout_s=args.timeout,
+        raw_dir=Path(args.raw) if args.raw else None,
     )
     command = "pkvm-sim capture " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else ""
     try:
