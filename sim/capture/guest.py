@@ -43,17 +43,21 @@ done
 echo "pkvm-sim-capture: nvme live $live of $want"
 for d in /sys/bus/pci/devices/*; do
   drv=-
-  [ -e "$d/driver" ] && drv=$(basename "$(readlink "$d/driver")")
-  msi=$(ls "$d/msi_irqs" 2>/dev/null | tr '\n' ',')
-  echo "$(basename "$d") $(cat "$d/vendor"):$(cat "$d/device") $drv ${{msi:--}}"
+  [ -e "$d/driver" ] && drv=$(readlink "$d/driver") && drv=${{drv##*/}}
+  msi=
+  for m in "$d"/msi_irqs/*; do [ -e "$m" ] && msi="$msi${{m##*/}},"; done
+  read -r ven < "$d/vendor"
+  read -r dev < "$d/device"
+  echo "${{d##*/}} $ven:$dev $drv ${{msi:--}}"
 done > /tmp/cap/pci
 cat /tmp/cap/pci
-cat /proc/kallsyms > /tmp/cap/kallsyms
+dd if=/proc/kallsyms of=/tmp/cap/kallsyms bs=1048576 2>/dev/null
 dd if=/proc/kcore of=/tmp/cap/kcore.head bs=65536 count=1 2>/dev/null
 cat /proc/interrupts > /tmp/cap/interrupts
 cat /proc/version > /tmp/cap/version
 uname -r > /tmp/cap/release
 cd /tmp/cap && tar cf /out kallsyms kcore.head pci interrupts version release
+cd /
 v=$(devmem {marker} 32) && echo "pkvm-sim-capture: its marker $v"
 """
 
