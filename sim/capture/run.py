@@ -32,6 +32,8 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from sim.capture import guest as guest_mod
 from sim.capture.colocation import ITTRecord, colocate, layout_for
 from sim.capture.format import (
@@ -518,7 +520,12 @@ def run_capture(options: CaptureOptions, progress: Progress, command: str = "pkv
                 " the guest stopped"
             )
         rb.trace = final
-        capture, check, notes = build_capture(options, kernel, tools, argv, rb, boot.console)
+        try:
+            capture, check, notes = build_capture(options, kernel, tools, argv, rb, boot.console)
+        except ValidationError as exc:  # a recorded value the format refuses
+            err = exc.errors(include_url=False)[0]
+            where = ".".join(str(x) for x in err["loc"])
+            raise CaptureFailed(f"the capture does not validate: {where}: {err['msg']}") from None
         # Validate the exact text we write; then write both files whole.
         text = dump_capture(capture)
         parse_capture(text, str(out))

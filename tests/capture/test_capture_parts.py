@@ -20,7 +20,7 @@ from sim.capture.run import (
     scenario_text,
 )
 from sim.cli import main
-from sim.its.commands import MAPD, MAPTI
+from sim.its.commands import MAPD
 from sim.scenario import load_scenario
 
 
@@ -84,7 +84,7 @@ def test_guest_out_parsed():
     assert rep.pci[1].device_id == 0x20 and rep.pci[0].device_id == 0
     with pytest.raises(GuestReportError, match="no /out"):
         parse_out(None)
-    with pytest.raises(GuestReportError, match="lacks kcore.head"):
+    with pytest.raises(GuestReportError, match=r"lacks kcore\.head"):
         parse_out(_tar({"kallsyms": b"", "pci": b""}))
     with pytest.raises(GuestReportError, match="could not be read"):
         parse_out(_tar({"kallsyms": b"", "pci": b"", "kcore.head": b"denied"}))
@@ -187,3 +187,74 @@ def test_virtio_rng_without_a_value_is_its_default(capsys):
     args = parser.parse_args(["capture", "--virtio-rng", "--nvme", "1"])
     check(parser, args)
     assert [(d.kind, d.size) for d in args.device_mix] == [("virtio-rng", 2), ("nvme", 1)]
+
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_capture_built_from_a_real_61_boot(tmp_path):
+    """build_capture on a Debian 6.1.192 boot's trace, queue and PCI listing (--raw)."""
+    from sim.capture.guest import GuestReport, parse_pci
+    from sim.capture.queue import geometry
+    from sim.capture.run import MARKER_LINE, CaptureOptions, _Readback, build_capture
+    from sim.capture.trace import read_trace
+    from sim.oracle.setup import Kernel, Tools
+
+    trace = read_trace(DATA / "linux-6.1.192.its.trace")
+    hexes = (DATA / "linux-6.1.192.queue.hex").read_text().split()
+    queue = b"".join(bytes.fromhex(h) for h in hexes).ljust(geometry(trace.cbaser).size, b"\0")
+    report = GuestReport(
+        kallsyms="",
+        kcore_head=b"",
+        pci=parse_pci((DATA / "linux-6.1.192.pci").read_text()),
+        release="6.1.0-57-arm64",
+        version="Linux version 6.1.0-57-arm64",
+    )
+    qemu = tmp_path / "qemu"
+    qemu.write_text("#!/bin/sh\necho 'QEMU emulator version 7.2.22'\n")
+    qemu.chmod(0o755)
+    tools = Tools(qemu=qemu, cc=Path("/bin/false"), busybox=Path("/bin/false"))
+    kernel = Kernel(name="bookworm", version="6.1.192", image=Path("/x"), modules=None)
+    mix = device_mix(
+        parse_spec("virtio-net", "6")
+        + parse_spec("virtio-blk", "2")
+        + parse_spec("virtio-rng", "2")
+        + parse_spec("nvme", "1")
+    )
+    rb = _Readback(trace=trace, queue=queue, report=report)
+    options = CaptureOptions(devices=mix, out=tmp_path / "c.json")
+    console = f"{MARKER_LINE} 0x0000043B\n"
+    cap, check, _ = build_capture(options, kernel, tools, ["qemu"], rb, console)
+    assert check.ok and (check.compared, check.fields) == (71, 183)
+    assert (cap.kernel.release, cap.kernel.generation, cap.qemu.version) == (
+        "6.1.0-57-arm64", "6.1", "7.2.22"
+    )  # fmt: skip
+    assert [(d.device_id, d.name) for d in cap.devices] == [
+        (0x8, "virtio-net"), (0x10, "virtio-blk"), (0x18, "virtio-rng"), (0x20, "nvme")
+    ]  # fmt: skip
+    assert cap.registers.gits_cbaser == trace.cbaser and len(cap.registers.gits_baser) == 8
+    phases = [c.phase for c in cap.commands]
+    split = phases.index("shutdown")
+    assert split == 62 and set(phases[split:]) == {"shutdown"}  # after the GITS_IIDR read
+    shutdown = [c.decoded["cmd"] for c in cap.commands[split:]]
+    assert shutdown[:4] == ["INV", "SYNC", "DISCARD", "SYNC"]  # free_irq: mask, then discard
+    assert cap.commands[-1].decoded == {
+        "cmd": "MAPD",
+        "DeviceID": 0x20,
+        "Size": 0,
+        "ITT_addr": cap.devices[3].itts[-1].addr,
+        "V": 0,
+    }
+    # no marker on the console: no split, and a note says why
+    cap2, _, notes = build_capture(options, kernel, tools, ["qemu"], rb, "")
+    assert {c.phase for c in cap2.commands} == {"boot"}
+    assert any("no GITS_IIDR marker" in n for n in notes)
+
+
+def test_real_61_kcore_header_matches_the_manual_capture():
+    from sim.capture.symbols import KernelMap
+
+    kmap = KernelMap(bytes.fromhex((DATA / "linux-6.1.192.kcore-head.hex").read_text().strip()))
+    # sim/data/real-guests/linux-6.1.192-qemu-virt.meta.json: ITT 0x42738400's struct page
+    assert kmap.struct_page(0x42738400) == (0xFFFFFC000009CE00, 64)
+    assert kmap.phys(0xFFFF000002401400) == 0x42401400  # its kmalloc-512 kmem_cache
