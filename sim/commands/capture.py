@@ -77,7 +77,7 @@ def register(sub) -> None:
         "--out",
         default=None,
         metavar="FILE",
-        help="the capture file (default captures/linux-<release>.capture.json)",
+        help="the capture file (default captures/linux-<version>.capture.json)",
     )
     p.add_argument(
         "--scenario", default=None, metavar="FILE", help="the scenario (default: beside --out)"
