@@ -262,6 +262,18 @@ class Scenario(_Strict):
                 )
         if self.guest.kernel is not None and self.guest.its_driver != "linux":
             raise ValueError("guest.kernel: expected only with guest.its_driver: linux")
+        if self.guest.kernel is not None:
+            # its_lpi_alloc() takes a power-of-two block per device (sim/actors/linux_driver.py)
+            sizes = [
+                d.msix_table_size or d.vectors if self.guest.kernel == "7.3" else d.vectors
+                for d in self.devices
+            ]
+            blocks = sum(1 << (n - 1).bit_length() for n in sizes)
+            if blocks > (1 << 16) - 8192:
+                raise ValueError(
+                    f"devices: guest.kernel {self.guest.kernel} allocates LPIs in power-of-two"
+                    f" blocks, {blocks} in all, more than the 57344 LPIs of 16 INTID bits"
+                )
         if self.guest.its_driver == "replay" and self.workload.churn:
             raise ValueError("workload.churn: a replay guest plays its capture, not device churn")
         names = {d.name for d in self.devices}

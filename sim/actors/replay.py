@@ -183,6 +183,7 @@ class ReplayGuest(Guest):
         self.pool.pages = self.pages
         self.itt_pages = {p.page: p for p in self.capture.colocation}
         self.pool_pages: set[int] = set()
+        self.pooled: set[int] = set()  # DeviceIDs whose ITT sits in a pool page
         by_id = {d.spec.device_id: d for d in self.devices.values()}
         self.by_id = by_id
         self.icid_vcpu: dict[int, int] = {}
@@ -283,6 +284,7 @@ class ReplayGuest(Guest):
             labels.set(self.place(obj.addr), obj.size, Label(LabelKind.KERNEL, "kzalloc slack"))
             held = (self.place(obj.addr), obj.size)
         elif kind == "pool" and nbytes < PAGE_SIZE:
+            self.pooled.add(device_id)
             first = itt & ~(PAGE_SIZE - 1)
             if first not in self.pool_pages:
                 self.pool_pages.add(first)
@@ -333,10 +335,11 @@ class ReplayGuest(Guest):
         """The captured commands of ``phase``, in order; a command and its SYNC together."""
         raws = self._commands(phase)
         cmds = [decode(raw) for raw in raws]
+        masking = _masking_invs(cmds)
         i = 0
         while i < len(raws):
             c = cmds[i]
-            yield from self._before(c, cmds, i)
+            yield from self._before(c, i in masking)
             n = 2 if i + 1 < len(raws) and isinstance(cmds[i + 1], SYNC) else 1
             size = self.cmdq_size
             for raw in raws[i : i + n]:
@@ -344,24 +347,20 @@ class ReplayGuest(Guest):
                 self.cwriter = (self.cwriter + r.ITS_CMD_SIZE) % size
             self.replayed += n
             yield from self._kick()
-            yield from self._after(c)
+            yield from self._after(c, i in masking)
             i += n
 
-    def _before(self, c, cmds: list, i: int) -> Generator:
+    def _before(self, c, masking: bool) -> Generator:
         if isinstance(c, MAPD) and c.valid:
             yield from self._ensure_l2(c.device_id)
             yield from self._place_itt(c.device_id, c.itt_addr - self.place.delta, c.size)
         elif isinstance(c, INV):
             key = (c.device_id, c.event_id)
             if key in self.ites:
-                masking = any(
-                    isinstance(n, DISCARD) and (n.device_id, n.event_id) == key
-                    for n in _next_for(cmds, i, key)
-                )
                 prop = LPI_PROP_DEFAULT | (0 if masking else LPI_PROP_ENABLED)
                 self.write(self.prop + self.ites[key][0] - r.GIC_LPI_OFFSET, bytes([prop]))
 
-    def _after(self, c) -> Generator:
+    def _after(self, c, masking: bool) -> Generator:
         if isinstance(c, MAPC):
             if c.valid:
                 self.icid_vcpu[c.icid] = c.target
@@ -370,10 +369,16 @@ class ReplayGuest(Guest):
         elif isinstance(c, MAPTI):
             self.ites[c.device_id, c.event_id] = (c.intid, self.icid_vcpu.get(c.icid, c.icid))
             dev = self.by_id.get(c.device_id)
-            if dev is not None:
+            if dev is not None and c.event_id == 0:
+                dev.lpi_base = c.intid
+        elif isinstance(c, INV):
+            # The device raises MSIs once its last vector is unmasked, until the first mask
+            # (the model's GuestDevice.mapped).
+            dev = self.by_id.get(c.device_id)
+            if dev is not None and masking:
+                dev.mapped = False
+            elif dev is not None and c.event_id == dev.spec.vectors - 1:
                 dev.mapped = True
-                if c.event_id == 0:
-                    dev.lpi_base = c.intid
         elif isinstance(c, MOVI):
             key = (c.device_id, c.event_id)
             if key in self.ites:
@@ -408,11 +413,12 @@ class ReplayGuest(Guest):
             yield from self.send(MOVI(key[0], vector, vcpu), SYNC(vcpu))
 
     def itt_memory(self) -> tuple[int, int]:
+        """(bytes held for ITTs: pool pages, plus the slab objects or pages of the others;
+        bytes the ITTs need), mapped devices."""
         mapped = [d for d in self.devices.values() if d.mapped and d.itt_size]
         needed = sum(d.itt_size for d in mapped)
-        if self.pool_pages:
-            return len(self.pool_pages) * PAGE_SIZE, needed
-        return sum(d.itt_object[1] for d in mapped), needed
+        others = sum(d.itt_object[1] for d in mapped if d.spec.device_id not in self.pooled)
+        return len(self.pool_pages) * PAGE_SIZE + others, needed
 
     # ---- the guest's life ------------------------------------------------------------------
 
@@ -446,14 +452,20 @@ def _default_kind(allocator: str) -> str:
     return "slab" if allocator == "linux-kzalloc" else "pool"
 
 
-def _next_for(cmds: list, i: int, key: tuple[int, int]) -> Iterator:
-    """The commands after ``i`` naming the same (DeviceID, EventID), the first only."""
-    for c in cmds[i + 1 :]:
-        if isinstance(c, SYNC):
+def _masking_invs(cmds: list) -> set[int]:
+    """Indexes of the INVs whose event's next command (SYNCs aside) is its DISCARD: the
+    mask of ``free_irq``; every other INV follows an unmask. One pass from the end."""
+    nxt: dict[tuple[int, int], object] = {}
+    out = set()
+    for i in range(len(cmds) - 1, -1, -1):
+        c = cmds[i]
+        if isinstance(c, SYNC) or not hasattr(c, "event_id"):
             continue
-        if (getattr(c, "device_id", None), getattr(c, "event_id", None)) == key:
-            yield c
-            return
+        key = (c.device_id, c.event_id)
+        if isinstance(c, INV) and isinstance(nxt.get(key), DISCARD):
+            out.add(i)
+        nxt[key] = c
+    return out
 
 
 def bind_scenario(scenario: Scenario, path: Path, line_of: Callable[[tuple], int]) -> Scenario:

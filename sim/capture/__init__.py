@@ -5,4 +5,9 @@
   :func:`~sim.capture.format.write_capture`.
 - :mod:`sim.capture.convert`: the bundled captures, converted from the raw recordings in
   ``sim/data/real-guests/``.
+- :mod:`sim.capture.twin`: a replay scenario's modelled twin (``guest.kernel``).
+- :mod:`sim.capture.from_model`: a capture of a modelled guest's own stream.
+
+The replay guest itself is :mod:`sim.actors.replay`; the driver model of each kernel
+generation :mod:`sim.actors.linux_driver`.
 """

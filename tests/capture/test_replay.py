@@ -101,3 +101,35 @@ def test_replay_is_deterministic():
     a = run(_scenario("6.1"), "share-host-claims")
     b = run(_scenario("6.1"), "share-host-claims")
     assert a.model_dump_json() == b.model_dump_json()
+
+
+def test_replaying_the_models_own_stream_changes_no_cost(tmp_path: Path):
+    """Capture the modelled linux driver's queue, replay it: with the shared pool (no
+    co-location to add) every cost and the correctness are the model's, under every
+    proposal: the replay changes the driver and nothing else."""
+    import yaml
+
+    from sim.capture.format import write_capture
+    from sim.capture.from_model import capture_of_world
+    from sim.scenario import Scenario
+
+    devices = [
+        {"name": f"d{i}", "device_id": 8 * (i + 1), "vectors": 8, "rate_hz": 500} for i in range(4)
+    ]
+    fields = {
+        "name": "own-stream",
+        "question": "does a replay change anything but the driver?",
+        "guest": {"ram_mib": 256, "vcpus": 4, "allocator": "linux-shared-pool"},
+        "devices": devices,
+        "workload": {"duration_ms": 12},
+        "migration": {"at_ms": 6},
+    }
+    model = Scenario.model_validate(fields)
+    write_capture(capture_of_world(simulate(model, "trusted-host")), tmp_path / "own.capture.json")
+    fields["guest"] = {**fields["guest"], "its_driver": "replay", "capture": "own.capture.json"}
+    (tmp_path / "own.yaml").write_text(yaml.safe_dump(fields))
+    replay = load_scenario(tmp_path / "own.yaml")
+    for proposal in ALL_PROPOSALS:
+        a, b = run(replay, proposal), run(model, proposal)
+        assert a.costs == b.costs, proposal
+        assert a.correctness == b.correctness, proposal
