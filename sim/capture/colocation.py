@@ -102,7 +102,9 @@ def _u64(data: bytes, off: int) -> int:
     return struct.unpack_from("<Q", data, off)[0]
 
 
-def what_is(symbols: Iterable[str], nonzero: int) -> str:
+def what_is(symbols: Iterable[str], nonzero: int, caches: Iterable[str] = ()) -> str:
+    """What an object is, from the symbols its words point at (then the caches they point
+    into, when no symbol names it)."""
     names = set(symbols)
     for known, what in NEIGHBOUR_KINDS:
         if names & set(known):
@@ -111,6 +113,10 @@ def what_is(symbols: Iterable[str], nonzero: int) -> str:
         return "zeroed allocation"
     if names:
         return "kernel object (points at " + ", ".join(sorted(names)[:3]) + ")"
+    into = sorted(set(caches))
+    if into:
+        more = f" and {len(into) - 4} more" if len(into) > 4 else ""
+        return "kernel object (points into " + ", ".join(into[:4]) + more + ")"
     return "kernel object (pointers into the heap only)"
 
 
@@ -120,6 +126,8 @@ class Colocation:
     def __init__(self, mem: Memory, kmap: KernelMap, syms: Kallsyms, layout: Layout):
         self.mem, self.kmap, self.syms, self.layout = mem, kmap, syms, layout
         self.notes: list[str] = []
+        self._caches: dict[int, dict | None] = {}  # kmem_cache VA -> what it read as
+        self._frames: dict[int, str | None] = {}  # frame -> the slab cache holding it
 
     # -- addresses -----------------------------------------------------------------------
     def phys(self, va: int) -> int | None:
@@ -183,6 +191,26 @@ class Colocation:
             words = got
         return head_pa, words
 
+    def slab_cache_of(self, ptr: int) -> str | None:
+        """The name of the slab cache whose slab a linear-map pointer points into, or None."""
+        pa = self.kmap.phys(ptr) if self.kmap.is_linear(ptr) else None
+        if pa is None:
+            return None
+        frame = pa // PAGE_SIZE
+        if frame not in self._frames:
+            notes = len(self.notes)
+            head = self.head_page(pa)
+            del self.notes[notes:]  # a pointer that is not a slab object is no finding
+            name = None
+            if head is not None and self.is_slab(head[1]):
+                cache_va = head[1][self.layout.slab_cache // 8]
+                if cache_va not in self._caches:
+                    self._caches[cache_va] = self.kmem_cache(cache_va)
+                cache = self._caches[cache_va]
+                name = cache["name"] if cache else None
+            self._frames[frame] = name
+        return self._frames[frame]
+
     def is_slab(self, words: list[int]) -> bool:
         if self.layout.page_type is None:
             return bool(words[0] >> PG_SLAB_61 & 1)
@@ -243,7 +271,11 @@ class Colocation:
                 zero=nonzero == 0, nonzero_qwords=nonzero, symbols=symbols,
             )  # fmt: skip
         free = not full and nonzero == 1 and not symbols
-        what = "free slab object (freelist pointer only)" if free else what_is(symbols, nonzero)
+        if free:
+            what = "free slab object (freelist pointer only)"
+        else:
+            caches = [c for w in words if w and (c := self.slab_cache_of(w))]
+            what = what_is(symbols, nonzero, caches)
         if clipped:
             what += " (straddles the page; this page's part)"
         return PageObject(

@@ -136,11 +136,16 @@ class GuestRAM:
         return out
 
     def gva2gpa(self, va: int) -> int | None:
-        """The guest physical address of kernel virtual ``va`` (vCPU 0's tables), or None."""
-        if va not in self._gva:
-            reply = self.qmp.human(f"gva2gpa {va:#x}").strip()
-            self._gva[va] = int(reply.split()[-1], 16) if reply.startswith("gpa:") else None
-        return self._gva[va]
+        """The guest physical address of kernel virtual ``va`` (vCPU 0's tables), or None.
+
+        Translated a 4 KiB page at a time (the smallest mapping granule), cached.
+        """
+        page = va & ~(PAGE - 1)
+        if page not in self._gva:
+            reply = self.qmp.human(f"gva2gpa {page:#x}").strip()
+            self._gva[page] = int(reply.split()[-1], 16) if reply.startswith("gpa:") else None
+        base = self._gva[page]
+        return None if base is None else base + (va - page)
 
     @property
     def pages(self) -> dict[int, bytes]:

@@ -166,6 +166,7 @@ def slab_61(ram: FakeRAM, inuse: int = 15) -> list[ITTRecord]:
     ram.put_words(obj(10) + 8 * 5, 0x0000000100002000)  # the ITT: an entry
     ram.put_words(obj(12), 0, 0, 0, 0, 0, 0, 0xFFFF800001001E24)  # into virtio_net
     ram.put_words(obj(13), 7, 8)  # two plain words
+    ram.put_words(obj(14), LINEAR + obj(1) - RAM, LINEAR + obj(3) + 8 - RAM)  # into this slab
     return [ITTRecord(0x8, obj(10), 512, True)]
 
 
@@ -193,6 +194,7 @@ def test_61_slab_page_cache_objects_and_neighbours():
     assert objs[1536].zero and objs[1536].what == "zeroed allocation"
     assert objs[2048].what == "virtio-net driver data"
     assert objs[2560].what == "kernel object (pointers into the heap only)"
+    assert objs[3072].what == "kernel object (points into kmalloc-512)"
 
 
 def test_61_full_slab_has_no_free_objects_and_unmapped_itts_are_marked():
