@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sim.actors.alloc import PageAllocator
-from sim.actors.guest import LPI_PROP_DEFAULT, LPI_PROP_ENABLED, Guest
+from sim.actors.guest import HEAP_SLAB_PAGES, LPI_PROP_DEFAULT, LPI_PROP_ENABLED, Guest
 from sim.capture.format import Capture, CaptureError, ITTPage, load_capture, resolve_capture
 from sim.its import regs as r
 from sim.its.commands import DISCARD, INV, MAPC, MAPD, MAPTI, MOVI, SYNC, decode
@@ -222,7 +222,7 @@ class ReplayGuest(Guest):
         """Tables where the capture has them, then its GITS_BASER/CBASER values."""
         cap, place = self.capture, self.place
         for cache in self.kmalloc.values():
-            cache.populate(8)  # the rest of the kernel heap, as in the model
+            cache.populate(HEAP_SLAB_PAGES)  # the rest of the kernel heap, as in the model
         self._neighbours()
         nr_lpi_bytes = (1 << 16) - r.GIC_LPI_OFFSET
         self.prop = yield from self.alloc_table(r.SZ_64K, Label(LabelKind.PROP_TABLE))
