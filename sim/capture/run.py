@@ -516,8 +516,9 @@ def run_capture(options: CaptureOptions, progress: Progress, command: str = "pkv
         final = read_trace(trace_path)
         if len(final.commands) != len(rb.trace.commands):
             raise CaptureFailed(
-                f"QEMU processed {len(final.commands) - len(rb.trace.commands)} commands after"
-                " the guest stopped"
+                f"QEMU's ITS trace holds {len(final.commands)} commands after QEMU exited but"
+                f" {len(rb.trace.commands)} when the stopped guest was read (the log was not"
+                " flushed, or commands ran after the power-off): the read-back is incomplete"
             )
         rb.trace = final
         try:

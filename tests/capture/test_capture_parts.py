@@ -258,3 +258,19 @@ def test_real_61_kcore_header_matches_the_manual_capture():
     # sim/data/real-guests/linux-6.1.192-qemu-virt.meta.json: ITT 0x42738400's struct page
     assert kmap.struct_page(0x42738400) == (0xFFFFFC000009CE00, 64)
     assert kmap.phys(0xFFFF000002401400) == 0x42401400  # its kmalloc-512 kmem_cache
+
+
+def test_raw_material_is_kept_when_asked(tmp_path):
+    from sim.capture.run import _Readback, keep_raw
+    from sim.oracle.errors import OracleSetupError
+
+    trace = tmp_path / "its.trace"
+    trace.write_text("gicv3_its_cmd_sync GICv3 ITS: command SYNC\n")
+    rb = _Readback(queue=b"\x05" + bytes(31), out=b"tar bytes")
+    keep_raw(tmp_path / "raw", trace, rb)
+    assert (tmp_path / "raw" / "its.trace").read_text() == trace.read_text()
+    assert (tmp_path / "raw" / "queue.bin").read_bytes() == rb.queue
+    assert (tmp_path / "raw" / "guest-out.tar").read_bytes() == b"tar bytes"
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OracleSetupError, match=r"--raw .*file/x: cannot write"):
+        keep_raw(tmp_path / "file" / "x", trace, rb)
