@@ -6,9 +6,9 @@ mounts /proc, /sys and /dev, loads the modules it was given, runs the payload, t
 returns the payload's ``/out`` file and powers off (``poweroff -f``).
 
 How ``/out`` comes back: a raw virtio-blk disk on virtio-mmio (the ``/dev/vd*`` whose sysfs
-path is under a ``*.virtio_mmio`` platform device, so PCI virtio-blk disks of a capture's
-device mix do not take its place; a header line
-in sector 0, the bytes from offset 1 MiB). Measured under TCG on this kind of machine
+path is under a ``*.virtio_mmio`` platform device, so that the PCI virtio-blk disks of a
+capture's device mix do not take its place; a header line in sector 0, the bytes from
+offset 1 MiB). Measured under TCG on this kind of machine
 (7.3.4 nested, 2 vCPUs): the console carries ~0.43 MB/s of hex (1 MiB of data took 4.9 s,
 and kernel messages can interleave with it); the disk took 0.19 s for 8 MiB. Debian's
 kernels have virtio_mmio and virtio_blk as modules (no dependencies on 6.1.x or 7.3.x), so
