@@ -288,14 +288,10 @@ class Scenario(_Strict):
                     )
                 seen[value] = i
         if (self.guest.its_driver == "replay") != (self.guest.capture is not None):
-            yield (
-                "guest.capture: expected a capture file exactly when guest.its_driver is replay"
-            )
+            yield ("guest.capture: expected a capture file exactly when guest.its_driver is replay")
         for i, device in enumerate(self.devices):
             if device.managed_vectors > device.vectors:
-                yield (
-                    f"devices[{i}].managed_vectors: expected at most vectors ({device.vectors})"
-                )
+                yield (f"devices[{i}].managed_vectors: expected at most vectors ({device.vectors})")
             if device.msix_table_size is not None and device.msix_table_size < device.vectors:
                 yield (
                     f"devices[{i}].msix_table_size: expected at least vectors ({device.vectors})"
