@@ -92,9 +92,8 @@ def test_pyarrow_is_only_in_the_sweep_extra(venv):
 
 def test_the_installed_example_plugin_runs_in_compare(venv):
     bin_, work = venv
-    names = [
-        p["name"] for p in json.loads(sh(bin_ / "pkvm-sim", "proposals", "--json", "-").stdout)
-    ]
+    listing = json.loads(sh(bin_ / "pkvm-sim", "proposals", "--json", "-").stdout)
+    names = [p["name"] for p in listing["proposals"]]
     assert "share-guest-keeps-shared" in names
     out = work / "reports"
     sh(bin_ / "pkvm-sim", "compare", EXAMPLE / "example.yaml", "--out", out, cwd=work)

@@ -54,13 +54,14 @@ def pkvm_sim(env, *argv, check=True):
 
 
 def test_the_listings_name_the_plugins_with_their_parameters(env):
-    proposals = json.loads(pkvm_sim(env, "proposals", "--json", "-").stdout)
+    proposals = json.loads(pkvm_sim(env, "proposals", "--json", "-").stdout)["proposals"]
     by_name = {p["name"]: p for p in proposals}
     plugin = by_name["share-guest-keeps-shared"]
     assert plugin["source"].startswith("pkvm-sim-example-plugin 0.1.0")
     assert plugin["protected"] is True and "never unshares" in plugin["summary"]
     assert by_name["trusted-host"]["source"] == "built-in"
-    attacks = {a["kind"]: a for a in json.loads(pkvm_sim(env, "attacks", "--json", "-").stdout)}
+    listing = json.loads(pkvm_sim(env, "attacks", "--json", "-").stdout)
+    attacks = {a["kind"]: a for a in listing["attacks"]}
     (param,) = attacks["read-once"]["parameters"]
     assert param["name"] == "at_ms" and param["default"] == 5.0
     assert param["bounds"] == {"ge": 0.0, "le": 600_000.0}
@@ -133,10 +134,11 @@ def test_broken_and_clashing_plugins_are_left_out_with_a_warning(env, tmp_path):
     )
     env["PYTHONPATH"] += os.pathsep + str(tmp_path / "bad")
     proc = pkvm_sim(env, "proposals", "--json", "-")
-    names = [p["name"] for p in json.loads(proc.stdout)]
+    names = [p["name"] for p in json.loads(proc.stdout)["proposals"]]
     assert "share-guest-keeps-shared" in names and "missing" not in names
     assert names.count("trusted-host") == 1
-    warnings = proc.stderr.splitlines()
+    # stderr: the warnings, then the table (--json - gives stdout to the JSON)
+    warnings = [w for w in proc.stderr.splitlines() if w.startswith("pkvm-sim:")]
     assert len(warnings) == 4 and all(w.startswith("pkvm-sim: warning: plugin ") for w in warnings)
     assert any("'missing'" in w and "ModuleNotFoundError" in w for w in warnings)
     assert any("'trusted-host'" in w and "already taken" in w for w in warnings)

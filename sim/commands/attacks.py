@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from sim.commands.proposals import write_json
+from sim.commands.common import add_json_argument, check_json
 
 
 def register(sub) -> None:
@@ -16,7 +16,7 @@ def register(sub) -> None:
         "  pkvm-sim audit small-vm --attack read-everything:period_ms=2",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--json", metavar="FILE", help="write the list as JSON ('-': stdout)")
+    add_json_argument(p, "the list")
     p.set_defaults(func=main)
 
 
@@ -39,10 +39,8 @@ def main(args: argparse.Namespace) -> int:
     from sim.commands.console import table
     from sim.registry import describe_parameter
 
+    check_json(args)
     data = rows()
-    if args.json:
-        write_json(data, args.json)
-        return 0
     table(
         None,
         ["attack", "what the host does", "parameters", "from"],
@@ -56,4 +54,9 @@ def main(args: argparse.Namespace) -> int:
             for r in data
         ],
     )
+    if args.json:
+        from sim.output import write_json
+        from sim.provenance import provenance
+
+        write_json(args.json, {"provenance": provenance(), "attacks": data})
     return 0

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from sim.commands.common import add_json_argument, check_json
+
 EPILOG = """\
 devices (each flag repeatable; COUNTxSIZE adds COUNT such devices):
   --virtio-net V    a virtio-net-pci with V MSI-X vectors (user networking, restrict=on)
@@ -88,6 +90,7 @@ def register(sub) -> None:
         metavar="DIR",
         help="also keep the raw material in DIR: QEMU's ITS trace, the queue, the guest's /out",
     )
+    add_json_argument(p, "what was captured (files, counts, the cross-check, timings)")
     p.set_defaults(func=main, check=check)
 
 
@@ -123,6 +126,7 @@ def main(args: argparse.Namespace) -> int:
     from sim.capture.run import CaptureOptions, run_capture
     from sim.oracle.errors import OracleSetupError
 
+    check_json(args)
     start = time.monotonic()
 
     def terminate(signum, frame):  # run_l1's finally kills QEMU's process group
@@ -170,4 +174,23 @@ def main(args: argparse.Namespace) -> int:
     )
     print(f"capture: {result.path}")
     print(f"scenario: {result.scenario_path}")
+    if args.json:
+        from sim.output import write_json
+        from sim.provenance import provenance
+
+        summary = {
+            "capture": str(result.path),
+            "scenario": str(result.scenario_path),
+            "kernel": cap.kernel.release,
+            "commands": len(cap.commands),
+            "devices": len(cap.devices),
+            "itt_pages": len(cap.colocation),
+            "cross_check": {
+                "commands": result.check.compared,
+                "fields": result.check.fields,
+                "mismatches": len(result.check.mismatches),
+            },
+            "timings_s": dict(t),
+        }
+        write_json(args.json, {"provenance": provenance(), "capture": summary})
     return 0

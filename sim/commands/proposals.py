@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-from pathlib import Path
+
+from sim.commands.common import add_json_argument, check_json
 
 # A proposal's class attributes that say what it is (sim/proposals/base.py).
 TRAITS = (
@@ -25,7 +24,7 @@ def register(sub) -> None:
         epilog="examples:\n  pkvm-sim proposals\n  pkvm-sim proposals --json -",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--json", metavar="FILE", help="write the list as JSON ('-': stdout)")
+    add_json_argument(p, "the list")
     p.set_defaults(func=main)
 
 
@@ -44,21 +43,11 @@ def rows() -> list[dict]:
     ]
 
 
-def write_json(data: object, where: str) -> None:
-    text = json.dumps(data, indent=2, default=str) + "\n"
-    if where == "-":
-        sys.stdout.write(text)
-    else:
-        Path(where).write_text(text)
-
-
 def main(args: argparse.Namespace) -> int:
     from sim.commands.console import table
 
+    check_json(args)
     data = rows()
-    if args.json:
-        write_json(data, args.json)
-        return 0
     table(
         None,
         ["proposal", "summary", "traits", "from"],
@@ -72,4 +61,9 @@ def main(args: argparse.Namespace) -> int:
             for r in data
         ],
     )
+    if args.json:
+        from sim.output import write_json
+        from sim.provenance import provenance
+
+        write_json(args.json, {"provenance": provenance(), "proposals": data})
     return 0

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from sim.run import run
 from sim.scenario import ALL_PROPOSALS, Scenario
+from tests.sim.test_valid_scenarios import possible_churn
 
 
 @st.composite
@@ -28,11 +29,10 @@ def kernel_scenarios(draw) -> Scenario:
                 "frees_at_shutdown": draw(st.booleans()),
             }
         )
-    churn = [
-        {"at_ms": draw(st.floats(0.0, 10.0)), "device": f"d{draw(st.integers(0, n - 1))}",
-         "action": draw(st.sampled_from(["remove", "add"]))}
+    churn = possible_churn(
+        (draw(st.floats(0.0, 10.0)), f"d{draw(st.integers(0, n - 1))}")
         for _ in range(draw(st.integers(0, 3)))
-    ]  # fmt: skip
+    )
     return Scenario.model_validate(
         {
             "name": "kernel-guest",
