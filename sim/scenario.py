@@ -24,6 +24,8 @@ ProposalName = Literal[
     "share-cmdq-snoop",
     "userspace-serialization",
     "iommu-gated-its",
+    "share-cmdq-shadow",
+    "itt-ubuf",
 ]
 ALL_PROPOSALS: tuple[str, ...] = ProposalName.__args__
 KernelName = Literal["6.1", "7.3"]
