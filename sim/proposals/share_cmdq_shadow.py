@@ -73,7 +73,7 @@ class ShadowState:
     guest_base: int = 0  # the guest's queue (its GITS_CBASER)
     size: int = 0
     read: int = 0  # commands before this offset are copied, checked and forwarded
-    ready: bool = False  # EL2's queue donated and KVM's ring shared on this machine
+    ready: int = 0  # bytes of EL2's queue and KVM's ring set up on this machine
     itts: dict[int, list[int]] = field(default_factory=dict)  # DeviceID -> pinned pages
     shared: set[int] = field(default_factory=set)  # pages EL2 shared itself
     pending: list[int] = field(default_factory=list)  # pages to release once KVM caught up
@@ -106,9 +106,11 @@ class ShareCmdqShadow(Proposal):
     def _setup(self, machine: Machine, st: ShadowState) -> Generator:
         """``pkvm_setup_its_shadow_cmdq``: the host donates EL2's queue and shares (pinned)
         the ring KVM reads; KVM is told to run its queue from the ring."""
-        if st.ready:
+        if st.ready == st.size:
             return
-        st.ready = True
+        if st.ready:  # a new queue size (a new kernel's CBASER): start again
+            yield from self._teardown(machine, st)
+        st.ready = st.size
         lowvisor = machine.lowvisor
         ledger, costs = lowvisor.world.ledger, lowvisor.world.costs
         nr = st.size >> PAGE_SHIFT
@@ -127,6 +129,24 @@ class ShareCmdqShadow(Proposal):
             KVM_RING_BASE >> PAGE_SHIFT, nr, owner=HOST, borrower=HYP
         )
         self._attach(machine, st)
+
+    def _teardown(self, machine: Machine, st: ShadowState) -> Generator:
+        """``pkvm_teardown_its_shadow_cmdq``: unpin and unshare the ring, give EL2's queue
+        back to the host."""
+        lowvisor = machine.lowvisor
+        ledger, costs = lowvisor.world.ledger, lowvisor.world.costs
+        nr = st.ready >> PAGE_SHIFT
+        ring = KVM_RING_BASE >> PAGE_SHIFT
+        machine.memory.ownership.unpin_shared(ring, nr)
+        for pfn in range(ring, ring + nr):
+            ledger.hypercalls["host __pkvm_host_unshare_hyp"] += 1
+            yield lowvisor.world.charge(lowvisor.name, costs.host_hvc_us)
+            yield from lowvisor._apply(Transition.HOST_UNSHARE_HYP, pfn, 1, "ring torn down")
+        cause = "share-cmdq-shadow: EL2's queue back to the host"
+        yield from lowvisor._apply(
+            Transition.HYP_DONATE_HOST, EL2_CMDQ_BASE >> PAGE_SHIFT, nr, cause
+        )
+        st.ready = 0
 
     @staticmethod
     def _attach(machine: Machine, st: ShadowState) -> None:
@@ -276,7 +296,7 @@ class ShareCmdqShadow(Proposal):
         came with guest RAM)."""
         src, dst = world.src, world.dst
         st = copy.deepcopy(self._state(src))
-        st.ready = False
+        st.ready = 0
         self.state[dst.name] = st
         yield from self._setup(dst, st)
         hyp = self._hyp(dst)

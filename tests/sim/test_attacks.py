@@ -37,8 +37,14 @@ PLAN = {
     "share-cmdq-snoop": ["secret-page-as-itt", "keep-stale-share", "delay-commands", "its-dma"],
     "userspace-serialization": list(ATTACKS),
     "iommu-gated-its": ["secret-page-as-itt", "its-dma"],
-    "share-cmdq-shadow": ["forge-queued-mapd", "keep-stale-share", "delay-commands"],
-    "itt-ubuf": ["tamper-state", "forge-queued-mapd"],
+    "share-cmdq-shadow": [
+        "secret-page-as-itt",
+        "forge-queued-mapd",
+        "keep-stale-share",
+        "delay-commands",
+        "its-dma",
+    ],
+    "itt-ubuf": ["secret-page-as-itt", "tamper-state", "forge-queued-mapd", "its-dma"],
 }
 
 

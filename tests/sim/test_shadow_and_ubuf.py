@@ -248,3 +248,21 @@ def result_costs():
     from sim.costs import CostModel
 
     return CostModel()
+
+
+def test_shadow_sets_its_queues_up_again_for_a_new_queue_size():
+    """A new kernel's CBASER with another size: the old ring is unpinned and unshared,
+    EL2's queue goes back to the host, and both are set up at the new size."""
+    world = simulate(load_scenario(SCENARIOS / "small-vm.yaml"), "share-cmdq-shadow")
+    proposal = world.proposal
+    dst = world.dst
+    st = proposal.state["dst"]
+    old = st.size >> PAGE_SHIFT
+    st.size *= 2
+    world.env.process(proposal._setup(dst, st))
+    world.env.run()
+    own = dst.memory.ownership
+    ring, el2 = KVM_RING_BASE >> PAGE_SHIFT, EL2_CMDQ_BASE >> PAGE_SHIFT
+    assert all(own.pins[p] == 1 for p in range(ring, ring + 2 * old))
+    assert all(own.state(HYP, p) is PageState.OWNED for p in range(el2, el2 + 2 * old))
+    assert world.ledger.hypercalls["host __pkvm_host_unshare_hyp"] == old
