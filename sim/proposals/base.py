@@ -55,11 +55,12 @@ class Proposal:
 
     @classmethod
     def el2_lines_note(cls, costs: CostModel) -> str:
-        """``"<lines> (estimate: <source>)"`` for the report."""
+        """``"<lines>, an estimate (<source>)"`` for the report: the cited cost's source
+        where the proposal adds code, else why it adds none."""
         source = cls.el2_lines_source
         if cls.el2_loc_cost:
-            source += "; " + CostModel.model_fields[cls.el2_loc_cost].json_schema_extra["source"]
-        return f"{cls.el2_lines(costs):.0f} (estimate: {source})"
+            source = CostModel.model_fields[cls.el2_loc_cost].json_schema_extra["source"]
+        return f"{cls.el2_lines(costs):.0f}, an estimate ({source})"
 
     # ---- hooks (default: nothing) ------------------------------------------------------
 

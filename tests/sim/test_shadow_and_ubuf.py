@@ -228,8 +228,8 @@ def test_every_proposal_states_where_its_el2_lines_come_from():
     assert set(ALL_PROPOSALS) == set(PROPOSALS)
     for cls in PROPOSALS.values():
         note = cls.el2_lines_note(CostModel())
-        assert "estimate" in note and cls.el2_lines_source
-        assert note.startswith(f"{cls.el2_lines(CostModel()):.0f} ")
+        assert cls.el2_lines_source
+        assert note.startswith(f"{cls.el2_lines(CostModel()):.0f}, an estimate (")
     assert PROPOSALS["share-cmdq-shadow"].el2_lines(CostModel()) == 400
     assert PROPOSALS["itt-ubuf"].el2_lines(CostModel()) == 0
 
@@ -266,3 +266,33 @@ def test_shadow_sets_its_queues_up_again_for_a_new_queue_size():
     assert all(own.pins[p] == 1 for p in range(ring, ring + 2 * old))
     assert all(own.state(HYP, p) is PageState.OWNED for p in range(el2, el2 + 2 * old))
     assert world.ledger.hypercalls["host __pkvm_host_unshare_hyp"] == old
+
+
+def test_itt_ubuf_device_table_is_the_hosts_to_corrupt_but_an_itt_is_not(ubuf):
+    """The DTE KVM saved in the shared device table: the host rewrites it (no fault), and
+    RESTORE_TABLES then refuses the buffer (an ITT for a device the table lost):
+    availability. The kzalloc'd ITT page itself faults for the host."""
+    from sim.memory.access import Stage2Fault
+    from sim.world import GUEST, RAM_BASE
+
+    dst = ubuf.dst
+    its = dst.host.its
+    error, buf = save_tables_ubuf(its)
+    assert error is None
+    device = min(its.devices.values(), key=lambda d: d.device_id)
+    dte = its.check_id(its.baser_device_table, device.device_id)
+    host = Initiator("dst.host.attack", HOST)
+    dst.memory.write(host, dte, bytes(8))  # the DTE's Valid bit is the host's to clear
+    fresh = VirtualITS(
+        nr_vcpus=len(its.vcpus),
+        ram_base=RAM_BASE,
+        ram_size=ubuf.ram_size,
+        memory=dst.memory,
+        guest=GUEST,
+        name="fresh",
+        probe=False,
+    )
+    fresh.set_regs(its.get_regs())
+    assert restore_tables_ubuf(fresh, buf) is ITSError.EINVAL and not fresh.devices
+    with pytest.raises(Stage2Fault):
+        dst.memory.write(host, device.itt_addr, bytes(8))
