@@ -395,6 +395,17 @@ class TamperState(Behaviour):
 
     def after_save(self, payload: Payload) -> Generator:
         """Give the first saved ITE another INTID, in the blob or in guest memory."""
+        if payload.blob.startswith(b"KVMITT"):  # itt-ubuf's buffer: the first saved ITE
+            from sim.its.ittbuf import DEVICE, ENTRY, HEADER
+
+            data = bytearray(payload.blob)
+            first_ite = HEADER.size + DEVICE.size + ENTRY.size - 8
+            if len(data) >= first_ite + 8:
+                val = int.from_bytes(data[first_ite : first_ite + 8], "little")
+                data[first_ite : first_ite + 8] = (val ^ (1 << 16)).to_bytes(8, "little")
+            payload.blob = bytes(data)
+            yield from ()
+            return
         if payload.blob:
             from sim.its.blob import MAGIC
 

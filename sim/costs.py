@@ -128,6 +128,22 @@ class CostModel(BaseModel):
         "estimate: decode one 32-byte command at EL2 and look up its DeviceID",
         "share-cmdq-snoop parses every new command on each CWRITER trap",
     )
+    el2_fixmap_us: float = cited(
+        1.2,
+        "us",
+        "estimate from commit c353fde17d8f (May 2025): guest cache maintenance over a PMD"
+        " through a 4K fixmap ~700 us against ~100 us with a PMD fixmap, 'mostly due to TLBI"
+        " on hyp_fixmap_unmap': (700 - 100) / 512 pages = ~1.2 us per 4K map and unmap",
+        "share-cmdq-shadow maps each guest queue page it copies from on a CWRITER trap",
+    )
+    el2_creadr_poll_us: float = cited(
+        0.5,
+        "us",
+        "estimate (sweep 0.05-1): its_emulate.c submit_single_cmd() reads GITS_CREADR after"
+        " each command (readq_relaxed of the ITS, a device read of a few hundred ns); the vITS"
+        " variant reads the CREADR KVM publishes in a host page shared with EL2",
+        "share-cmdq-shadow polls CREADR once per command it forwarded, as the series does",
+    )
     iommu_map_us: float = cited(
         1.0,
         "us",
@@ -163,6 +179,17 @@ class CostModel(BaseModel):
         "lines",
         "counted: vgic-its.c (v6.12) command decoders, MAPD/MAPC/MAPTI handlers, dispatch and"
         " queue walk are 346 lines; ~150 minimal, ~350 validating untrusted input",
+        "EL2 code the proposal adds (trusted computing base)",
+    )
+    el2_loc_share_cmdq_shadow: float = cited(
+        400,
+        "lines",
+        "estimate, counted by function in its_emulate.c of Sebastian Ene's series (March"
+        " 2026; raspberry-vanilla/android_kernel_brcm_rpi 1904225b8f2d): the command-queue"
+        " path (register dispatch, cbaser/cwriter_write, process_cmd, process_its_mapd,"
+        " track_pfn*, get_num_itt_pages, submit_single_cmd, shadow-queue set-up and"
+        " teardown) is ~400 lines; the vITS variant drops check_table_update and adds the"
+        " forward to KVM",
         "EL2 code the proposal adds (trusted computing base)",
     )
     el2_loc_iommu_gated_its: float = cited(

@@ -178,7 +178,6 @@ def collect(world: World) -> RunResult:
     guest = world.guest
     held, needed = guest.itt_memory()
     downtime = ledger.downtime_us
-    el2_field = world.proposal.el2_loc_cost
     costs = CostResult(
         downtime_ms=round(downtime / 1000.0, 6),
         its_downtime_ms=round(ledger.its_downtime_us / 1000.0, 6),
@@ -196,7 +195,7 @@ def collect(world: World) -> RunResult:
         itt_bytes=needed,
         itt_memory_bytes=held,
         guest_memory_overhead_bytes=held - needed,
-        el2_loc=getattr(world.costs, el2_field) if el2_field else 0.0,
+        el2_loc=world.proposal.el2_lines(world.costs),
     )
     correctness = world.correctness
     command_errors: Counter[str] = Counter()

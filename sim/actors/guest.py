@@ -163,11 +163,14 @@ class Guest:
                 self.driver_shared.add(page >> PAGE_SHIFT)
                 yield from self.share(page, PAGE_SIZE, "driver: itt_pool refill")
 
-    def alloc_table(self, size: int, label: Label, align: int = r.SZ_64K) -> Generator:
-        """``its_alloc_pages_node()``: zeroed pages, shared with the host."""
+    def alloc_table(
+        self, size: int, label: Label, align: int = r.SZ_64K, share: bool = True
+    ) -> Generator:
+        """``its_alloc_pages_node()``: zeroed pages, shared with the host (unless not
+        ``share``: a queue the proposal keeps private)."""
         addr = self.pages.alloc(size, align)
         self.machine.memory.labels.set(addr, size, label)
-        if self.world.proposal.guest_shares_tables:
+        if share and self.world.proposal.guest_shares_tables:
             self.driver_shared.update(
                 range(addr >> PAGE_SHIFT, (addr + size - 1 >> PAGE_SHIFT) + 1)
             )
@@ -244,7 +247,9 @@ class Guest:
             r.SZ_64K, Label(LabelKind.COLLECTION_TABLE)
         )
         self.cmdq_size = r.SZ_64K
-        self.cmdq = yield from self.alloc_table(self.cmdq_size, Label(LabelKind.CMDQ))
+        self.cmdq = yield from self.alloc_table(
+            self.cmdq_size, Label(LabelKind.CMDQ), share=self.world.proposal.guest_shares_cmdq
+        )
         yield from self.world.proposal.after_probe(self)
         baser0 = r.make_baser(self.device_table, dt_size, indirect=two_level)
         yield from self.mmio(r.GITS_BASER0, baser0)

@@ -50,6 +50,7 @@ class Host:
             initiator=initiator,
             kernel=self.world.scenario.kernel,
             clears_entries=proposal.kvm_clears_entries,
+            clears_ites=proposal.kvm_clears_ites,
         )
 
     def handle_mmio(self, offset: int, val: int) -> Generator:

@@ -206,8 +206,10 @@ class Lowvisor:
     def guest_mmio_trap(self, offset: int, val: int) -> Generator:
         """A guest ITS register write: EL2 first (proposal hook), then the host's vITS."""
         yield self.world.env.timeout(self.world.costs.el2_trap_entry_us)
-        yield from self.world.proposal.before_mmio(self.machine, offset, val)
-        yield from self.machine.host.handle_mmio(offset, val)
+        proposal = self.world.proposal
+        forwarded = yield from proposal.before_mmio(self.machine, offset, val)
+        yield from self.machine.host.handle_mmio(offset, val if forwarded is None else forwarded)
+        yield from proposal.after_mmio(self.machine, offset, val)
 
     def read_guest(self, gpa: int, length: int) -> bytes:
         """EL2 reads guest memory through the guest's stage-2 (fixmap)."""

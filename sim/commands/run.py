@@ -58,7 +58,7 @@ def print_result(result) -> None:
         ("bytes copied", f"{c.bytes_copied:,}"),
         ("migration stream bytes (ITS)", f"{c.stream_bytes:,}"),
         ("ITT memory held / needed", f"{c.itt_memory_bytes:,} / {c.itt_bytes:,}"),
-        ("EL2 lines added", f"{c.el2_loc:.0f}"),
+        ("EL2 lines added (estimate)", f"~{c.el2_loc:.0f}"),
         ("CPU us per actor", ", ".join(f"{a} {us:,.1f}" for a, us in c.cpu_us.items())),
         (
             "translations kept",

@@ -169,6 +169,7 @@ class VirtualITS:
         initiator: Initiator | None = None,
         kernel: KernelGen | str = DEFAULT_KERNEL,
         clears_entries: bool = True,
+        clears_ites: bool | None = None,
     ) -> None:
         self.kernel = kernel_gen(kernel)
         self.behaviour = BEHAVIOUR[self.kernel]
@@ -193,6 +194,10 @@ class VirtualITS:
         self.memory = memory
         self.name = name
         self.clears_entries = clears_entries
+        self.clears_ites = clears_entries if clears_ites is None else clears_ites
+        # A KVM that runs its command queue from elsewhere than guest memory (the queue
+        # EL2 forwards under share-cmdq-shadow): read(gpa, length) for the queue slots.
+        self.cmdq_reader: Callable[[int, int], bytes] | None = None
         # Who performs KVM's table accesses: the host CPU, unless a proposal puts the
         # ITS behind an IOMMU (then a DMA initiator).
         kvm = initiator or Initiator(f"{name}.kvm-vits", HOST)
@@ -525,14 +530,14 @@ class VirtualITS:
         while self.cwriter != self.creadr:
             offset = self.creadr
             try:
-                raw = self._kvm_read(base + offset, cmd)
+                raw = self._queue_read(base + offset, cmd)
             except GuestAccessFailed as exc:
                 self._log(offset, None, ITSError.EFAULT, f"queue slot unreadable: {exc}")
                 self._advance_creadr(size)
                 continue
             stop = min(self.cwriter if self.cwriter > offset else size, (offset | 0xFFF) + 1)
             rest = (
-                self._kvm_read(base + offset + cmd, stop - offset - cmd)
+                self._queue_read(base + offset + cmd, stop - offset - cmd)
                 if stop > offset + cmd
                 else b""
             )
@@ -544,6 +549,14 @@ class VirtualITS:
                 self.creadr = slot + cmd if slot + cmd < size else 0
                 if self._guest_writes != writes:
                     break  # KVM wrote guest memory: read the queue afresh
+
+    def _queue_read(self, gpa: int, length: int) -> bytes:
+        if self.cmdq_reader is None:
+            return self._kvm_read(gpa, length)
+        try:
+            return self.cmdq_reader(gpa, length)
+        except (NotGuestMemory, Stage2Fault) as exc:
+            raise GuestAccessFailed(str(exc)) from exc
 
     def _advance_creadr(self, size: int) -> None:
         self.creadr += r.ITS_CMD_SIZE
@@ -806,7 +819,7 @@ class VirtualITS:
         device = self.devices[cmd.device_id]
         self._free_ite(device, ite)
         # Both kernels clear the ITE in guest memory.
-        if self.clears_entries:
+        if self.clears_ites:
             self._kvm_write_u64(device.itt_addr + cmd.event_id * ITE_ESZ, 0)
         return None
 

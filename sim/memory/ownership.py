@@ -6,10 +6,12 @@ transition checks the current state on *both* sides for every page in the range 
 changes nothing if any check fails (``-EPERM``); otherwise it moves every page at once.
 
 Simplifications (documented in the README): a guest's IPA equals the physical address
-(the host's stage-2 is an identity map in pKVM; we use the same for guests); the
-refcounts of ``struct hyp_page`` (hyp pins, ``host_share_guest_count``) are not
-modelled. ``apply`` over a range is all or nothing, as each mainline transition is over
-its own range; mainline guest hypercalls take one page each, so callers loop per page.
+(the host's stage-2 is an identity map in pKVM; we use the same for guests);
+``host_share_guest_count`` is not modelled. The ``struct hyp_page`` refcount that
+``hyp_pin_shared_mem`` raises is (:meth:`PageOwnership.pin_shared`): a pinned page
+cannot leave the share (``-EBUSY``). ``apply`` over a range is all or nothing, as each
+mainline transition is over its own range; mainline guest hypercalls take one page each,
+so callers loop per page.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ class TransitionSpec:
     tlbi: bool
     # The page contents are wiped before the new owner can see them.
     poison: bool = False
+    # Refused with -EBUSY while a page is pinned (``__hyp_check_page_count_range``).
+    refcount_check: bool = False
 
 
 class Transition(enum.Enum):
@@ -71,13 +75,16 @@ class Transition(enum.Enum):
         "__pkvm_host_share_hyp", (("host", O, SO), ("hyp", NP, SB)), tlbi=False
     )
     HOST_UNSHARE_HYP = TransitionSpec(
-        "__pkvm_host_unshare_hyp", (("host", SO, O), ("hyp", SB, NP)), tlbi=False
+        "__pkvm_host_unshare_hyp",
+        (("host", SO, O), ("hyp", SB, NP)),
+        tlbi=False,
+        refcount_check=True,
     )
     HOST_DONATE_HYP = TransitionSpec(
         "__pkvm_host_donate_hyp", (("host", O, NP), ("hyp", NP, O)), tlbi=True
     )
     HYP_DONATE_HOST = TransitionSpec(
-        "__pkvm_hyp_donate_host", (("hyp", O, NP), ("host", NP, O)), tlbi=True
+        "__pkvm_hyp_donate_host", (("hyp", O, NP), ("host", NP, O)), tlbi=True, refcount_check=True
     )
     # A non-protected guest's memory stays the host's, shared into the guest.
     HOST_SHARE_GUEST = TransitionSpec(
@@ -94,8 +101,13 @@ class Transition(enum.Enum):
     GUEST_SHARE_HOST = TransitionSpec(
         "__pkvm_guest_share_host", (("guest", O, SO), ("host", NP, SB)), tlbi=False
     )
+    # refcount_check: the model's extension for a guest page EL2 pinned (share-cmdq-shadow);
+    # mainline pins only host pages shared with the hyp, so no mainline path trips it here.
     GUEST_UNSHARE_HOST = TransitionSpec(
-        "__pkvm_guest_unshare_host", (("guest", SO, O), ("host", SB, NP)), tlbi=True
+        "__pkvm_guest_unshare_host",
+        (("guest", SO, O), ("host", SB, NP)),
+        tlbi=True,
+        refcount_check=True,
     )
     # MEM_RELINQUISH (9): Android's common kernel only; the page is poisoned first.
     GUEST_RELINQUISH = TransitionSpec(
@@ -148,6 +160,26 @@ class OwnershipError(Exception):
         )
 
 
+class PagePinned(OwnershipError):
+    """A transition refused because a page is pinned (``__hyp_check_page_count_range``)."""
+
+    errno = "EBUSY"
+
+    def __init__(self, transition: Transition, pfn: int, count: int) -> None:
+        Exception.__init__(self, transition, pfn, count)
+        self.transition = transition
+        self.pfn = pfn
+        self.count = count
+        self.component = HYP
+        self.expected = self.actual = PageState.SHARED_BORROWED
+
+    def __str__(self) -> str:
+        return (
+            f"{self.transition.spec.kernel_name}: page {self.pfn:#x} is pinned"
+            f" (hyp_page refcount {self.count}) (-EBUSY)"
+        )
+
+
 @dataclass(frozen=True)
 class OwnershipChange:
     """One completed transition, kept for the audit."""
@@ -174,6 +206,7 @@ class PageOwnership:
             HYP: IntervalMap(PageState.NOPAGE),
         }
         self.history: list[OwnershipChange] = []
+        self.pins: dict[int, int] = {}  # pfn -> struct hyp_page refcount (pinned shares)
         self.tlb_invalidations = 0
         self.on_poison: Callable[[int, int], None] | None = None
         # Called with (first_pfn, nr_pages, done) before and after each transition.
@@ -225,6 +258,37 @@ class PageOwnership:
             for start, _end, state in self.runs(component, first_pfn, nr_pages):
                 if state is not before:
                     raise OwnershipError(transition, start, component, before, state)
+        if transition.spec.refcount_check and self.pins:
+            for pfn in range(first_pfn, first_pfn + nr_pages):
+                if self.pins.get(pfn):
+                    raise PagePinned(transition, pfn, self.pins[pfn])
+
+    def pin_shared(self, first_pfn: int, nr_pages: int, owner: str, borrower: str) -> None:
+        """``hyp_pin_shared_mem``: every page must be ``owner`` shared-owned and
+        ``borrower`` shared-borrowed (else -EPERM, nothing pinned); then each page's
+        refcount goes up by one. Mainline pins host pages shared with the hyp
+        (``owner="host", borrower="hyp"``); share-cmdq-shadow pins guest pages shared
+        with the host the same way."""
+        for component, want in (
+            (owner, PageState.SHARED_OWNED),
+            (borrower, PageState.SHARED_BORROWED),
+        ):
+            for start, _end, state in self.runs(component, first_pfn, nr_pages):
+                if state is not want:
+                    raise OwnershipError(Transition.HOST_SHARE_HYP, start, component, want, state)
+        for pfn in range(first_pfn, first_pfn + nr_pages):
+            self.pins[pfn] = self.pins.get(pfn, 0) + 1
+
+    def unpin_shared(self, first_pfn: int, nr_pages: int) -> None:
+        """``hyp_unpin_shared_mem``: each page's refcount down by one (BUG_ON at zero)."""
+        for pfn in range(first_pfn, first_pfn + nr_pages):
+            count = self.pins.get(pfn, 0)
+            if count == 0:
+                raise ValueError(f"hyp_page_ref_dec: page {pfn:#x} is not pinned")
+            if count == 1:
+                del self.pins[pfn]
+            else:
+                self.pins[pfn] = count - 1
 
     def apply(
         self,

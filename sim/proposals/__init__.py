@@ -2,6 +2,8 @@
 
 from sim.proposals.base import Payload, Proposal
 from sim.proposals.iommu_gated_its import IOMMUGatedITS
+from sim.proposals.itt_ubuf import ITTUbuf
+from sim.proposals.share_cmdq_shadow import ShareCmdqShadow
 from sim.proposals.share_cmdq_snoop import ShareCmdqSnoop
 from sim.proposals.share_enlightened_guest import ShareEnlightenedGuest
 from sim.proposals.share_host_claims import ShareHostClaims
@@ -18,6 +20,8 @@ PROPOSALS: dict[str, type[Proposal]] = {
         ShareCmdqSnoop,
         UserspaceSerialization,
         IOMMUGatedITS,
+        ShareCmdqShadow,
+        ITTUbuf,
     )
 }
 # Then every installed plugin's (entry points "pkvm_sim.proposals", sim/registry.py).

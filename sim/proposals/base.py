@@ -12,6 +12,8 @@ from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
+from sim.costs import CostModel
+
 if TYPE_CHECKING:
     from sim.actors.guest import Guest
     from sim.memory.access import Initiator
@@ -32,12 +34,33 @@ class Proposal:
     summary: ClassVar[str]
     protected: ClassVar[bool] = True  # False: a normal VM, the host sees everything
     el2_loc_cost: ClassVar[str | None] = None  # CostModel field: EL2 lines it adds
+    # Where the EL2-lines figure comes from: every figure is an estimate (no proposal is
+    # merged code); a proposal adding none says why.
+    el2_lines_source: ClassVar[str] = "none: no EL2 code beyond mainline pKVM"
     guest_shares_tables: ClassVar[bool] = True  # mainline Linux shares its ITS tables
+    guest_shares_cmdq: ClassVar[bool] = True  # False: the driver keeps its queue private
     host_claims: ClassVar[bool] = False  # EL2 offers the host a "share this guest page" call
     its_behind_iommu: ClassVar[bool] = False  # the ITS's DMA is checked by an IOMMU domain
     # KVM zeroes the DTE on MAPD V=0 and the ITE on DISCARD while it runs the queue
     # (real 6.1.192 and 7.3.4 do); False: this proposal's KVM keeps them out of guest memory.
     kvm_clears_entries: ClassVar[bool] = True
+    # The ITE of DISCARD alone (None: as kvm_clears_entries): False for a KVM whose ITTs
+    # are out of guest memory while its device table is in it (itt-ubuf).
+    kvm_clears_ites: ClassVar[bool | None] = None
+
+    @classmethod
+    def el2_lines(cls, costs: CostModel) -> float:
+        """The EL2 lines this proposal adds: an estimate (``el2_lines_source`` says whence)."""
+        return getattr(costs, cls.el2_loc_cost) if cls.el2_loc_cost else 0.0
+
+    @classmethod
+    def el2_lines_note(cls, costs: CostModel) -> str:
+        """``"<lines>, an estimate (<source>)"`` for the report: the cited cost's source
+        where the proposal adds code, else why it adds none."""
+        source = cls.el2_lines_source
+        if cls.el2_loc_cost:
+            source = CostModel.model_fields[cls.el2_loc_cost].json_schema_extra["source"]
+        return f"{cls.el2_lines(costs):.0f}, an estimate ({source})"
 
     # ---- hooks (default: nothing) ------------------------------------------------------
 
@@ -58,6 +81,12 @@ class Proposal:
         yield from ()
 
     def before_mmio(self, machine: Machine, offset: int, val: int) -> Generator:
+        """EL2 sees a guest ITS register write first; returning an int hands the host that
+        value instead (None: the guest's own)."""
+        yield from ()
+
+    def after_mmio(self, machine: Machine, offset: int, val: int) -> Generator:
+        """The host has handled (or deferred) the trapped write; EL2 returns to the guest."""
         yield from ()
 
     def before_process(self, machine: Machine, offset: int, val: int) -> Generator:

@@ -27,6 +27,7 @@ class IOMMUGatedITS(Proposal):
     name = "iommu-gated-its"
     summary = "the ITS reaches guest memory only through an IOMMU domain the guest sets up"
     el2_loc_cost = "el2_loc_iommu_gated_its"
+    el2_lines_source = "an EL2 SMMUv3 driver, after Android's pKVM SMMU driver (sim/costs.py)"
     guest_shares_tables = False
     its_behind_iommu = True
 

@@ -46,6 +46,9 @@ class ShareCmdqSnoop(Proposal):
     name = "share-cmdq-snoop"
     summary = "EL2 parses MAPD in the command queue and shares each ITT's pages"
     el2_loc_cost = "el2_loc_share_cmdq_snoop"
+    el2_lines_source = (
+        "vgic-its.c (v6.12) decoders and MAPD/MAPC/MAPTI handlers counted (sim/costs.py)"
+    )
 
     def __init__(self) -> None:
         self.state: dict[str, SnoopState] = {}

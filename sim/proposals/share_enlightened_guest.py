@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 class ShareEnlightenedGuest(Proposal):
     name = "share-enlightened-guest"
     summary = "the guest shares the pages holding its ITTs (MEM_SHARE)"
+    el2_lines_source = (
+        "none: MEM_SHARE / MEM_UNSHARE are mainline pKVM hypercalls (arm-pkvm-guest.c)"
+    )
 
     def on_itt_alloc(self, guest: Guest, addr: int, size: int) -> Generator:
         yield from guest.share(addr, size, "enlightened guest: ITT page")

@@ -97,6 +97,7 @@ class ShareHostClaims(Proposal):
     name = "share-host-claims"
     summary = "the host names the table pages, EL2 shares them on its word"
     el2_loc_cost = "el2_loc_share_host_claims"
+    el2_lines_source = "one host hypercall handler over __pkvm_guest_share_host (sim/costs.py)"
     host_claims = True
 
     def __init__(self) -> None:

@@ -11,3 +11,4 @@ class TrustedHost(Proposal):
     name = "trusted-host"
     summary = "non-protected VM: the host reads and writes all guest memory (today's KVM)"
     protected = False
+    el2_lines_source = "none: today's KVM, no pKVM at all"

@@ -26,6 +26,7 @@ class UserspaceSerialization(Proposal):
     name = "userspace-serialization"
     summary = "KVM serializes the vITS into a VMM buffer; no guest memory shared"
     kvm_clears_entries = False  # no KVM table entry in guest memory to clear
+    el2_lines_source = "none: KVM (EL1) serializes into a VMM buffer; EL2 is unchanged"
 
     def save(self, world: World) -> Generator[object, object, Payload]:
         from sim.world import VMM_BUFFER_BASE

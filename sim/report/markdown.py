@@ -27,7 +27,7 @@ COLUMNS = [
     ("TLBIs", lambda r: f"{r.costs.tlb_invalidations + r.costs.iotlb_invalidations}"),
     ("stream B", lambda r: f"{r.costs.stream_bytes:,}"),
     ("ITT memory overhead B", lambda r: f"{r.costs.guest_memory_overhead_bytes:,}"),
-    ("EL2 lines", lambda r: f"{r.costs.el2_loc:.0f}"),
+    ("EL2 lines (estimate)", lambda r: f"~{r.costs.el2_loc:.0f}"),
     ("ITS command errors", lambda r: _errors(r)),
     ("ITS correct (translations kept)", lambda r: _kept(r)),
 ]
@@ -97,6 +97,8 @@ def render(
         "",
     ]
     out += [f"- `{name}`: {cls.summary}" for name, cls in PROPOSALS.items()]
+    out += ["", "EL2 lines each proposal adds (every figure an estimate, with its source):", ""]
+    out += [f"- `{name}`: {cls.el2_lines_note(CostModel())}" for name, cls in PROPOSALS.items()]
     out += [
         "",
         "## Reading the columns",

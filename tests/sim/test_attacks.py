@@ -37,6 +37,14 @@ PLAN = {
     "share-cmdq-snoop": ["secret-page-as-itt", "keep-stale-share", "delay-commands", "its-dma"],
     "userspace-serialization": list(ATTACKS),
     "iommu-gated-its": ["secret-page-as-itt", "its-dma"],
+    "share-cmdq-shadow": [
+        "secret-page-as-itt",
+        "forge-queued-mapd",
+        "keep-stale-share",
+        "delay-commands",
+        "its-dma",
+    ],
+    "itt-ubuf": ["secret-page-as-itt", "tamper-state", "forge-queued-mapd", "its-dma"],
 }
 
 
@@ -523,3 +531,35 @@ def test_every_behaviour_a_scenario_can_name_has_an_implementation():
     from sim.scenario import BEHAVIOUR_KINDS
 
     assert set(BEHAVIOURS) == set(BEHAVIOUR_KINDS)
+
+
+def test_share_cmdq_shadow_defeats_queue_rewriting_by_construction(matrices):
+    """The guest's queue is private: the forger's write and the stale-share host's read
+    of the queue fault; no ITT share outlives its unmap whatever the host delays."""
+    for m in matrices.values():
+        forge = m.cells["forge-queued-mapd", "share-cmdq-shadow"]
+        assert forge.outcome == "blocked", (m.scenario.name, forge.why)
+        assert "stage-2 fault" in forge.why
+        stale = m.cells["keep-stale-share", "share-cmdq-shadow"]
+        assert stale.outcome == "blocked", (m.scenario.name, stale.why)
+        for attack in ("keep-stale-share", "delay-commands"):
+            run = m.runs[attack, "share-cmdq-shadow"]
+            assert "outlived MAPD V=0" not in m.cells[attack, "share-cmdq-shadow"].why
+            assert run.summary.post_unmap_share_ms <= 0.1, (m.scenario.name, attack)
+        assert m.base("share-cmdq-shadow").summary.its_correct
+
+
+def test_forge_queued_mapd_beats_the_snooping_el2_somewhere(matrices):
+    """The same attack wins against share-cmdq-snoop, whose queue the host can rewrite
+    between the guest's write and EL2's read (so the shadow queue is what stops it)."""
+    scenario = load_scenario(SCENARIOS / "big-itts.yaml")
+    cells, _ = attack_matrix(scenario, ["share-cmdq-snoop"], ["forge-queued-mapd"])
+    assert cells[0].outcome == "succeeded" and "unverified shares" in cells[0].why
+
+
+def test_itt_ubuf_tampering_with_the_buffer_is_availability_only(matrices):
+    for m in matrices.values():
+        cell = m.cells["tamper-state", "itt-ubuf"]
+        assert cell.outcome in ("availability", "blocked"), (m.scenario.name, cell.why)
+        assert m.cells["forge-queued-mapd", "itt-ubuf"].outcome != "succeeded"
+        assert m.base("itt-ubuf").summary.its_correct

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 from sim.cli import main
+from sim.proposals import PROPOSALS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,7 +24,7 @@ def test_compare_writes_report_charts_and_json_matching_the_committed_example(tm
     document = json.loads((out / "results.json").read_text())
     results = document["results"]
     names = {r["scenario"] for r in results}
-    assert len(names) >= 4 and len(results) == 6 * len(names)
+    assert len(names) >= 4 and len(results) == len(PROPOSALS) * len(names)
     for name in names:
         assert f"## Scenario `{name}`" in report
     charts = (
@@ -42,7 +43,10 @@ def test_compare_writes_report_charts_and_json_matching_the_committed_example(tm
     assert set(matrix) == names
     # protected x attacks, plus the scenario's own host as one row where it composes one
     composed = {"malicious-host", "dma-attack"}
-    assert {n: len(c) for n, c in matrix.items()} == {n: 5 * (11 + (n in composed)) for n in names}
+    protected = sum(cls.protected for cls in PROPOSALS.values())
+    assert {n: len(c) for n, c in matrix.items()} == {
+        n: protected * (11 + (n in composed)) for n in names
+    }
     assert {r["host"] for r in results} == {"honest"}
     assert "| `its-dma(at_ms=2)` |" in report
     assert (out / "matrix.json").read_text() == (committed / "matrix.json").read_text()

@@ -67,7 +67,9 @@ def test_no_its_command_fails_in_an_honest_run_of_a_churning_guest(name):
         assert c.its_correct, proposal
 
 
-@pytest.mark.parametrize("proposal", [p for p in ALL_PROPOSALS if p != "userspace-serialization"])
+@pytest.mark.parametrize(
+    "proposal", [p for p in ALL_PROPOSALS if p not in ("userspace-serialization", "itt-ubuf")]
+)
 def test_discard_on_the_destination_clears_the_saved_ite_in_guest_memory(proposal):
     world = simulate(_after_migration_removal(), proposal)
     dst = world.dst
@@ -77,6 +79,17 @@ def test_discard_on_the_destination_clears_the_saved_ite_in_guest_memory(proposa
     blk0 = world.guest.devices["blk0"]  # the ITEs the save wrote are really there
     assert dst.memory.read(dst.lowvisor.fixmap, blk0.itt_addr, 8) != bytes(8)
     assert collect(world).correctness.its_correct
+
+
+def test_itt_ubuf_leaves_every_itt_in_guest_memory_untouched_and_keeps_translations():
+    """The ITEs went to the VMM buffer and DISCARD has none in guest memory to clear."""
+    world = simulate(_after_migration_removal(), "itt-ubuf")
+    dst = world.dst
+    for name in ("net0", "blk0"):
+        dev = world.guest.devices[name]
+        assert dst.memory.read(dst.lowvisor.fixmap, dev.itt_addr, 3 * ITE_ESZ) == bytes(3 * ITE_ESZ)
+    result = collect(world).correctness
+    assert result.its_correct and not result.command_errors
 
 
 def test_share_host_claims_shares_an_itt_page_only_while_kvm_clears_its_ite():

@@ -126,7 +126,8 @@ def test_host_claims_expose_only_while_saving_but_enlightened_sharing_lasts(resu
 def test_only_sharing_proposals_add_el2_code_and_only_claims_unshare(results):
     for (_, proposal), r in results.items():
         assert (r.costs.el2_loc > 0) == (
-            proposal in ("share-host-claims", "share-cmdq-snoop", "iommu-gated-its")
+            proposal
+            in ("share-host-claims", "share-cmdq-snoop", "iommu-gated-its", "share-cmdq-shadow")
         )
         if proposal == "iommu-gated-its":
             assert r.costs.pages_shared == 0 and r.costs.hypercalls_by_call["guest IOMMU_MAP"] > 0

@@ -6,7 +6,7 @@ import pytest
 
 from sim.cli import main
 from sim.costs import CostModel
-from sim.scenario import ScenarioError, load_scenario
+from sim.scenario import ALL_PROPOSALS, ScenarioError, load_scenario
 
 GOOD = """\
 name: tiny
@@ -25,7 +25,7 @@ def write(tmp_path, text: str):
 def test_defaults_fill_everything_but_name_question_and_devices(tmp_path):
     s = load_scenario(write(tmp_path, GOOD))
     assert s.guest.vcpus == 4 and s.guest.allocator == "linux-shared-pool"
-    assert len(s.proposals) == 6
+    assert s.proposals == list(ALL_PROPOSALS) and len(s.proposals) == 8
     assert s.costs == CostModel()
 
 
