@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sim.commands import audit, bench, compare, its_save, oracle, run, scenarios, sweep
+from sim.commands import audit, bench, compare, its_save, oracle, run, scenarios, sensitivity, sweep
 
-COMMANDS = (compare, run, audit, scenarios, sweep, bench, its_save, oracle)
+COMMANDS = (compare, run, audit, scenarios, sweep, bench, its_save, oracle, sensitivity)
 EXAMPLES = """\
 examples:
   pkvm-sim compare                          # every bundled scenario, report in reports/

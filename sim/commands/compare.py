@@ -12,7 +12,15 @@ import json
 import sys
 from pathlib import Path
 
-from sim.commands.common import BUNDLED, bundled_scenarios, dump, load_all, run_all
+from sim.cells import DEFAULT_SEEDS
+from sim.commands.common import (
+    BUNDLED,
+    add_seeds_argument,
+    bundled_scenarios,
+    dump,
+    load_all,
+    run_all,
+)
 
 FOCUS = "kzalloc-dense-secrets"  # the scenario the timeline and memory map show, if run
 
@@ -38,6 +46,7 @@ def register(sub) -> None:
         default="markdown",
         help="'text' also prints the 72-column summary (default: markdown)",
     )
+    add_seeds_argument(p, DEFAULT_SEEDS)
     p.set_defaults(func=main)
 
 
@@ -60,7 +69,7 @@ def main(args: argparse.Namespace) -> int:
     # The proposal tables and charts: every scenario with an honest host. A scenario's own
     # host, if it is not honest, is a row of its attack matrix, composed as the file says.
     honest = [with_attack(s, None) for s in scenarios]
-    results = run_all(honest)
+    results = run_all(honest, seeds=args.seeds)
     protected = {s.name: [p for p in s.proposals if PROPOSALS[p].protected] for s in scenarios}
     rows = {s.name: [*ATTACKS, *filter(None, [scenario_row(s)])] for s in scenarios}
     total = sum(len(ps) * (len(rows[n]) + 1) for n, ps in protected.items())
@@ -82,7 +91,8 @@ def main(args: argparse.Namespace) -> int:
     if args.format == "text":
         print(summary)
     print(
-        f"compared {len(scenarios)} scenarios: {len(results)} runs with an honest host and"
+        f"compared {len(scenarios)} scenarios: {len(results)} runs with an honest host"
+        f" ({args.seeds} seeds each) and"
         f" {sum(len(c) for c in matrices.values())} attack runs"
     )
     print(
