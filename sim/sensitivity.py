@@ -190,6 +190,11 @@ class Sensitivity:
         seed = self.seeds[scenario][0] if seed is None else seed
         return self.runs[scenario, point, seed]
 
+    def has_tornado(self, scenario: str) -> bool:
+        lows = [p for p in self.points if p.kind == "low"]
+        seed = self.seeds[scenario][0]
+        return bool(lows) and all((scenario, p.index, seed) in self.runs for p in lows)
+
     def swing(
         self, scenario: str, value: Callable[[dict[str, RunResult]], float]
     ) -> list[tuple[str, float, float, float]]:
@@ -216,28 +221,43 @@ def run_design(
     seeds: int = 1,
     tick: Callable[[], None] = lambda: None,
     runner: Callable[[list[Cell], Callable[[], None]], list[RunResult]] = run_cells,
+    one_at_a_time: set[str] | None = None,
+    defaults: Iterable[RunResult] = (),
 ) -> Sensitivity:
     """Simulate every (scenario, proposal, seed, point) cell; judge every conclusion.
 
     ``runner`` maps the independent cells to results (in order); the default runs them
-    in this process, a process pool can be passed instead.
+    in this process, a process pool can be passed instead. ``one_at_a_time`` names the
+    scenarios that run the low/high points (default: all; the others run the defaults
+    and the joint points). ``defaults``: runs already made at the default costs, reused.
     """
     from sim.cells import seeds_of
 
+    known = {(r.scenario, r.seed, r.proposal): r for r in defaults}
     todo: list[Cell] = []
     keys: list[tuple[str, int, int, str]] = []
+    runs: dict[tuple[str, int, int], dict[str, RunResult]] = {}
     seed_lists = {s.name: seeds_of(s, seeds) for s in scenarios}
     for s in scenarios:
         for point in points:
+            oat = point.kind in ("low", "high")
+            if oat and one_at_a_time is not None and s.name not in one_at_a_time:
+                continue
             overrides = tuple(sorted(point.costs.items()))
             for seed in seed_lists[s.name]:
+                runs[s.name, point.index, seed] = {}
                 for proposal in s.proposals:
+                    if not overrides and (s.name, seed, proposal) in known:
+                        runs[s.name, point.index, seed][proposal] = known[s.name, seed, proposal]
+                        continue
                     todo.append(Cell(s, proposal, seed, overrides))
                     keys.append((s.name, point.index, seed, proposal))
     results = runner(todo, tick)
-    runs: dict[tuple[str, int, int], dict[str, RunResult]] = {}
     for (name, index, seed, proposal), result in zip(keys, results, strict=True):
-        runs.setdefault((name, index, seed), {})[proposal] = result
+        runs[name, index, seed][proposal] = result
+    for key, by_proposal in runs.items():  # proposals in the scenario's order
+        order = next(s.proposals for s in scenarios if s.name == key[0])
+        runs[key] = {p: by_proposal[p] for p in order}
     verdicts = []
     for s in scenarios:
         base = runs[s.name, 0, seed_lists[s.name][0]]
@@ -245,6 +265,8 @@ def run_design(
             verdict = Verdict(conclusion)
             for point in points:
                 for seed in seed_lists[s.name]:
+                    if (s.name, point.index, seed) not in runs:
+                        continue
                     verdict.evaluated += 1
                     if not conclusion.holds(runs[s.name, point.index, seed]):
                         verdict.failed.append((point.index, seed))

@@ -66,6 +66,19 @@ def add_seeds_argument(p, default: int) -> None:
     )
 
 
+def nonnegative(text: str) -> int:
+    """An argparse type: a whole number, 0 or more."""
+    import argparse
+
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {n}")
+    return n
+
+
 def _positive(text: str) -> int:
     import argparse
 

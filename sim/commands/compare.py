@@ -19,10 +19,12 @@ from sim.commands.common import (
     bundled_scenarios,
     dump,
     load_all,
+    nonnegative,
     run_all,
 )
 
 FOCUS = "kzalloc-dense-secrets"  # the scenario the timeline and memory map show, if run
+COST_SAMPLES = 8  # joint cost points in compare's sensitivity section
 
 
 def register(sub) -> None:
@@ -47,6 +49,15 @@ def register(sub) -> None:
         help="'text' also prints the 72-column summary (default: markdown)",
     )
     add_seeds_argument(p, DEFAULT_SEEDS)
+    p.add_argument(
+        "--cost-samples",
+        type=nonnegative,
+        default=COST_SAMPLES,
+        metavar="N",
+        help="joint cost points for the report's sensitivity section, each estimate at"
+        f" its low and high end in {FOCUS} besides (default {COST_SAMPLES}; 0: no section;"
+        " `pkvm-sim sensitivity` runs the full design)",
+    )
     p.set_defaults(func=main)
 
 
@@ -82,10 +93,25 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out) / name
     out.mkdir(parents=True, exist_ok=True)
     charts = write_charts(results, out, matrices, worlds)
+    extra: list[str] = []
+    if args.cost_samples > 0:
+        from sim.report.sensitivity import section, tornado_chart
+        from sim.sensitivity import design, run_design
+
+        points = design(joint=args.cost_samples)
+        oat = {focus.name}
+        todo = sum(
+            len(s.proposals) * sum(p.kind == "joint" or s.name in oat for p in points[1:])
+            for s in honest
+        )
+        with progress(todo, "cost ranges") as advance:
+            sens = run_design(honest, points, tick=advance, one_at_a_time=oat, defaults=results)
+        tornado = [tornado_chart(sens, focus.name, out / "tornado.png")]
+        extra = section(sens, tornado)
     (out / "results.json").write_text(dump(results) + "\n")
     cells = {n: [c.model_dump(mode="json") for c in cs] for n, cs in matrices.items()}
     (out / "matrix.json").write_text(json.dumps(cells, indent=2, sort_keys=True) + "\n")
-    (out / "report.md").write_text(render(scenarios, results, charts, matrices))
+    (out / "report.md").write_text(render(scenarios, results, charts, matrices, extra))
     summary = render_text(scenarios, results, matrices)
     (out / "summary.txt").write_text(summary + "\n")
     if args.format == "text":

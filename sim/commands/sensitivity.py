@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from sim.commands.common import bundled_scenarios, load_all
+from sim.commands.common import bundled_scenarios, load_all, nonnegative
 
 
 def register(sub) -> None:
@@ -28,7 +28,7 @@ def register(sub) -> None:
     p.add_argument("scenarios", nargs="*", help="scenario files (default: every bundled one)")
     p.add_argument(
         "--samples",
-        type=_count,
+        type=nonnegative,
         default=32,
         metavar="N",
         help="joint points of the Latin hypercube over all estimates (default 32; 0: none)",
@@ -42,7 +42,7 @@ def register(sub) -> None:
     )
     p.add_argument(
         "--seeds",
-        type=_count,
+        type=nonnegative,
         default=1,
         metavar="N",
         help="scenario seeds per cost point, from the scenario's own (default 1)",
@@ -56,16 +56,6 @@ def register(sub) -> None:
     p.add_argument("--out", default="reports/sensitivity", help="output directory")
     p.add_argument("--name", help="subdirectory of --out (default: 'bundled' or the first name)")
     p.set_defaults(func=main)
-
-
-def _count(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or more, got {n}")
-    return n
 
 
 def main(args: argparse.Namespace) -> int:

@@ -121,6 +121,7 @@ def render(
     results: list[RunResult],
     charts: list[Path],
     matrices: dict[str, list] | None = None,
+    sensitivity: list[str] | None = None,
 ) -> str:
     out = [
         "# pkvm-sim: vGIC ITS migration proposals compared",
@@ -208,6 +209,7 @@ def render(
         out.append("")
     out += ["## Charts", ""]
     out += [f"![{path.stem}]({path.name})" for path in charts]
+    out += ["", *(sensitivity or [])]
     out += [
         "",
         "## Cost model",

@@ -20,11 +20,17 @@ def _design_line(sens: Sensitivity) -> str:
     joint = sum(p.kind == "joint" for p in sens.points)
     seeds = sorted({len(v) for v in sens.seeds.values()})
     per_seed = "the scenario's own seed" if seeds == [1] else f"{'/'.join(map(str, seeds))} seeds"
+    tornado = [n for n in sens.scenarios if sens.has_tornado(n)]
+    where = (
+        ""
+        if len(tornado) == len(sens.scenarios)
+        else f" (in {', '.join(f'`{n}`' for n in tornado)} only)"
+    )
     return (
-        f"{len(sens.points)} cost points, each a full re-simulation at {per_seed}: the"
-        f" defaults, {oat} estimates each at its low and its high end (one at a time),"
-        f" and {joint} joint points of a Latin hypercube over all {len(CostModel.ranges())}"
-        " estimates (log-uniform in each range)"
+        f"each cost point a full re-simulation at {per_seed}: the defaults,"
+        f" {oat} estimates each at its low and its high end, the others at their"
+        f" defaults{where}, and {joint} joint points of a Latin hypercube over all"
+        f" {len(CostModel.ranges())} estimates (log-uniform in each range)"
     )
 
 
