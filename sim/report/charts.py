@@ -52,11 +52,12 @@ STACK_ORDER = [
     "free",
 ]
 OUTCOMES = ["blocked", "availability", "succeeded"]
+# Migration phases in pastel tones, apart from both the proposal and the actor colours.
 PHASE_COLOURS = {
-    "save": "#E69F00",
-    "transfer": "#999999",
-    "import guest pages": "#CC79A7",
-    "restore": "#009E73",
+    "save": "#8DD3C7",
+    "transfer": "#BEBADA",
+    "import guest pages": "#FDB462",
+    "restore": "#80B1D3",
 }
 
 
@@ -208,39 +209,44 @@ def matrix_chart(matrices: dict[str, list], path: Path, focus: str) -> Path:
 
 
 def timeline_chart(worlds: dict, path: Path) -> Path:
-    """What each actor did from the pause to the ITS being restored, per proposal."""
+    """What each actor did from the pause to the ITS being restored, per proposal, on one
+    time axis shared by every panel; phases named in the legend, not on the bars."""
+    lanes = ["migration", "src.host", "src.lowvisor", "dst.host", "dst.lowvisor"]
     with mpl.rc_context(STYLE):
-        fig = Figure(figsize=(10, 1.45 * len(worlds) + 1.0), layout="constrained")
-        axes = fig.subplots(len(worlds), 1, squeeze=False)[:, 0]
+        fig = Figure(figsize=(10, 1.3 * len(worlds) + 1.4), layout="constrained")
+        axes = fig.subplots(len(worlds), 1, squeeze=False, sharex=True)[:, 0]
         for ax, (proposal, world) in zip(axes, worlds.items(), strict=True):
             phases = [s for s in world.trace if s.lane == "migration"]
             start = phases[0].start
             end = phases[-1].end
-            lanes = ["migration", "src.host", "src.lowvisor", "dst.host", "dst.lowvisor"]
             for row, lane in enumerate(lanes):
                 for s in world.trace:
                     if s.lane != lane or s.end < start or s.start > end:
                         continue
-                    colour = PHASE_COLOURS.get(s.what) if lane == "migration" else COLOURS[row + 1]
+                    colour = (
+                        PHASE_COLOURS.get(s.what, "#DDDDDD")
+                        if lane == "migration"
+                        else ACTOR_COLOURS[row - 1]
+                    )
                     ax.broken_barh(
                         [(s.start - start, max(s.end - s.start, 0.05))],
                         (row - 0.35, 0.7),
                         color=colour,
                     )
-                    if lane == "migration":
-                        ax.text(
-                            (s.start + s.end) / 2 - start,
-                            row,
-                            s.what,
-                            ha="center",
-                            va="center",
-                            fontsize=6,
-                            color="white",
-                        )
             ax.set_yticks(range(len(lanes)), lanes, fontsize=6)
             ax.set_ylim(len(lanes) - 0.5, -0.5)
-            ax.set_title(f"{proposal}: ITS part of the downtime, {end - start:.1f} us", fontsize=8)
-        axes[-1].set_xlabel("us since the vCPUs were paused")
+            ax.set_title(
+                f"{proposal}: ITS part of the downtime, {end - start:.1f} us",
+                fontsize=8,
+                loc="left",
+            )
+        axes[-1].set_xlabel("microseconds since the vCPUs were paused (same axis in every panel)")
+        axes[-1].set_xlim(left=0)
+        legend = [Patch(color=c, label=f"phase: {k}") for k, c in PHASE_COLOURS.items()]
+        legend += [
+            Patch(color=ACTOR_COLOURS[i], label=f"{lane} busy") for i, lane in enumerate(lanes[1:])
+        ]
+        fig.legend(handles=legend, loc="outside lower center", ncols=4, fontsize=7)
         world = next(iter(worlds.values()))
         fig.suptitle(
             f"Migration timeline, scenario {world.scenario.name} (seed {world.scenario.seed}),"
@@ -342,17 +348,20 @@ def write_charts(
             f"Secret bytes the host could read, or reach by DMA (host: {_hosts(results)});"
             " what the worst attack (matrix row) read, exposed or corrupted",
             [
-                ("peak secret B (symlog)", lambda r: r.exposure.peak_exposed_bytes, True),
-                ("secret B x ms (symlog)", lambda r: r.exposure.exposed_byte_ms, True),
+                ("peak secret B (log scale)", lambda r: r.exposure.peak_exposed_bytes, True),
+                ("secret B x ms (log scale)", lambda r: r.exposure.exposed_byte_ms, True),
                 (
-                    "peak DMA-reachable B (symlog)",
+                    "peak DMA-reachable B (log scale)",
                     lambda r: r.exposure.dma_reachable_peak_bytes,
                     True,
                 ),
-                ("worst attack: B gained", lambda r: 0, True),
-                ("worst attack: B corrupted", lambda r: 0, True),
+                ("worst attack: B gained (log scale)", lambda r: 0, True),
+                ("worst attack: B corrupted (log scale)", lambda r: 0, True),
             ],
-            extra={"worst attack: B gained": worst, "worst attack: B corrupted": corrupted},
+            extra={
+                "worst attack: B gained (log scale)": worst,
+                "worst attack: B corrupted (log scale)": corrupted,
+            },
         ),
         bar_chart(
             results,
