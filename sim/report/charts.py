@@ -37,11 +37,11 @@ LABEL_COLOURS = {
     "kernel-data": "#BBBBBB",
     "its-itt": "#0072B2",
     "its-device-table": "#009E73",
-    "its-device-table-l2": "#009E73",
-    "its-collection-table": "#009E73",
+    "its-device-table-l2": "#66C2A5",
+    "its-collection-table": "#1B7837",
     "its-cmdq": "#56B4E9",
     "lpi-prop-table": "#F0E442",
-    "lpi-pend-table": "#F0E442",
+    "lpi-pend-table": "#BFA600",
 }
 HEAP_KINDS = {"secret", "kernel-data", "its-itt"}
 STACK_ORDER = [
@@ -260,6 +260,7 @@ def memory_map_chart(worlds: dict, path: Path) -> Path:
     with mpl.rc_context({**STYLE, "axes.grid": False}):
         fig = Figure(figsize=(10, 0.75 * len(worlds) + 1.6), layout="constrained")
         axes = fig.subplots(len(worlds), 1, squeeze=False)[:, 0]
+        drawn: set[str] = set()
         for ax, (proposal, world) in zip(axes, worlds.items(), strict=True):
             # Whole ITS tables would drown the picture: show ITT and kernel-heap pages.
             pages = [p for p in world.memory_map if set(p.labels) & HEAP_KINDS]
@@ -277,7 +278,14 @@ def memory_map_chart(worlds: dict, path: Path) -> Path:
             ax.set_xlim(0, max(len(pages), 1))
             ax.set_ylim(0, 1.45)
             ax.set_yticks([])
-            ax.set_xticks([])
+            step = max(1, len(pages) // 8)
+            ticks = list(range(0, len(pages), step))
+            ax.set_xticks(
+                [x + 0.425 for x in ticks],
+                [f"{pages[x].pfn << 12:#x}" for x in ticks] if ax is axes[-1] else [],
+                fontsize=6,
+            )
+            drawn.update(k for p in pages for k in p.labels)
             ax.set_ylabel(proposal, rotation=0, ha="right", va="center", fontsize=7)
             ax.set_title(
                 f"{reachable} of these {len(pages)} pages host-reachable (black bar),"
@@ -286,15 +294,20 @@ def memory_map_chart(worlds: dict, path: Path) -> Path:
                 loc="left",
             )
         world = next(iter(worlds.values()))
-        legend = [Patch(color=c, label=k) for k, c in LABEL_COLOURS.items() if "l2" not in k]
+        axes[-1].set_xlabel(
+            "guest physical address of the page (pages in address order, gaps skipped)"
+        )
+        legend = [Patch(color=c, label=k) for k, c in LABEL_COLOURS.items() if k in drawn]
         legend.append(Patch(facecolor="black", label="host can reach (bar above)"))
         fig.legend(handles=legend, loc="outside lower center", ncols=5, fontsize=6)
-        fig.suptitle(
-            f"Pages holding ITTs or kernel heap at the pause (bars: bytes of each kind"
-            f" on the page), scenario"
-            f" {world.scenario.name} (seed {world.scenario.seed}),"
+        title = (
+            "Pages holding ITTs or kernel heap at the pause"
+            f" (t = {world.scenario.migration.at_ms:g} ms; the tables' peak may fall at"
+            " another instant), bars: bytes of each kind on"
+            f" the page; scenario {world.scenario.name} (seed {world.scenario.seed}),"
             f" host: {describe_behaviours(world.scenario.host.behaviours)}"
         )
+        fig.suptitle(textwrap.fill(title, 130), fontsize=9)
         return _save(fig, path)
 
 
