@@ -20,6 +20,7 @@ from sim.commands import (
     proposals,
     run,
     scenarios,
+    sensitivity,
     sweep,
 )
 
@@ -35,6 +36,7 @@ COMMANDS = (
     its_save,
     oracle,
     capture,
+    sensitivity,
 )
 EXAMPLES = """\
 examples:

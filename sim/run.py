@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pydantic import BaseModel, ConfigDict
 
 from sim import attacks
+from sim.actors.lowvisor import DRIVER, PROPOSAL, part_of
 from sim.audit import Auditor
 from sim.exposure import union_totals
 from sim.memory.labels import LabelKind
@@ -52,8 +53,15 @@ class CostResult(_Result):
     pages_shared: int  # every guest page shared with the host, on either machine
     pages_shared_by_proposal: int  # ... beyond what the guest's ITS driver shares itself
     pages_unshared: int
-    tlb_invalidations: int
-    iotlb_invalidations: int
+    tlb_invalidations: int  # stage-2, after a valid-to-invalid change
+    iotlb_invalidations: int  # the ITS's IOMMU domain (every one of them the proposal's)
+    # What the proposal adds, separated from the guest driver's own sharing
+    # (sim.actors.lowvisor.part_of): hypercalls, stage-2 invalidations, and EL2 time of
+    # those hypercalls, page-state changes and any queue parsing, over the whole run.
+    hypercalls_by_proposal: int
+    tlb_invalidations_by_proposal: int
+    proposal_el2_us: float
+    driver_el2_us: float
     bytes_copied: int
     stream_bytes: int
     itt_bytes: int  # what the ITTs need
@@ -157,11 +165,13 @@ def collect(world: World) -> RunResult:
         and not ch.cause.startswith(("driver:", "migration:"))
     )
     unshared = sum(ch.nr_pages for ch in history if ch.transition is Transition.GUEST_UNSHARE_HOST)
-    tlbis = sum(
-        1
+    tlbi_causes = [
+        ch.cause
         for ch in history
         if ch.transition.spec.tlbi and ch.cause not in ("VM creation", "teardown")
-    )
+    ]
+    tlbis = len(tlbi_causes)
+    tlbis_by_proposal = sum(1 for cause in tlbi_causes if part_of(cause) == PROPOSAL)
     window = world.scenario.workload.duration_ms * 1000.0
     peak, byte_us = union_totals((i for m in machines for i in m.exposure.intervals), window)
     dma_peak, dma_byte_us = union_totals(
@@ -190,6 +200,10 @@ def collect(world: World) -> RunResult:
         pages_unshared=unshared,
         tlb_invalidations=tlbis,
         iotlb_invalidations=ledger.iotlb_invalidations,
+        hypercalls_by_proposal=ledger.hypercalls_by_part[PROPOSAL],
+        tlb_invalidations_by_proposal=tlbis_by_proposal,
+        proposal_el2_us=round(ledger.cpu_us_by_part[PROPOSAL], 3),
+        driver_el2_us=round(ledger.cpu_us_by_part[DRIVER], 3),
         bytes_copied=ledger.bytes_copied,
         stream_bytes=ledger.stream_bytes,
         itt_bytes=needed,

@@ -63,6 +63,10 @@ class Ledger:
     msis_failed: int = 0
     iommu_maps: int = 0
     iotlb_invalidations: int = 0
+    # Who asked for EL2's work: "driver" (the guest's ITS driver sharing its own tables)
+    # or "proposal" (what the migration proposal adds); see sim.actors.lowvisor.part_of.
+    hypercalls_by_part: Counter[str] = field(default_factory=Counter)
+    cpu_us_by_part: Counter[str] = field(default_factory=Counter)
 
 
 class World:
@@ -126,9 +130,12 @@ class World:
         """A reproducible random stream named ``stream`` (string seeds hash with SHA-512)."""
         return random.Random(f"{self.scenario.seed}:{stream}")
 
-    def charge(self, actor: str, us: float) -> simpy.Timeout:
-        """Account ``us`` of CPU time to ``actor`` and take that long."""
+    def charge(self, actor: str, us: float, part: str | None = None) -> simpy.Timeout:
+        """Account ``us`` of CPU time to ``actor`` and take that long; ``part`` ("driver"
+        or "proposal") also books it to whoever asked for the work."""
         self.ledger.cpu_us[actor] += us
+        if part is not None:
+            self.ledger.cpu_us_by_part[part] += us
         if self.paused and us > 0:  # the timeline shows the migration window only
             self.trace.append(Span(self.env.now, self.env.now + us, actor, "cpu"))
         return self.env.timeout(us)

@@ -36,6 +36,18 @@ def share_causes(history: list[OwnershipChange], pfns: set[int]) -> dict[int, st
     return causes
 
 
+DRIVER, PROPOSAL = "driver", "proposal"
+
+
+def part_of(cause: str) -> str:
+    """Who a share, unshare or hypercall is for: the guest's ITS driver sharing its own
+    tables ("driver:" causes, and their re-share on the destination), or the proposal
+    (everything else: an enlightened guest's ITT shares, EL2's snooped shares, host
+    claims, IOMMU maps)."""
+    inner = cause.split(", ", 1)[1] if cause.startswith("migration: as on ") else cause
+    return DRIVER if inner.startswith("driver:") else PROPOSAL
+
+
 class Lowvisor:
     def __init__(self, world: World, machine: Machine) -> None:
         from sim.world import GUEST
@@ -57,7 +69,9 @@ class Lowvisor:
         ownership.apply(transition, pfn, nr, guest=self.guest, cause=cause)
         tlbis = ownership.tlb_invalidations - before
         costs = self.world.costs
-        yield self.world.charge(self.name, nr * costs.s2_update_us + tlbis * costs.tlbi_us)
+        yield self.world.charge(
+            self.name, nr * costs.s2_update_us + tlbis * costs.tlbi_us, part_of(cause)
+        )
 
     def create_vm(self, protected: bool) -> None:
         """VM creation: a protected guest's RAM is donated, a normal one's shared in."""
@@ -103,9 +117,11 @@ class Lowvisor:
                 labels.clear(start << PAGE_SHIFT, (stop - start) << PAGE_SHIFT)
             ownership.apply(transition, start, stop - start, guest=self.guest, cause="teardown")
 
-    def _hypercall(self, call: str) -> None:
-        """Count a hypercall EL2 takes (the ledger) and log when (the trace)."""
+    def _hypercall(self, call: str, part: str) -> None:
+        """Count a hypercall EL2 takes (the ledger, booked to the driver or the proposal)
+        and log when (the trace)."""
         self.world.ledger.hypercalls[call] += 1
+        self.world.ledger.hypercalls_by_part[part] += 1
         self.hypercall_log.append((self.world.env.now, call))
 
     def guest_state(self, pfn: int) -> PageState:
@@ -124,8 +140,9 @@ class Lowvisor:
         )
 
     def _guest_hvc(self, call: str, transition: Transition, pfn: int, cause: str) -> Generator:
-        self._hypercall(f"guest {call}")
-        yield self.world.charge(self.name, self.world.costs.guest_hvc_us)
+        part = part_of(cause)
+        self._hypercall(f"guest {call}", part)
+        yield self.world.charge(self.name, self.world.costs.guest_hvc_us, part)
         try:
             yield from self._apply(transition, pfn, 1, cause)
         except OwnershipError:
@@ -138,10 +155,11 @@ class Lowvisor:
     def iommu_map(self, pfn: int, cause: str, guest: bool = True) -> Generator:
         """Let the ITS reach one page by DMA: a guest HVC, or EL2 itself on migration."""
         costs = self.world.costs
+        part = part_of(cause)
         if guest:
-            self._hypercall("guest IOMMU_MAP")
+            self._hypercall("guest IOMMU_MAP", part)
         yield self.world.charge(
-            self.name, costs.iommu_map_us + (costs.guest_hvc_us if guest else 0.0)
+            self.name, costs.iommu_map_us + (costs.guest_hvc_us if guest else 0.0), part
         )
         self._its_domain().map(pfn << PAGE_SHIFT, PAGE_SIZE, Perm.RW)
         self.world.ledger.iommu_maps += 1
@@ -149,10 +167,13 @@ class Lowvisor:
     def iommu_unmap(self, pfn: int, cause: str) -> Generator:
         """Guest HVC: take a page out of the ITS's domain; the IOTLB is invalidated."""
         costs = self.world.costs
-        self._hypercall("guest IOMMU_UNMAP")
+        part = part_of(cause)
+        self._hypercall("guest IOMMU_UNMAP", part)
         self._its_domain().unmap(pfn << PAGE_SHIFT, PAGE_SIZE)
         self.world.ledger.iotlb_invalidations += 1
-        yield self.world.charge(self.name, costs.guest_hvc_us + costs.iommu_map_us + costs.tlbi_us)
+        yield self.world.charge(
+            self.name, costs.guest_hvc_us + costs.iommu_map_us + costs.tlbi_us, part
+        )
 
     def its_dma_mapped(self, pfn: int) -> bool:
         return self._its_domain().allows(pfn, write=False)
@@ -190,8 +211,9 @@ class Lowvisor:
         return (yield from self._host_hvc("unshare", Transition.GUEST_UNSHARE_HOST, pfn, cause))
 
     def _host_hvc(self, call: str, transition: Transition, pfn: int, cause: str) -> Generator:
-        self._hypercall(f"host {call.upper()}_GUEST_PAGE")
-        yield self.world.charge(self.name, self.world.costs.host_hvc_us)
+        part = part_of(cause)
+        self._hypercall(f"host {call.upper()}_GUEST_PAGE", part)
+        yield self.world.charge(self.name, self.world.costs.host_hvc_us, part)
         if not self.world.proposal.host_claims:
             self.refusals.append(f"{self.name}: no host {call} hypercall (-ENOSYS)")
             return False

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from sim.run import RunResult, run
+from sim.run import RunResult
 from sim.scenario import BUNDLED, Scenario, ScenarioError, load_scenario
 
 
@@ -89,16 +89,53 @@ def unique_names(paths: list[str], scenarios: list[Scenario]) -> None:
         raise SystemExit(2) from None
 
 
-def run_all(scenarios: list[Scenario], only: list[str] | None = None) -> list[RunResult]:
+def run_all(
+    scenarios: list[Scenario], only: list[str] | None = None, seeds: int = 1
+) -> list[RunResult]:
+    """Every (scenario, proposal, seed) cell (sim.cells), each an independent run."""
+    from sim.cells import cells, run_cells
     from sim.commands.console import progress
 
-    cells = [(s, p) for s in scenarios for p in s.proposals if not only or p in only]
-    results = []
-    with progress(len(cells), "simulating") as advance:
-        for scenario, proposal in cells:
-            results.append(run(scenario, proposal))
-            advance()
-    return results
+    todo = cells(scenarios, seeds, only)
+    with progress(len(todo), "simulating") as advance:
+        return run_cells(todo, advance)
+
+
+def add_seeds_argument(p, default: int) -> None:
+    """``--seeds N``: run each scenario over seeds scenario.seed .. scenario.seed+N-1."""
+    p.add_argument(
+        "--seeds",
+        type=_positive,
+        default=default,
+        metavar="N",
+        help=f"seeds per scenario, from the scenario's own seed up (default {default});"
+        " tables quote the median with min-max",
+    )
+
+
+def nonnegative(text: str) -> int:
+    """An argparse type: a whole number, 0 or more."""
+    import argparse
+
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {n}")
+    return n
+
+
+def _positive(text: str) -> int:
+    import argparse
+
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {n}")
+    return n
 
 
 def dump(results: list[RunResult]) -> str:

@@ -12,19 +12,23 @@ import argparse
 import sys
 from pathlib import Path
 
+from sim.cells import DEFAULT_SEEDS
 from sim.commands.common import (
     BUNDLED,
     add_json_argument,
+    add_seeds_argument,
     add_set_argument,
     bundled_scenarios,
     check_json,
     load_all,
+    nonnegative,
     results_document,
     run_all,
     unique_names,
 )
 
 FOCUS = "kzalloc-dense-secrets"  # the scenario the timeline and memory map show, if run
+COST_SAMPLES = 8  # joint cost points in compare's sensitivity section
 
 
 def register(sub) -> None:
@@ -52,6 +56,16 @@ def register(sub) -> None:
     )
     add_set_argument(p)
     add_json_argument(p, "results and matrix")
+    add_seeds_argument(p, DEFAULT_SEEDS)
+    p.add_argument(
+        "--cost-samples",
+        type=nonnegative,
+        default=COST_SAMPLES,
+        metavar="N",
+        help="joint cost points for the report's sensitivity section, each estimate at"
+        f" its low and high end in {FOCUS} besides (default {COST_SAMPLES}; 0: no section;"
+        " `pkvm-sim sensitivity` runs the full design)",
+    )
     p.set_defaults(func=main)
 
 
@@ -85,7 +99,7 @@ def main(args: argparse.Namespace) -> int:
     # The proposal tables and charts: every scenario with an honest host. A scenario's own
     # host, if it is not honest, is a row of its attack matrix, composed as the file says.
     honest = [with_attack(s, None) for s in scenarios]
-    results = run_all(honest)
+    results = run_all(honest, seeds=args.seeds)
     protected = {s.name: [p for p in s.proposals if PROPOSALS[p].protected] for s in scenarios}
     rows = {s.name: [*ATTACKS, *filter(None, [scenario_row(s)])] for s in scenarios}
     total = sum(len(ps) * (len(rows[n]) + 1) for n, ps in protected.items())
@@ -101,11 +115,28 @@ def main(args: argparse.Namespace) -> int:
     from sim.report.realguest import render_realguest, twins  # replay scenarios' twins
 
     realguest = render_realguest(honest, results, run_all(twins(honest)))
+    sens = None
+    if args.cost_samples > 0:
+        from sim.sensitivity import design, run_design
+
+        points = design(joint=args.cost_samples)
+        oat = {focus.name}
+        todo = sum(
+            len(s.proposals) * sum(p.kind == "joint" or s.name in oat for p in points[1:])
+            for s in honest
+        )
+        with progress(todo, "cost ranges") as advance:
+            sens = run_design(honest, points, tick=advance, one_at_a_time=oat, defaults=results)
     with report_dir(out, "--out") as staging:
         charts = write_charts(results, staging, matrices, worlds)
+        extra: list[str] = []
+        if sens is not None:
+            from sim.report.sensitivity import section, tornado_chart
+
+            extra = section(sens, [tornado_chart(sens, focus.name, staging / "tornado.png")])
         write_json(staging / "results.json", document, "--out")
         write_json(staging / "matrix.json", cells, "--out")
-        report = render(scenarios, results, charts, matrices) + realguest
+        report = render(scenarios, results, charts, matrices, extra) + realguest
         (staging / "report.md").write_text(report)
         (staging / "summary.txt").write_text(summary + "\n")
     if args.json:
@@ -114,7 +145,7 @@ def main(args: argparse.Namespace) -> int:
         print(summary)
     print(
         f"compared {plural(len(scenarios), 'scenario')}:"
-        f" {plural(len(results), 'run')} with an honest host and"
+        f" {plural(len(results), 'run')} with an honest host ({args.seeds} seeds each) and"
         f" {plural(sum(len(c) for c in matrices.values()), 'attack run')}",
         file=status,
     )

@@ -114,18 +114,18 @@ class ShareCmdqShadow(Proposal):
             yield from self._teardown(machine, st)
         st.ready = st.size
         lowvisor = machine.lowvisor
-        ledger, costs = lowvisor.world.ledger, lowvisor.world.costs
+        costs = lowvisor.world.costs
         nr = st.size >> PAGE_SHIFT
         cause = "share-cmdq-shadow: EL2's command queue"
-        ledger.hypercalls["host __pkvm_host_donate_hyp"] += 1
-        yield lowvisor.world.charge(lowvisor.name, costs.host_hvc_us)
+        lowvisor._hypercall("host __pkvm_host_donate_hyp", "proposal")
+        yield lowvisor.world.charge(lowvisor.name, costs.host_hvc_us, "proposal")
         yield from lowvisor._apply(
             Transition.HOST_DONATE_HYP, EL2_CMDQ_BASE >> PAGE_SHIFT, nr, cause
         )
         cause = "share-cmdq-shadow: the ring EL2 forwards commands to KVM in"
         for pfn in range(KVM_RING_BASE >> PAGE_SHIFT, (KVM_RING_BASE >> PAGE_SHIFT) + nr):
-            ledger.hypercalls["host __pkvm_host_share_hyp"] += 1  # one pfn per call
-            yield lowvisor.world.charge(lowvisor.name, costs.host_hvc_us)
+            lowvisor._hypercall("host __pkvm_host_share_hyp", "proposal")  # one pfn per call
+            yield lowvisor.world.charge(lowvisor.name, costs.host_hvc_us, "proposal")
             yield from lowvisor._apply(Transition.HOST_SHARE_HYP, pfn, 1, cause)
         machine.memory.ownership.pin_shared(
             KVM_RING_BASE >> PAGE_SHIFT, nr, owner=HOST, borrower=HYP
@@ -136,13 +136,13 @@ class ShareCmdqShadow(Proposal):
         """``pkvm_teardown_its_shadow_cmdq``: unpin and unshare the ring, give EL2's queue
         back to the host."""
         lowvisor = machine.lowvisor
-        ledger, costs = lowvisor.world.ledger, lowvisor.world.costs
+        costs = lowvisor.world.costs
         nr = st.ready >> PAGE_SHIFT
         ring = KVM_RING_BASE >> PAGE_SHIFT
         machine.memory.ownership.unpin_shared(ring, nr)
         for pfn in range(ring, ring + nr):
-            ledger.hypercalls["host __pkvm_host_unshare_hyp"] += 1
-            yield lowvisor.world.charge(lowvisor.name, costs.host_hvc_us)
+            lowvisor._hypercall("host __pkvm_host_unshare_hyp", "proposal")
+            yield lowvisor.world.charge(lowvisor.name, costs.host_hvc_us, "proposal")
             yield from lowvisor._apply(Transition.HOST_UNSHARE_HYP, pfn, 1, "ring torn down")
         cause = "share-cmdq-shadow: EL2's queue back to the host"
         yield from lowvisor._apply(
@@ -190,6 +190,7 @@ class ShareCmdqShadow(Proposal):
             yield world.charge(
                 lowvisor.name,
                 costs.el2_cmd_parse_us + 2 * r.ITS_CMD_SIZE / (costs.memcpy_gbps * 1e3),
+                "proposal",
             )
             number = command_number(raw)
             if number & VLPI_COMMAND_BIT:
@@ -202,7 +203,7 @@ class ShareCmdqShadow(Proposal):
             memory.write(hyp, KVM_RING_BASE + slot, raw)  # forward the checked command
             st.read = (slot + r.ITS_CMD_SIZE) % st.size
             st.batch += 1
-        yield world.charge(lowvisor.name, len(pages) * costs.el2_fixmap_us)
+        yield world.charge(lowvisor.name, len(pages) * costs.el2_fixmap_us, "proposal")
         return st.read  # KVM's CWRITER: up to what EL2 checked
 
     def _refuse(self, machine: Machine, st: ShadowState, what: str) -> None:
@@ -280,11 +281,11 @@ class ShareCmdqShadow(Proposal):
         lowvisor = machine.lowvisor
         world = lowvisor.world
         poll = world.costs.el2_creadr_poll_us
-        yield world.charge(lowvisor.name, st.batch * poll)
+        yield world.charge(lowvisor.name, st.batch * poll, "proposal")
         tries = 0
         while not self._caught_up(machine, st) and tries < POLL_TRIES:
             tries += 1
-            yield world.charge(lowvisor.name, POLL_INTERVAL_US + poll)  # pkvm_udelay spins
+            yield world.charge(lowvisor.name, POLL_INTERVAL_US + poll, "proposal")  # udelay spins
         st.batch = 0
         if st.pending:  # caught up, or timed out: the unmapped ITT goes back either way
             pending, st.pending = st.pending, []
@@ -305,7 +306,9 @@ class ShareCmdqShadow(Proposal):
         queue = src.memory.read(self._hyp(src), EL2_CMDQ_BASE, st.size)
         dst.memory.write(hyp, EL2_CMDQ_BASE, queue)
         dst.memory.write(hyp, KVM_RING_BASE, queue)
-        yield world.charge(dst.lowvisor.name, 2 * st.size / (world.costs.memcpy_gbps * 1e3))
+        yield world.charge(
+            dst.lowvisor.name, 2 * st.size / (world.costs.memcpy_gbps * 1e3), "proposal"
+        )
         ownership = dst.memory.ownership
         for pfn in [*(p for pages in st.itts.values() for p in pages), *st.pending]:
             ownership.pin_shared(pfn, 1, owner=dst.lowvisor.guest, borrower=HOST)

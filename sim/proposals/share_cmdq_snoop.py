@@ -70,7 +70,7 @@ class ShareCmdqSnoop(Proposal):
             slot = st.base + st.read
             raw = lowvisor.read_guest(slot, r.ITS_CMD_SIZE)
             st.read = (st.read + r.ITS_CMD_SIZE) % st.size
-            yield world.charge(lowvisor.name, world.costs.el2_cmd_parse_us)
+            yield world.charge(lowvisor.name, world.costs.el2_cmd_parse_us, "proposal")
             if command_number(raw) != GITS_CMD_MAPD:
                 continue  # EL2 switches on DW0[7:0]; only MAPD is decoded further
             try:

@@ -16,6 +16,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from sim.cells import by_cell, spread
 from sim.run import RunResult
 from sim.scenario import describe_behaviours
 
@@ -29,16 +30,18 @@ STYLE = {
 }
 # Colour-blind safe (Okabe-Ito), one colour per proposal across every chart.
 COLOURS = ["#000000", "#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7"]
+# Actors (host, lowvisor per machine) in greys and earth tones, never a proposal's colour.
+ACTOR_COLOURS = ["#4D4D4D", "#A6761D", "#999999", "#E6AB02", "#7570B3", "#66A61E"]
 LABEL_COLOURS = {
     "secret": "#D55E00",
     "kernel-data": "#BBBBBB",
     "its-itt": "#0072B2",
     "its-device-table": "#009E73",
-    "its-device-table-l2": "#009E73",
-    "its-collection-table": "#009E73",
+    "its-device-table-l2": "#66C2A5",
+    "its-collection-table": "#1B7837",
     "its-cmdq": "#56B4E9",
     "lpi-prop-table": "#F0E442",
-    "lpi-pend-table": "#F0E442",
+    "lpi-pend-table": "#BFA600",
 }
 HEAP_KINDS = {"secret", "kernel-data", "its-itt"}
 STACK_ORDER = [
@@ -49,11 +52,12 @@ STACK_ORDER = [
     "free",
 ]
 OUTCOMES = ["blocked", "availability", "succeeded"]
+# Migration phases in pastel tones, apart from both the proposal and the actor colours.
 PHASE_COLOURS = {
-    "save": "#E69F00",
-    "transfer": "#999999",
-    "import guest pages": "#CC79A7",
-    "restore": "#009E73",
+    "save": "#8DD3C7",
+    "transfer": "#BEBADA",
+    "import guest pages": "#FDB462",
+    "restore": "#80B1D3",
 }
 
 
@@ -73,12 +77,36 @@ def _grouped(results: list[RunResult]) -> tuple[list[str], list[str]]:
     return scenarios, proposals
 
 
-def _bars(ax, values: dict, scenarios: list[str], proposals: list[str], log: bool) -> None:
+def _bars(
+    ax,
+    values: dict,
+    scenarios: list[str],
+    proposals: list[str],
+    log: bool,
+    spreads: dict | None = None,
+) -> None:
+    """Bars at ``values``; with ``spreads`` ((scenario, proposal) -> Spread), error bars
+    from the least to the greatest seed's value around the median."""
     width = 0.8 / len(proposals)
     for i, proposal in enumerate(proposals):
         xs = [s + (i - (len(proposals) - 1) / 2) * width for s in range(len(scenarios))]
         ys = [values.get((sc, proposal)) for sc in scenarios]
-        ax.bar(xs, [y or 0 for y in ys], width, label=proposal, color=COLOURS[i % len(COLOURS)])
+        yerr = None
+        if spreads:
+            sp = [spreads.get((sc, proposal)) for sc in scenarios]
+            yerr = [
+                [(y or 0) - (p.low if p else 0) for y, p in zip(ys, sp, strict=True)],
+                [(p.high if p else 0) - (y or 0) for y, p in zip(ys, sp, strict=True)],
+            ]
+        ax.bar(
+            xs,
+            [y or 0 for y in ys],
+            width,
+            label=proposal,
+            color=COLOURS[i % len(COLOURS)],
+            yerr=yerr,
+            error_kw={"elinewidth": 0.8, "capsize": 1.5, "ecolor": "0.35"},
+        )
         for x, y in zip(xs, ys, strict=True):
             if y == 0:  # an empty bar and a missing run must not look alike
                 ax.annotate("0", (x, 0), ha="center", va="bottom", fontsize=5, color="0.4")
@@ -95,21 +123,23 @@ def bar_chart(
     panels: list[tuple[str, Callable[[RunResult], float], bool]],
     extra: dict[str, dict] | None = None,
 ) -> Path:
-    """Bars per proposal, grouped by scenario; one panel per metric."""
+    """Bars per proposal, grouped by scenario; one panel per metric. Over several seeds a
+    bar is the median, its error bar the least to the greatest seed's value."""
     scenarios, proposals = _grouped(results)
-    seeds = ", ".join(f"{r.scenario} {r.seed}" for r in results if r.proposal == proposals[0])
+    groups = by_cell(results)
+    seeds = _seed_caption(results)
     with mpl.rc_context(STYLE):
         fig = Figure(figsize=(9, 2.3 * len(panels) + 1.6), layout="constrained")
         axes = fig.subplots(len(panels), 1, squeeze=False, sharex=True)[:, 0]
         for ax, (label, metric, log) in zip(axes, panels, strict=True):
-            values = (extra or {}).get(label) or {
-                (r.scenario, r.proposal): metric(r) for r in results
-            }
-            _bars(ax, values, scenarios, proposals, log)
+            spreads = None
+            values = (extra or {}).get(label)
+            if values is None:
+                spreads = {key: spread(rows, metric) for key, rows in groups.items()}
+                values = {key: sp.median for key, sp in spreads.items()}
+            _bars(ax, values, scenarios, proposals, log, spreads)
             ax.set_ylabel(label)
-        caption = textwrap.fill(
-            f"scenario seeds: {seeds}; cost model: {_cost_models(results)}", 150
-        )
+        caption = textwrap.fill(f"{seeds}; cost model: {_cost_models(results)}", 150)
         fig.suptitle(f"{title}\n{caption}", fontsize=8)
         handles, labels = axes[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=7)
@@ -124,6 +154,23 @@ def _cost_models(results: list[RunResult]) -> str:
     if len(set(by.values())) == 1:
         return next(iter(by.values()))
     return "; ".join(f"{name}: {model}" for name, model in by.items())
+
+
+def _seed_caption(results: list[RunResult]) -> str:
+    """Which seeds the figures come from, and what a bar means over several."""
+    per: dict[str, list[int]] = {}
+    for r in results:
+        seeds = per.setdefault(r.scenario, [])
+        if r.seed not in seeds:
+            seeds.append(r.seed)
+    if all(len(v) == 1 for v in per.values()):
+        return "scenario seeds: " + ", ".join(f"{n} {v[0]}" for n, v in per.items())
+    counts = sorted({len(v) for v in per.values()})
+    n = "/".join(map(str, counts))
+    return (
+        f"bars: median over {n} seeds per scenario (its own seed and those after it),"
+        " error bars: least to greatest seed"
+    )
 
 
 def matrix_chart(matrices: dict[str, list], path: Path, focus: str) -> Path:
@@ -172,39 +219,44 @@ def matrix_chart(matrices: dict[str, list], path: Path, focus: str) -> Path:
 
 
 def timeline_chart(worlds: dict, path: Path) -> Path:
-    """What each actor did from the pause to the ITS being restored, per proposal."""
+    """What each actor did from the pause to the ITS being restored, per proposal, on one
+    time axis shared by every panel; phases named in the legend, not on the bars."""
+    lanes = ["migration", "src.host", "src.lowvisor", "dst.host", "dst.lowvisor"]
     with mpl.rc_context(STYLE):
-        fig = Figure(figsize=(10, 1.45 * len(worlds) + 1.0), layout="constrained")
-        axes = fig.subplots(len(worlds), 1, squeeze=False)[:, 0]
+        fig = Figure(figsize=(10, 1.3 * len(worlds) + 1.4), layout="constrained")
+        axes = fig.subplots(len(worlds), 1, squeeze=False, sharex=True)[:, 0]
         for ax, (proposal, world) in zip(axes, worlds.items(), strict=True):
             phases = [s for s in world.trace if s.lane == "migration"]
             start = phases[0].start
             end = phases[-1].end
-            lanes = ["migration", "src.host", "src.lowvisor", "dst.host", "dst.lowvisor"]
             for row, lane in enumerate(lanes):
                 for s in world.trace:
                     if s.lane != lane or s.end < start or s.start > end:
                         continue
-                    colour = PHASE_COLOURS.get(s.what) if lane == "migration" else COLOURS[row + 1]
+                    colour = (
+                        PHASE_COLOURS.get(s.what, "#DDDDDD")
+                        if lane == "migration"
+                        else ACTOR_COLOURS[row - 1]
+                    )
                     ax.broken_barh(
                         [(s.start - start, max(s.end - s.start, 0.05))],
                         (row - 0.35, 0.7),
                         color=colour,
                     )
-                    if lane == "migration":
-                        ax.text(
-                            (s.start + s.end) / 2 - start,
-                            row,
-                            s.what,
-                            ha="center",
-                            va="center",
-                            fontsize=6,
-                            color="white",
-                        )
             ax.set_yticks(range(len(lanes)), lanes, fontsize=6)
             ax.set_ylim(len(lanes) - 0.5, -0.5)
-            ax.set_title(f"{proposal}: ITS part of the downtime, {end - start:.1f} us", fontsize=8)
-        axes[-1].set_xlabel("us since the vCPUs were paused")
+            ax.set_title(
+                f"{proposal}: ITS part of the downtime, {end - start:.1f} us",
+                fontsize=8,
+                loc="left",
+            )
+        axes[-1].set_xlabel("microseconds since the vCPUs were paused (same axis in every panel)")
+        axes[-1].set_xlim(left=0)
+        legend = [Patch(color=c, label=f"phase: {k}") for k, c in PHASE_COLOURS.items()]
+        legend += [
+            Patch(color=ACTOR_COLOURS[i], label=f"{lane} busy") for i, lane in enumerate(lanes[1:])
+        ]
+        fig.legend(handles=legend, loc="outside lower center", ncols=4, fontsize=7)
         world = next(iter(worlds.values()))
         fig.suptitle(
             f"Migration timeline, scenario {world.scenario.name} (seed {world.scenario.seed}),"
@@ -218,6 +270,7 @@ def memory_map_chart(worlds: dict, path: Path) -> Path:
     with mpl.rc_context({**STYLE, "axes.grid": False}):
         fig = Figure(figsize=(10, 0.75 * len(worlds) + 1.6), layout="constrained")
         axes = fig.subplots(len(worlds), 1, squeeze=False)[:, 0]
+        drawn: set[str] = set()
         for ax, (proposal, world) in zip(axes, worlds.items(), strict=True):
             # Whole ITS tables would drown the picture: show ITT and kernel-heap pages.
             pages = [p for p in world.memory_map if set(p.labels) & HEAP_KINDS]
@@ -235,7 +288,14 @@ def memory_map_chart(worlds: dict, path: Path) -> Path:
             ax.set_xlim(0, max(len(pages), 1))
             ax.set_ylim(0, 1.45)
             ax.set_yticks([])
-            ax.set_xticks([])
+            step = max(1, len(pages) // 8)
+            ticks = list(range(0, len(pages), step))
+            ax.set_xticks(
+                [x + 0.425 for x in ticks],
+                [f"{pages[x].pfn << 12:#x}" for x in ticks] if ax is axes[-1] else [],
+                fontsize=6,
+            )
+            drawn.update(k for p in pages for k in p.labels)
             ax.set_ylabel(proposal, rotation=0, ha="right", va="center", fontsize=7)
             ax.set_title(
                 f"{reachable} of these {len(pages)} pages host-reachable (black bar),"
@@ -244,37 +304,50 @@ def memory_map_chart(worlds: dict, path: Path) -> Path:
                 loc="left",
             )
         world = next(iter(worlds.values()))
-        legend = [Patch(color=c, label=k) for k, c in LABEL_COLOURS.items() if "l2" not in k]
+        axes[-1].set_xlabel(
+            "guest physical address of the page (pages in address order, gaps skipped)"
+        )
+        legend = [Patch(color=c, label=k) for k, c in LABEL_COLOURS.items() if k in drawn]
         legend.append(Patch(facecolor="black", label="host can reach (bar above)"))
         fig.legend(handles=legend, loc="outside lower center", ncols=5, fontsize=6)
-        fig.suptitle(
-            f"Pages holding ITTs or kernel heap at the pause (bars: bytes of each kind"
-            f" on the page), scenario"
-            f" {world.scenario.name} (seed {world.scenario.seed}),"
+        title = (
+            "Pages holding ITTs or kernel heap at the pause"
+            f" (t = {world.scenario.migration.at_ms:g} ms; the tables' peak may fall at"
+            " another instant), bars: bytes of each kind on"
+            f" the page; scenario {world.scenario.name} (seed {world.scenario.seed}),"
             f" host: {describe_behaviours(world.scenario.host.behaviours)}"
         )
+        fig.suptitle(textwrap.fill(title, 130), fontsize=9)
         return _save(fig, path)
 
 
 def cpu_chart(results: list[RunResult], path: Path, focus: str) -> Path:
-    """CPU time per actor and proposal, stacked, for one scenario."""
-    rows = [r for r in results if r.scenario == focus]
+    """CPU time per actor and proposal, stacked, for one scenario (each actor's median
+    over the seeds run)."""
+    groups = {k: v for k, v in by_cell(results).items() if k[0] == focus}
+    rows = [r for runs in groups.values() for r in runs]
     actors = sorted({a for r in rows for a in r.costs.cpu_us})
+    proposals = [proposal for _, proposal in groups]
     with mpl.rc_context(STYLE):
         fig = Figure(figsize=(8, 4), layout="constrained")
         ax = fig.subplots()
-        bottom = np.zeros(len(rows))
+        bottom = np.zeros(len(groups))
         for i, actor in enumerate(actors):
-            ms = np.array([r.costs.cpu_us.get(actor, 0.0) / 1000 for r in rows])
-            ax.bar(range(len(rows)), ms, bottom=bottom, label=actor, color=COLOURS[i + 1])
+            ms = np.array(
+                [
+                    spread(runs, lambda r, a=actor: r.costs.cpu_us.get(a, 0.0) / 1000).median
+                    for runs in groups.values()
+                ]
+            )
+            ax.bar(range(len(groups)), ms, bottom=bottom, label=actor, color=ACTOR_COLOURS[i])
             bottom += ms
-        ax.set_xticks(range(len(rows)), [r.proposal for r in rows], rotation=20, ha="right")
+        ax.set_xticks(range(len(groups)), proposals, rotation=20, ha="right")
         ax.set_ylabel("CPU time (ms)")
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-        seed = rows[0].seed if rows else "?"
+        seeds = sorted({r.seed for r in rows})
+        which = f"seed {seeds[0]}" if len(seeds) == 1 else f"median of {len(seeds)} seeds"
         fig.suptitle(
-            f"CPU per actor over the whole run, scenario {focus} (seed {seed}),"
-            f" host: {_hosts(rows)}"
+            f"CPU per actor over the whole run, scenario {focus} ({which}), host: {_hosts(rows)}"
         )
         return _save(fig, path)
 
@@ -298,17 +371,20 @@ def write_charts(
             f"Secret bytes the host could read, or reach by DMA (host: {_hosts(results)});"
             " what the worst attack (matrix row) read, exposed or corrupted",
             [
-                ("peak secret B (symlog)", lambda r: r.exposure.peak_exposed_bytes, True),
-                ("secret B x ms (symlog)", lambda r: r.exposure.exposed_byte_ms, True),
+                ("peak secret B (log scale)", lambda r: r.exposure.peak_exposed_bytes, True),
+                ("secret B x ms (log scale)", lambda r: r.exposure.exposed_byte_ms, True),
                 (
-                    "peak DMA-reachable B (symlog)",
+                    "peak DMA-reachable B (log scale)",
                     lambda r: r.exposure.dma_reachable_peak_bytes,
                     True,
                 ),
-                ("worst attack: B gained", lambda r: 0, True),
-                ("worst attack: B corrupted", lambda r: 0, True),
+                ("worst attack: B gained (log scale)", lambda r: 0, True),
+                ("worst attack: B corrupted (log scale)", lambda r: 0, True),
             ],
-            extra={"worst attack: B gained": worst, "worst attack: B corrupted": corrupted},
+            extra={
+                "worst attack: B gained (log scale)": worst,
+                "worst attack: B corrupted (log scale)": corrupted,
+            },
         ),
         bar_chart(
             results,
@@ -317,8 +393,28 @@ def write_charts(
             [
                 ("ITS downtime (ms)", lambda r: r.costs.its_downtime_ms, False),
                 ("CPU, all actors (ms)", lambda r: sum(r.costs.cpu_us.values()) / 1000, False),
-                ("hypercalls", lambda r: r.costs.hypercalls, True),
-                ("pages shared", lambda r: r.costs.pages_shared, True),
+            ],
+        ),
+        bar_chart(
+            results,
+            out / "own-part.png",
+            "What each proposal adds beyond the guest ITS driver's own sharing"
+            f" (host: {_hosts(results)}); last panel: the driver's own, for scale",
+            [
+                ("hypercalls the proposal adds", lambda r: r.costs.hypercalls_by_proposal, False),
+                ("pages the proposal shares", lambda r: r.costs.pages_shared_by_proposal, False),
+                (
+                    "stage-2 TLBIs the proposal adds",
+                    lambda r: r.costs.tlb_invalidations_by_proposal,
+                    False,
+                ),
+                ("IOTLB invalidations", lambda r: r.costs.iotlb_invalidations, False),
+                ("EL2 time the proposal adds (us)", lambda r: r.costs.proposal_el2_us, False),
+                (
+                    "hypercalls of the driver itself",
+                    lambda r: r.costs.hypercalls - r.costs.hypercalls_by_proposal,
+                    False,
+                ),
             ],
         ),
         cpu_chart(results, out / "cpu.png", focus),

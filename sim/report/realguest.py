@@ -57,13 +57,18 @@ def render_realguest(
         "capture's placement and co-location; its twin runs the same devices and workload",
         "with the `linux` driver model and allocator profile of the capture's kernel",
         "generation (`guest.kernel`, `sim/actors/linux_driver.py`). Cells are",
-        "*captured / modelled*, bold where they differ; honest host.",
+        "*captured / modelled*, bold where they differ; honest host, the scenario's own seed.",
         "",
     ]
     for scenario in chosen:
         cap = capture_of(scenario)
         twin_name = f"{scenario.name}-model"
-        real = {r.proposal: r for r in results if r.scenario == scenario.name}
+        # both at the scenario's own seed (compare runs more seeds; the twin only this one)
+        real = {
+            r.proposal: r
+            for r in results
+            if r.scenario == scenario.name and r.seed == scenario.seed
+        }
         model = {r.proposal: r for r in twin_results if r.scenario == twin_name}
         out += [
             f"### `{scenario.name}`: Linux {cap.kernel.release} against the {cap.kernel.generation}"

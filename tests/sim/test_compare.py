@@ -24,7 +24,11 @@ def test_compare_writes_report_charts_and_json_matching_the_committed_example(tm
     document = json.loads((out / "results.json").read_text())
     results = document["results"]
     names = {r["scenario"] for r in results}
-    assert len(names) >= 4 and len(results) == len(PROPOSALS) * len(names)
+    # Every scenario over 8 seeds, its own and the 7 after it.
+    assert len(names) >= 4 and len(results) == len(PROPOSALS) * 8 * len(names)
+    for name in names:
+        seeds = sorted({r["seed"] for r in results if r["scenario"] == name})
+        assert len(seeds) == 8 and seeds == list(range(seeds[0], seeds[0] + 8))
     for name in names:
         assert f"## Scenario `{name}`" in report
     charts = (
@@ -34,11 +38,19 @@ def test_compare_writes_report_charts_and_json_matching_the_committed_example(tm
         "matrix.png",
         "timeline.png",
         "memory-map.png",
+        "own-part.png",
+        "tornado.png",
     )
     for chart in charts:
         assert (out / chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({chart})" in report
     assert "DEFAULT_MIGRATE_SET_DOWNTIME" in report  # cost sources are in the report
+    assert "(8 seeds (" in report and "median [min-max]" in report
+    assert "| hypercalls: driver | hypercalls: proposal |" in report
+    # The sensitivity section: the key pair per scenario and a verdict per conclusion.
+    assert "## Sensitivity: do the conclusions survive the cost estimates?" in report
+    assert "conclusions hold across the whole range" in report
+    assert "| `big-itts` | -0.2" in report  # serialization beats sharing there at defaults
     matrix = json.loads((out / "matrix.json").read_text())
     assert set(matrix) == names
     # protected x attacks, plus the scenario's own host as one row where it composes one
@@ -65,8 +77,8 @@ def test_run_prints_a_table_per_proposal_and_writes_json(tmp_path, capsys):
     argv = ["run", str(ROOT / "scenarios" / "small-vm.yaml"), "--proposal", "trusted-host"]
     assert main([*argv, "--proposal", "iommu-gated-its", "--json", str(path)]) == 0
     out = capsys.readouterr().out
-    assert out.count("small-vm (seed 1):") == 2
+    assert out.count("small-vm (8 seeds 1-8: median [min-max]):") == 2
     assert "translations kept" in out
     data = json.loads(path.read_text())["results"]
-    assert [r["proposal"] for r in data] == ["trusted-host", "iommu-gated-its"]
-    assert data[0]["costs"]["el2_loc"] == 0 and data[1]["costs"]["el2_loc"] > 0
+    assert [r["proposal"] for r in data] == ["trusted-host"] * 8 + ["iommu-gated-its"] * 8
+    assert data[0]["costs"]["el2_loc"] == 0 and data[8]["costs"]["el2_loc"] > 0
