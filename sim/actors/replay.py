@@ -193,9 +193,11 @@ class ReplayGuest(Guest):
 
     # ---- placement -----------------------------------------------------------------------
 
-    def _table(self, addr: int, size: int, label: Label) -> Generator:
+    def _table(self, addr: int, size: int, label: Label, share: bool = True) -> Generator:
+        """A table at its captured address, shared as the driver does (unless not
+        ``share``: a queue the proposal keeps private)."""
         self.machine.memory.labels.set(addr, size, label)
-        if self.world.proposal.guest_shares_tables:
+        if share and self.world.proposal.guest_shares_tables:
             self.driver_shared.update(
                 range(addr >> PAGE_SHIFT, (addr + size - 1 >> PAGE_SHIFT) + 1)
             )
@@ -251,7 +253,10 @@ class ReplayGuest(Guest):
         cbaser = cap.registers.gits_cbaser
         self.cmdq_size = r.cbaser_size(cbaser)
         self.cmdq = yield from self._table(
-            place(r.cbaser_addr(cbaser)), self.cmdq_size, Label(LabelKind.CMDQ)
+            place(r.cbaser_addr(cbaser)),
+            self.cmdq_size,
+            Label(LabelKind.CMDQ),
+            share=self.world.proposal.guest_shares_cmdq,
         )
         yield from self.world.proposal.after_probe(self)
         yield from self.mmio(r.GITS_BASER0, _moved(baser0, dt, r.baser_addr(baser0)))
