@@ -104,6 +104,7 @@ class World:
         self.trace: list[Span] = []  # who did what while the VM was paused (the timeline)
         self.memory_map: list[PageView] = []  # the guest's pages at the pause
         self.correctness = Correctness()
+        self.kernel_events: list[dict] = []  # guest kernel replacements (kernel_swap.py)
 
     @property
     def src(self) -> Machine:

@@ -459,6 +459,8 @@ class Guest:
         yield from self.step(self.boot())
         for event in world.scenario.workload.churn:
             world.env.process(self._churn(event))
+        for event in world.scenario.workload.events:
+            world.env.process(self._kernel_event(event))
         rate = world.scenario.workload.affinity_moves_per_s
         if rate <= 0:
             return
@@ -486,6 +488,13 @@ class Guest:
             yield from self.step(self._remove_if_mapped(dev))
         else:
             yield from self.step(self._add_if_unmapped(dev))
+
+    def _kernel_event(self, event) -> Generator:
+        """hibernate-resume or kexec: the kernel replaced under its vITS (kernel_swap.py)."""
+        from sim.actors.kernel_swap import replace_kernel
+
+        yield self.world.env.timeout(max(0.0, event.at_ms * 1000.0 - self.world.env.now))
+        yield from self.step(replace_kernel(self, event))
 
     def _remove_if_mapped(self, dev: GuestDevice) -> Generator:
         if dev.mapped:
