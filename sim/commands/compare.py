@@ -76,7 +76,13 @@ def main(args: argparse.Namespace) -> int:
     (out / "results.json").write_text(dump(results) + "\n")
     cells = {n: [c.model_dump(mode="json") for c in cs] for n, cs in matrices.items()}
     (out / "matrix.json").write_text(json.dumps(cells, indent=2, sort_keys=True) + "\n")
-    (out / "report.md").write_text(render(scenarios, results, charts, matrices))
+    from sim.report import kernel_events, liveupdate
+
+    extra, extra_charts = liveupdate.write(scenarios, out)
+    extra = kernel_events.write(scenarios) + extra
+    charts = charts + extra_charts  # after render: the sections show their own charts
+    report = render(scenarios, results, charts[: len(charts) - len(extra_charts)], matrices)
+    (out / "report.md").write_text(report + "\n".join(["", *extra]))
     summary = render_text(scenarios, results, matrices)
     (out / "summary.txt").write_text(summary + "\n")
     if args.format == "text":
