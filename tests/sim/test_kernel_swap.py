@@ -1,0 +1,126 @@
+"""hibernate-resume and kexec: KVM keeps the old DTEs, a later SAVE_TABLES writes ITEs
+into memory the running kernel uses, and the audit catches it byte for byte."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sim.actors.kernel_swap import stale_itts
+from sim.its.commands import MAPD
+from sim.its.tables import ITE
+from sim.run import collect, simulate
+from sim.scenario import load_scenario
+
+SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
+
+
+def scenario(name: str, kernel: str | None = None, **event):
+    s = load_scenario(SCENARIOS / f"{name}.yaml")
+    events = [e.model_copy(update=event) for e in s.workload.events]
+    s = s.model_copy(update={"workload": s.workload.model_copy(update={"events": events})})
+    return s.model_copy(update={"kernel": kernel}) if kernel else s
+
+
+def without_events(s):
+    return s.model_copy(update={"workload": s.workload.model_copy(update={"events": []})})
+
+
+def written(world):
+    return [v for v in world.auditor.all() if v.kind == "integrity"]
+
+
+def test_hibernate_resume_save_tables_writes_the_boot_kernels_ites_over_resumed_data():
+    s = scenario("hibernate-resume")
+    world = simulate(s, "trusted-host")
+    [event] = world.kernel_events
+    assert event["stale_devices"] == ["0x8"]  # virtio-net0 moved its ITT before hibernating
+    its = world.src.host.its
+    stale = its.devices[0x08]
+    assert stale.itt_addr != world.guest.devices["virtio-net0"].itt_addr
+    # The resumed kernel sent no MAPD: the only ones the reset vITS ran are the boot kernel's.
+    log = its.command_log
+    mapds = [log._record(i).command for i in range(len(log))]
+    assert [c.device_id for c in mapds if isinstance(c, MAPD)] == [0x08, 0x10]
+    # SAVE_TABLES wrote the boot kernel's three ITEs, byte for byte, over a secret the
+    # resumed kernel keeps in its old ITT's kmalloc slot.
+    [v] = written(world)
+    assert (v.addr, v.length, v.actor) == (stale.itt_addr, 24, "src.kvm-vits")
+    assert v.victim.startswith("secret:kmalloc-512@") and v.victim.endswith("(reused)")
+    for ev in range(3):
+        raw = world.src.memory.peek(stale.itt_addr + 8 * ev, 8)
+        entry = ITE.decode(int.from_bytes(raw, "little"))
+        assert (entry.next, entry.intid, entry.icid) == (1 if ev < 2 else 0, 8192 + ev, ev % 2)
+    # Without the event nothing of the guest's is written.
+    assert written(simulate(without_events(s), "trusted-host")) == []
+
+
+@pytest.mark.parametrize(
+    ("proposal", "bytes_written", "writer"),
+    [
+        ("trusted-host", 24, "src.kvm-vits"),
+        ("share-host-claims", 24, "src.kvm-vits"),
+        ("share-enlightened-guest", 24, "src.kvm-vits"),
+        ("share-cmdq-snoop", 24, "src.kvm-vits"),
+        ("userspace-serialization", 0, None),
+        ("iommu-gated-its", 24, "src.its-hw"),
+    ],
+)
+def test_hibernate_resume_corrupts_under_every_proposal_keeping_tables_in_guest_memory(
+    proposal, bytes_written, writer
+):
+    world = simulate(scenario("hibernate-resume"), proposal)
+    found = written(world)
+    assert sum(v.length for v in found) == bytes_written
+    assert {v.actor for v in found} == ({writer} if writer else set())
+    result = collect(world)
+    assert result.correctness.translations_preserved  # the boot kernel's LPIs match here
+
+
+def test_userspace_serialization_carries_the_stale_dte_in_its_blob():
+    world = simulate(scenario("hibernate-resume"), "userspace-serialization")
+    src_itt = world.guest.devices["virtio-net0"].itt_addr
+    assert world.dst.host.its.devices[0x08].itt_addr != src_itt  # the boot kernel's ITT
+
+
+def test_moved_tables_7_3_frees_every_dte_and_6_1_keeps_them_at_the_boot_kernels_itts():
+    new = simulate(scenario("hibernate-resume", "7.3", tables="moved"), "trusted-host")
+    assert new.kernel_events[0]["stale_devices"] == []
+    assert new.src.host.its.devices == {}
+    assert collect(new).correctness.ok_before_migration == 0  # the resumed kernel's LPIs died
+    assert written(new) == []
+    old = simulate(scenario("hibernate-resume", "6.1", tables="moved"), "trusted-host")
+    assert old.kernel_events[0]["stale_devices"] == ["0x8", "0x10"]
+    found = written(old)
+    assert sum(v.length for v in found) == 40  # 3 + 2 ITEs
+    assert all("hibernate: resumed kernel's data over a stale ITT" in v.victim for v in found)
+
+
+def test_kexec_keeps_the_dte_of_the_device_the_new_kernel_does_not_map():
+    world = simulate(scenario("kexec"), "trusted-host")
+    [(dev, addr, size)] = stale_itts(world.guest)  # at the end, as the event found it
+    assert world.kernel_events[0]["stale_devices"] == ["0x10"]
+    assert (dev, size) == (0x10, 16)
+    [v] = written(world)
+    assert (v.addr, v.length) == (addr, 16)
+    assert v.victim.startswith("kernel-data:kexec: new kernel's data over a stale ITT of dev0x10")
+    assert collect(world).correctness.its_correct
+
+
+def test_kexec_stale_dte_takes_the_new_kernels_lpis_on_7_3_not_on_6_1():
+    s = scenario("kexec", remap=["virtio-blk0"])
+    r73 = collect(simulate(s, "trusted-host"))
+    assert r73.correctness.command_errors == {"-EEXIST": 2, "E_ITS_INV_UNMAPPED_INTERRUPT": 2}
+    assert r73.correctness.ok_before_migration == 0
+    r61 = collect(simulate(s.model_copy(update={"kernel": "6.1"}), "trusted-host"))
+    assert r61.correctness.command_errors == {}
+    assert r61.correctness.ok_after_migration == r61.correctness.expected_translations == 2
+
+
+def test_kexec_with_moved_tables_7_3_frees_the_stale_dte_6_1_does_not():
+    new = simulate(scenario("kexec", "7.3", tables="moved"), "trusted-host")
+    assert new.kernel_events[0]["stale_devices"] == [] and written(new) == []
+    old = simulate(scenario("kexec", "6.1", tables="moved"), "trusted-host")
+    assert old.kernel_events[0]["stale_devices"] == ["0x10"]
+    assert sum(v.length for v in written(old)) == 16  # virtio-blk0's 2 ITEs
