@@ -124,3 +124,12 @@ def test_kexec_with_moved_tables_7_3_frees_the_stale_dte_6_1_does_not():
     old = simulate(scenario("kexec", "6.1", tables="moved"), "trusted-host")
     assert old.kernel_events[0]["stale_devices"] == ["0x10"]
     assert sum(v.length for v in written(old)) == 16  # virtio-blk0's 2 ITEs
+
+
+def test_kernel_events_are_deterministic():
+    s = scenario("hibernate-resume", "6.1", tables="moved")
+    first = simulate(s, "share-cmdq-snoop")
+    again = simulate(s, "share-cmdq-snoop")
+    assert collect(first) == collect(again)
+    assert first.kernel_events == again.kernel_events
+    assert first.auditor.all() == again.auditor.all()
