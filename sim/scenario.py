@@ -258,6 +258,11 @@ class Scenario(_Strict):
             for j, name in enumerate(event.remap or []):
                 if name not in names:
                     raise ValueError(f"workload.events[{i}].remap[{j}]: {name!r} is not in devices")
+            if event.tables == "moved" and event.moved_mib > self.guest.ram_mib // 2:
+                raise ValueError(
+                    f"workload.events[{i}].moved_mib: expected at most half of guest.ram_mib"
+                    f" ({self.guest.ram_mib // 2}), so the new kernel's allocations fit"
+                )
             if event.at_ms >= self.migration.at_ms:
                 raise ValueError(
                     f"workload.events[{i}].at_ms: expected a time before migration.at_ms"

@@ -267,6 +267,21 @@ def stale_itts(guest: Guest) -> list[tuple[int, int, int]]:
     return out
 
 
+def stale_pending_tables(guest: Guest) -> list[tuple[int, int, int]]:
+    """``(vCPU, address, bytes)`` of each redistributor whose GICR_PENDBASER KVM holds at
+    a pending table the running kernel does not use: after resume the boot kernel's
+    (``its_restore_enable()`` leaves the redistributors alone, and ``its_cpu_init_lpis()``
+    returns early on a CPU whose restored flags say RD_LOCAL_LPI_ENABLED), so
+    SAVE_PENDING_TABLES writes pending bits there."""
+    its = guest.machine.host.its
+    out = []
+    for v, mine in enumerate(guest.pend):
+        addr = r.pendbaser_addr(its.vcpus[v].pendbaser)
+        if addr != mine:
+            out.append((v, addr, r.SZ_64K))
+    return out
+
+
 def _label_leftovers(guest: Guest, leftover_shared: set[int], what: str) -> dict:
     """Free bytes of stale ITTs, and of pages shared by a kernel that is gone and holding
     no ITS structure of the running kernel's, become the running kernel's data."""
@@ -277,6 +292,10 @@ def _label_leftovers(guest: Guest, leftover_shared: set[int], what: str) -> dict
     density = guest.spec.secret_density
     stale = stale_itts(guest)
     spans = [(addr, size, f"{what} over a stale ITT of dev{dev:#x}") for dev, addr, size in stale]
+    pend = stale_pending_tables(guest)
+    spans += [
+        (addr, size, f"{what} over a stale pending table of vcpu{v}") for v, addr, size in pend
+    ]
     for pfn in sorted(leftover_shared):
         addr = pfn << PAGE_SHIFT
         if memory.ownership.state(world.guest_name, pfn) is not PageState.SHARED_OWNED:
@@ -295,6 +314,8 @@ def _label_leftovers(guest: Guest, leftover_shared: set[int], what: str) -> dict
             relabelled += stop - start
     return {
         "stale_devices": [f"{dev:#x}" for dev, _, _ in stale],
+        "stale_ranges": [(addr, size) for _, addr, size in stale],
+        "stale_pending_tables": [(addr, size) for _, addr, size in pend],
         "stale_itt_bytes": sum(size for _, _, size in stale),
         "relabelled_bytes": relabelled,
         "left_shared_pages": len(leftover_shared),

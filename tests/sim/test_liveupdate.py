@@ -61,9 +61,9 @@ def test_only_host_claims_change_page_states_and_grow_with_n(worlds):
         assert c.save.hypercalls + c.restore.hypercalls == 0, proposal
         # no page-state cost: 256 VMs take 16 waves of the 16 CPUs
         assert c.blackout_us(256)[1] == pytest.approx(16 * c.blackout_us(1)[1])
-    assert claims.blackout_us(256)[1] > 8 * worlds["trusted-host"].live_update_cost.blackout_us(
-        256
-    )[1]
+    assert (
+        claims.blackout_us(256)[1] > 8 * worlds["trusted-host"].live_update_cost.blackout_us(256)[1]
+    )
 
 
 def test_iommu_domain_is_not_rebuilt_across_a_live_update(worlds):
