@@ -22,13 +22,21 @@ does to the ITS follows ``drivers/irqchip/irq-gic-v3-its.c`` (same in 6.1 and 7.
   ``its_restore_enable()`` rewrites CBASER, CWRITER = 0, GITS_BASER<n> from its cache and
   GITS_CTLR, and sends no MAPD (nor MAPC: KVM's GITS_TYPER.HCC is 0).
 
+The redistributors are not reprogrammed on resume (``its_restore_enable()`` leaves them
+alone; ``its_cpu_init_lpis()`` returns early on a CPU whose restored flags say
+RD_LOCAL_LPI_ENABLED), so GICR_PENDBASER keeps the boot kernel's pending tables, which
+SAVE_PENDING_TABLES then writes (:func:`stale_pending_tables`); after kexec the new
+kernel reprograms them (above).
+
 What KVM keeps is then the kernels' difference (``vgic_mmio_write_its_baser``, the
 ``kernel`` behaviour ``baser_change_frees``): 7.3 frees the device and collection lists
 only if the rewritten value differs ("The ITS driver rewrites an unchanged GITS_BASER<n>
 on resume"), 6.1 only if Valid is 0, which Linux never writes. A MAPD for a DeviceID
 KVM still holds replaces the old device (``vgic_its_cmd_handle_mapd``), so only the
 devices the new kernel does not map keep stale DTEs after kexec; after resume every
-device the boot kernel mapped does.
+device the boot kernel mapped does. (Linux's probe also rewrites each GITS_BASER<n> with
+its old value while it sizes the pages, ``its_probe_baser_psz()``; unchanged, that frees
+nothing on either kernel, so one write of the new value stands for them.)
 
 Memory, as the model simplifies it: a kernel's page allocations are deterministic
 (``tables: same-address``: the same kernel booted the same way puts its ITS tables and

@@ -81,10 +81,10 @@ def main(args: argparse.Namespace) -> int:
     (out / "matrix.json").write_text(json.dumps(cells, indent=2, sort_keys=True) + "\n")
     from sim.report import kernel_events, liveupdate
 
-    extra, extra_charts = liveupdate.write(scenarios, out)
+    report = render(scenarios, results, charts, matrices)
+    extra, extra_charts = liveupdate.write(scenarios, out)  # sections with their own charts
+    charts += extra_charts
     extra = kernel_events.write(scenarios) + extra
-    charts = charts + extra_charts  # after render: the sections show their own charts
-    report = render(scenarios, results, charts[: len(charts) - len(extra_charts)], matrices)
     (out / "report.md").write_text(report + "\n".join(["", *extra]))
     summary = render_text(scenarios, results, matrices)
     (out / "summary.txt").write_text(summary + "\n")
