@@ -125,6 +125,9 @@ class Guest:
         }
         self.pool = SharedPool(self.pages, labels, self._share_now)
         self._pending_shares: list[int] = []
+        # RAM holds another kernel's bytes (after kexec or under a hibernation's boot
+        # kernel): what __GFP_ZERO and kzalloc zero must then be written (kernel_swap.py).
+        self.dirty_ram = False
 
     # ---- memory and hypercalls ------------------------------------------------------------
 
@@ -167,6 +170,8 @@ class Guest:
         """``its_alloc_pages_node()``: zeroed pages, shared with the host."""
         addr = self.pages.alloc(size, align)
         self.machine.memory.labels.set(addr, size, label)
+        if self.dirty_ram:
+            self.write(addr, bytes(size))
         if self.world.proposal.guest_shares_tables:
             self.driver_shared.update(
                 range(addr >> PAGE_SHIFT, (addr + size - 1 >> PAGE_SHIFT) + 1)
@@ -312,6 +317,8 @@ class Guest:
             itt = yield from self.alloc_table(size, label, align=PAGE_SIZE)
             dev.itt_object = (itt, -(-size // PAGE_SIZE) * PAGE_SIZE)
         dev.itt_addr, dev.itt_size = itt, size
+        if self.dirty_ram:
+            self.write(itt, bytes(size))
         yield from self.world.proposal.on_itt_alloc(self, itt, size)
 
     def add_device(self, name: str) -> Generator:

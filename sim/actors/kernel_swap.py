@@ -205,6 +205,7 @@ def _fresh_driver_state(guest: Guest, event: KernelEvent, stream: str) -> None:
     }
     guest.pool = SharedPool(guest.pages, labels, guest._share_now)
     guest._pending_shares = []
+    guest.dirty_ram = True  # its tables (__GFP_ZERO) and ITTs (kzalloc) are zeroed
 
 
 def _boot(guest: Guest, event: KernelEvent) -> Generator:

@@ -179,3 +179,16 @@ def test_with_an_honest_host_every_guest_byte_written_lies_in_a_stale_itt(s):
         ]
         for v in written(world):
             assert any(a <= v.addr and v.addr + v.length <= a + n for a, n in ranges), v
+
+
+def test_a_stale_dte_outside_the_new_kernels_zeroed_level1_table_fails_6_1s_save():
+    """A kexec'd kernel that maps nothing allocates no level-2 page: its level-1 table is
+    zeroed (__GFP_ZERO), so vgic_its_check_id() rejects the stale device; 6.1's save
+    fails with -EINVAL, 7.3's skips it, and no guest byte is written either way."""
+    s = scenario("kexec", "6.1", remap=[])
+    old = simulate(s, "trusted-host")
+    assert old.kernel_events[0]["stale_devices"] == ["0x8", "0x10"]
+    assert collect(old).correctness.its_errors == ["src SAVE_TABLES: -EINVAL"]
+    assert written(old) == []
+    new = simulate(s.model_copy(update={"kernel": "7.3"}), "trusted-host")
+    assert collect(new).correctness.its_errors == [] and written(new) == []
