@@ -92,6 +92,11 @@ def memory_map(world: World, machine: Machine) -> list:
 
 
 def migrate(world: World, correctness: Correctness) -> Generator:
+    if world.live_update:  # the host kernel replaced on the same machine
+        from sim.liveupdate import live_update
+
+        yield from live_update(world, correctness)
+        return
     env = world.env
     costs = world.costs
     src, dst = world.src, world.dst

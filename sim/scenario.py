@@ -114,14 +114,40 @@ class ChurnEvent(_Strict):
     action: Literal["remove", "add"]
 
 
+class KernelEvent(_Strict):
+    """The guest's kernel is replaced without unmapping its devices (sim/actors/kernel_swap.py).
+
+    ``hibernate-resume``: the guest hibernates, is reset, a boot kernel maps its devices
+    and loads the image, the resumed kernel reprograms only the ITS registers.
+    ``kexec``: a new kernel boots over the running one and maps its devices afresh.
+    """
+
+    at_ms: Annotated[float, Field(ge=0.0, le=MAX_DURATION_MS)]
+    action: Literal["hibernate-resume", "kexec"]
+    # The devices the new (kexec) or boot (hibernate) kernel maps; default all of them.
+    remap: list[str] | None = None
+    # same-address: the new kernel's page allocations land where the old kernel's first
+    # boot put them (same kernel, same command line), so GITS_BASER<n> is rewritten with
+    # the old value; moved: they start ``moved_mib`` higher (another kernel or initramfs).
+    tables: Literal["same-address", "moved"] = "same-address"
+    moved_mib: Annotated[int, Field(ge=1, le=1 << 16)] = 64
+
+
 class WorkloadSpec(_Strict):
     duration_ms: Annotated[float, Field(gt=0.0, le=MAX_DURATION_MS)] = 20.0
     affinity_moves_per_s: Annotated[float, Field(ge=0.0, le=MAX_MOVES_PER_S)] = 0.0
     churn: list[ChurnEvent] = []
+    events: list[KernelEvent] = []  # guest kernel replacements (hibernate-resume, kexec)
 
 
 class MigrationSpec(_Strict):
     at_ms: Annotated[float, Field(gt=0.0, le=MAX_DURATION_MS)] = 10.0
+    # migrate: to another machine; live-update: the host kernel is replaced under the
+    # running VMs on the same machine (sim/liveupdate.py), ``vms`` of them alike.
+    mode: Literal["migrate", "live-update"] = "migrate"
+    vms: Annotated[int, Field(ge=1, le=256)] = 1
+    # Host CPUs that run the VMs' save and restore ioctls in parallel (live-update).
+    host_cpus: Annotated[int, Field(ge=1, le=1024)] = 16
 
 
 class Honest(_Strict):
@@ -317,6 +343,17 @@ class Scenario(_Strict):
             if event.device not in names:
                 yield f"workload.churn[{i}].device: {event.device!r} is not in devices"
         yield from self._impossible_churn()
+        for i, event in enumerate(self.workload.events):
+            for j, name in enumerate(event.remap or []):
+                if name not in names:
+                    yield f"workload.events[{i}].remap[{j}]: {name!r} is not in devices"
+            if event.tables == "moved" and event.moved_mib > self.guest.ram_mib // 2:
+                yield (
+                    f"workload.events[{i}].moved_mib: expected at most half of guest.ram_mib"
+                    f" ({self.guest.ram_mib // 2}), so the new kernel's allocations fit"
+                )
+            if event.at_ms >= self.migration.at_ms:
+                yield f"workload.events[{i}].at_ms: expected a time before migration.at_ms"
         if self.migration.at_ms >= self.workload.duration_ms:
             yield "migration.at_ms: expected a time before workload.duration_ms"
         seen_proposals: dict[str, int] = {}

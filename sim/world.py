@@ -85,7 +85,9 @@ class World:
         self.ram_size = scenario.guest.ram_mib << 20
         self.machines: dict[str, Machine] = {}
         clock = partial(simpy.Environment.now.fget, self.env)  # env.now, one call cheaper
-        for name in ("src", "dst"):
+        # A live update replaces the host kernel on the same machine: no destination.
+        self.live_update = scenario.migration.mode == "live-update"
+        for name in ("src",) if self.live_update else ("src", "dst"):
             memory = MemorySystem(clock=clock)
             memory.ownership.add_guest(GUEST)
             window = scenario.workload.duration_ms * 1000.0
@@ -117,6 +119,8 @@ class World:
         self.trace: list[Span] = []  # who did what while the VM was paused (the timeline)
         self.memory_map: list[PageView] = []  # the guest's pages at the pause
         self.correctness = Correctness()
+        self.kernel_events: list[dict] = []  # guest kernel replacements (kernel_swap.py)
+        self.live_update_cost = None  # sim.liveupdate.LiveUpdateCost of a live-update run
 
     @property
     def src(self) -> Machine:
@@ -124,7 +128,7 @@ class World:
 
     @property
     def dst(self) -> Machine:
-        return self.machines["dst"]
+        return self.machines["src" if self.live_update else "dst"]
 
     def rng(self, stream: str) -> random.Random:
         """A reproducible random stream named ``stream`` (string seeds hash with SHA-512)."""

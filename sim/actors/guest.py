@@ -125,6 +125,9 @@ class Guest:
         }
         self.pool = SharedPool(self.pages, labels, self._share_now)
         self._pending_shares: list[int] = []
+        # RAM holds another kernel's bytes (after kexec or under a hibernation's boot
+        # kernel): what __GFP_ZERO and kzalloc zero must then be written (kernel_swap.py).
+        self.dirty_ram = False
 
     # ---- memory and hypercalls ------------------------------------------------------------
 
@@ -170,6 +173,8 @@ class Guest:
         ``share``: a queue the proposal keeps private)."""
         addr = self.pages.alloc(size, align)
         self.machine.memory.labels.set(addr, size, label)
+        if self.dirty_ram:
+            self.write(addr, bytes(size))
         if share and self.world.proposal.guest_shares_tables:
             self.driver_shared.update(
                 range(addr >> PAGE_SHIFT, (addr + size - 1 >> PAGE_SHIFT) + 1)
@@ -317,6 +322,8 @@ class Guest:
             itt = yield from self.alloc_table(size, label, align=PAGE_SIZE)
             dev.itt_object = (itt, -(-size // PAGE_SIZE) * PAGE_SIZE)
         dev.itt_addr, dev.itt_size = itt, size
+        if self.dirty_ram:
+            self.write(itt, bytes(size))
         yield from self.world.proposal.on_itt_alloc(self, itt, size)
 
     def add_device(self, name: str) -> Generator:
@@ -464,6 +471,8 @@ class Guest:
         yield from self.step(self.boot())
         for event in world.scenario.workload.churn:
             world.env.process(self._churn(event))
+        for event in world.scenario.workload.events:
+            world.env.process(self._kernel_event(event))
         rate = world.scenario.workload.affinity_moves_per_s
         if rate <= 0:
             return
@@ -491,6 +500,13 @@ class Guest:
             yield from self.step(self._remove_if_mapped(dev))
         else:
             yield from self.step(self._add_if_unmapped(dev))
+
+    def _kernel_event(self, event) -> Generator:
+        """hibernate-resume or kexec: the kernel replaced under its vITS (kernel_swap.py)."""
+        from sim.actors.kernel_swap import replace_kernel
+
+        yield self.world.env.timeout(max(0.0, event.at_ms * 1000.0 - self.world.env.now))
+        yield from self.step(replace_kernel(self, event))
 
     def _remove_if_mapped(self, dev: GuestDevice) -> Generator:
         if dev.mapped:

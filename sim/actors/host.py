@@ -34,10 +34,15 @@ class Host:
 
     def create_vm(self) -> None:
         """KVM_CREATE_VM and the vITS device; the lowvisor takes the guest's RAM."""
+        self.machine.lowvisor.create_vm(self.world.proposal.protected)
+        self.new_vits()
+
+    def new_vits(self) -> None:
+        """A vITS as KVM_CREATE_DEVICE makes it (also KVM_DEV_ARM_ITS_CTRL_RESET's result:
+        no device, no collection, registers at reset) with the redistributors' LPI state."""
         from sim.world import GUEST, RAM_BASE
 
         proposal = self.world.proposal
-        self.machine.lowvisor.create_vm(proposal.protected)
         initiator = proposal.its_initiator(self.machine)
         self.its = VirtualITS(
             nr_vcpus=self.world.scenario.guest.vcpus,

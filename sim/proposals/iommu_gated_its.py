@@ -72,6 +72,7 @@ class IOMMUGatedITS(Proposal):
                 yield from lowvisor.iommu_unmap(pfn, "guest unmaps a freed ITT page")
 
     def restore(self, world: World, payload: Payload) -> Generator:
-        for pfn in world.src.lowvisor.its_dma_pages():
+        # (A live update keeps the machine's EL2 and its ITS domain: nothing to rebuild.)
+        for pfn in world.src.lowvisor.its_dma_pages() if world.dst is not world.src else ():
             yield from world.dst.lowvisor.iommu_map(pfn, "EL2 rebuilds the ITS domain", guest=False)
         yield from kvm_restore_tables(world, world.dst, payload)

@@ -52,12 +52,18 @@ def test_compare_writes_report_charts_and_json_matching_the_committed_example(tm
     assert "conclusions hold across the whole range" in report
     assert "| `big-itts` | -0.2" in report  # serialization beats sharing there at defaults
     matrix = json.loads((out / "matrix.json").read_text())
-    assert set(matrix) == names
+    replaced = {"hibernate-resume", "kexec"}  # the guest's kernel replaced: no matrix
+    assert set(matrix) == names - replaced
+    for name in replaced:
+        assert f"## Kernel replacement: `{name}`" in report
+    assert "## Live update: `live-update`" in report
+    assert (out / "liveupdate-live-update.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "](liveupdate-live-update.png)" in report
     # protected x attacks, plus the scenario's own host as one row where it composes one
     composed = {"malicious-host", "dma-attack"}
     protected = sum(cls.protected for cls in PROPOSALS.values())
     assert {n: len(c) for n, c in matrix.items()} == {
-        n: protected * (11 + (n in composed)) for n in names
+        n: protected * (11 + (n in composed)) for n in names - replaced
     }
     assert {r["host"] for r in results} == {"honest"}
     assert "| `its-dma(at_ms=2)` |" in report
