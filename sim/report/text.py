@@ -15,7 +15,7 @@ LEGEND = [  # one line per column of the tables below
     "columns: secret B  most secret bytes the host's stage-2 could read",
     "         DMA B     most secret bytes a host-driven DMA master reaches",
     "         ITS ms    the ITS part of the migration downtime",
-    "         hcalls    hypercalls to EL2: the guest driver's + the proposal's",
+    "         hcalls    hypercalls to EL2: guest driver's + proposal's",
     "         shared    guest pages shared with the host, both machines",
     "         err       ITS commands KVM failed + SAVE/RESTORE errors",
     "         ok        no error and every translation kept",
