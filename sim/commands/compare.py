@@ -142,9 +142,15 @@ def main(args: argparse.Namespace) -> int:
         report = render(scenarios, results, charts, matrices, extra) + realguest
         from sim.report import kernel_events, liveupdate
 
-        more, more_charts = liveupdate.write(scenarios, staging)  # sections with charts
+        live, events = liveupdate.all_costs(scenarios), kernel_events.all_outcomes(scenarios)
+        more, more_charts = liveupdate.write(scenarios, staging, live)  # sections with charts
         charts += more_charts
-        report += "\n".join(["", *kernel_events.write(scenarios), *more])
+        report += "\n".join(["", *kernel_events.write(scenarios, events), *more])
+        from sim.report import verdict
+
+        evidence = verdict.Evidence(scenarios, results, matrices, live, events, sens)
+        report += "\n".join(["", *verdict.section(evidence)])
+        summary += "\n\n" + "\n".join(verdict.text(evidence)).rstrip()
         (staging / "report.md").write_text(report)
         (staging / "summary.txt").write_text(summary + "\n")
     if args.json:

@@ -108,9 +108,19 @@ def section(scenario: Scenario, rows: list[KernelEventOutcome]) -> list[str]:
     return out
 
 
-def write(scenarios: list[Scenario]) -> list[str]:
+def all_outcomes(scenarios: list[Scenario]) -> dict[str, list[KernelEventOutcome]]:
+    """Every kernel-replacement scenario's outcomes, by scenario name (none: empty)."""
+    return {s.name: outcomes(s) for s in scenarios if s.workload.events}
+
+
+def write(
+    scenarios: list[Scenario], computed: dict[str, list[KernelEventOutcome]] | None = None
+) -> list[str]:
+    """The section of every kernel-replacement scenario; ``computed``: :func:`all_outcomes`
+    already run, reused."""
+    computed = all_outcomes(scenarios) if computed is None else computed
     lines: list[str] = []
     for scenario in scenarios:
-        if scenario.workload.events:
-            lines += section(scenario, outcomes(scenario))
+        if scenario.name in computed:
+            lines += section(scenario, computed[scenario.name])
     return lines

@@ -123,14 +123,25 @@ def section(scenario: Scenario, costs: dict[str, LiveUpdateCost], chart_path: Pa
     return out
 
 
-def write(scenarios: list[Scenario], out: Path) -> tuple[list[str], list[Path]]:
-    """The section and chart of every live-update scenario (none: nothing)."""
+def all_costs(scenarios: list[Scenario]) -> dict[str, dict[str, LiveUpdateCost]]:
+    """Every live-update scenario's per-proposal costs, by scenario name (none: empty)."""
+    return {s.name: live_update_costs(s) for s in scenarios if s.migration.mode == "live-update"}
+
+
+def write(
+    scenarios: list[Scenario],
+    out: Path,
+    computed: dict[str, dict[str, LiveUpdateCost]] | None = None,
+) -> tuple[list[str], list[Path]]:
+    """The section and chart of every live-update scenario (none: nothing); ``computed``:
+    :func:`all_costs` already run, reused."""
     lines: list[str] = []
     charts: list[Path] = []
+    computed = all_costs(scenarios) if computed is None else computed
     for scenario in scenarios:
-        if scenario.migration.mode != "live-update":
+        if scenario.name not in computed:
             continue
-        costs = live_update_costs(scenario)
+        costs = computed[scenario.name]
         path = chart(scenario, costs, out / f"liveupdate-{scenario.name}.png")
         lines += section(scenario, costs, path)
         charts.append(path)
