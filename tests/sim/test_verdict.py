@@ -126,10 +126,10 @@ def test_live_update_word_follows_which_blackout_is_longer(evidence):
 
     slow = _with(evidence, "live-update", UBUF, at(share * 2 + 1))
     fast = _with(evidence, "live-update", UBUF, at(share / 2))
-    assert "(b) live update: supported" in verdict.marc(slow).figures
-    assert "(b) live update: refuted" in verdict.marc(fast).figures
+    assert "(b) live update, supported" in verdict.marc(slow).figures
+    assert "(b) live update, refuted" in verdict.marc(fast).figures
     word = "supported" if ubuf > share else "refuted"
-    assert f"(b) live update: {word}" in verdict.marc(evidence).figures
+    assert f"(b) live update, {word}" in verdict.marc(evidence).figures
 
 
 def test_shadow_word_follows_the_attack_cells(evidence):
@@ -146,9 +146,10 @@ def test_shadow_word_follows_the_attack_cells(evidence):
         e = Evidence(ev.scenarios, ev.results, cells(shadow_falls, snoop_falls), ev.live)
         return verdict.shadow(e).word
 
-    assert word(False, True) == "supported"
-    assert word(True, True) == "refuted"
-    assert word(False, False) == "partly"
+    assert word(False, True) == "supported"  # the copy stops what beats snooping
+    assert word(True, True) == "refuted"  # it stops nothing snooping lets through
+    assert word(True, False) == "refuted"  # it lets through what snooping stops
+    assert word(False, False) == "partly"  # nothing in the run tells them apart
 
 
 def test_no_corruption_after_hibernate_refutes_woodhouse(evidence):
@@ -186,3 +187,33 @@ def test_sections_name_every_position_and_fit_72_columns(evidence):
     assert all(len(line) <= 72 for line in lines)
     assert not any("`" in line for line in lines)
     assert "cost ranges were not run" in "\n".join(lines)
+
+
+def test_rests_on_quotes_the_sensitivity_verdict_of_the_pair(evidence):
+    from sim.sensitivity import design, run_design
+
+    plain = [s for s in evidence.scenarios if s.name == "kzalloc-dense-secrets"]
+    points = design(joint=2, params=["tlbi_us", "el2_cmd_parse_us"], one_at_a_time=False)
+    sens = run_design(plain, points, defaults=evidence.results)
+    ev = Evidence(
+        evidence.scenarios,
+        evidence.results,
+        evidence.matrices,
+        evidence.live,
+        evidence.events,
+        sens,
+    )
+    (v,) = [
+        v
+        for v in sens.verdicts
+        if v.conclusion.kind == "more"
+        and v.conclusion.metric == "peak_exposed_bytes"
+        and v.conclusion.proposals == (SHARE, UBUF)
+    ]
+    said = (
+        f"holds at all {v.evaluated} cost points"
+        if v.holds
+        else f"fails at {len(v.failed)} of {v.evaluated} cost points"
+    )
+    assert f"'{v.conclusion.text}' {said}" in verdict.marc(ev).rests_on
+    assert "the sensitivity analysis did not run `live-update`" in verdict.marc(ev).rests_on
