@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from sim.commands.common import BUNDLED, bundled_scenarios, dump, load_all, run_all
+from sim.commands.common import BUNDLED, bundled_scenarios, dump, load_all
 
 FOCUS = "kzalloc-dense-secrets"  # the scenario the timeline and memory map show, if run
 
@@ -38,17 +38,28 @@ def register(sub) -> None:
         default="markdown",
         help="'text' also prints the 72-column summary (default: markdown)",
     )
-    p.set_defaults(func=main)
+    p.add_argument(
+        "--jobs",
+        type=int,
+        metavar="N",
+        help="runs at once, each in a worker process (default: every core; 1: in this"
+        " process); the output is the same for any N",
+    )
+    p.set_defaults(func=main, check=check)
+
+
+def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.jobs is not None and args.jobs < 1:
+        parser.error(f"--jobs: expected at least 1, got {args.jobs}")
 
 
 def main(args: argparse.Namespace) -> int:
     from sim.commands.console import progress
-    from sim.matrix import attack_matrix, scenario_row, with_attack
+    from sim.matrix import compare_set, scenario_row, with_attack
     from sim.proposals import PROPOSALS
     from sim.report.charts import write_charts
     from sim.report.markdown import render
     from sim.report.text import render_text
-    from sim.run import simulate
     from sim.scenario import ATTACKS
 
     paths = args.scenarios or bundled_scenarios()
@@ -60,16 +71,12 @@ def main(args: argparse.Namespace) -> int:
     # The proposal tables and charts: every scenario with an honest host. A scenario's own
     # host, if it is not honest, is a row of its attack matrix, composed as the file says.
     honest = [with_attack(s, None) for s in scenarios]
-    results = run_all(honest)
     protected = {s.name: [p for p in s.proposals if PROPOSALS[p].protected] for s in scenarios}
     rows = {s.name: [*ATTACKS, *filter(None, [scenario_row(s)])] for s in scenarios}
-    total = sum(len(ps) * (len(rows[n]) + 1) for n, ps in protected.items())
-    with progress(total, "attacking") as advance:
-        matrices = {
-            s.name: attack_matrix(s, protected[s.name], rows[s.name], advance)[0] for s in scenarios
-        }
+    total = sum(len(s.proposals) + len(protected[s.name]) * len(rows[s.name]) for s in scenarios)
     focus = next((s for s in honest if s.name == FOCUS), honest[0])
-    worlds = {p: simulate(focus, p) for p in focus.proposals}
+    with progress(total, "simulating") as advance:
+        results, matrices, worlds = compare_set(scenarios, rows, focus.name, args.jobs, advance)
     out = Path(args.out) / name
     out.mkdir(parents=True, exist_ok=True)
     charts = write_charts(results, out, matrices, worlds)
