@@ -50,6 +50,9 @@ class ExposureInterval:
         return self.length * max(0.0, min(self.end, window_end) - self.start)
 
 
+_FAST_PAGES = 8  # ranges up to this many pages are checked page by page for secrets
+
+
 class ExposureTracker:
     """Secret bytes the host can reach one way on one machine; totals count only inside
     the window."""
@@ -111,15 +114,25 @@ class ExposureTracker:
     def _on_bytes(self, addr: int, length: int, done: bool) -> None:
         if not done:
             self._advance()
-        else:
-            end = addr + length
-            self._refresh(addr >> PAGE_SHIFT, (end + PAGE_SIZE - 1) >> PAGE_SHIFT, "label")
+            return
+        self._refresh(addr >> PAGE_SHIFT, (addr + length + PAGE_SIZE - 1) >> PAGE_SHIFT, "label")
+
+    def _idle(self, first_pfn: int, end_pfn: int) -> bool:
+        """True if no page in the range holds a secret or has a run open: re-deriving
+        them would find nothing and close nothing (checked for small ranges only)."""
+        if end_pfn - first_pfn > _FAST_PAGES:
+            return False
+        opened, kinds = self._open, self.memory.labels.page_kinds
+        for pfn in range(first_pfn, end_pfn):
+            if pfn in opened or LabelKind.SECRET in kinds.get(pfn, ()):
+                return False
+        return True
 
     def _exposed_runs(self, first_pfn: int, end_pfn: int) -> dict[int, tuple[set[Run], str]]:
         out: dict[int, tuple[set[Run], str]] = {}
         span = (first_pfn << PAGE_SHIFT, (end_pfn - first_pfn) << PAGE_SHIFT)
         how: dict[int, str | None] = {}
-        for start, end, label in self.memory.labels.runs(*span):
+        for start, end, label in self.memory.labels.run_list(*span):
             if label.kind is not LabelKind.SECRET:
                 continue
             for pfn in range(start >> PAGE_SHIFT, ((end - 1) >> PAGE_SHIFT) + 1):
@@ -132,9 +145,15 @@ class ExposureTracker:
 
     def _refresh(self, first_pfn: int, end_pfn: int, trigger: str) -> None:
         """Re-derive which secret runs on pages ``[first_pfn, end_pfn)`` are exposed."""
+        if self._idle(first_pfn, end_pfn):
+            return  # (the peak cannot move: nothing here changes the current exposure)
         now = self.clock()
         fresh = self._exposed_runs(first_pfn, end_pfn)
-        pages = [p for p in self._open if first_pfn <= p < end_pfn] + list(fresh)
+        if end_pfn - first_pfn == 1:  # one page: no need to look through every open one
+            pages = [first_pfn] if first_pfn in self._open else []
+            pages += fresh
+        else:
+            pages = [p for p in self._open if first_pfn <= p < end_pfn] + list(fresh)
         for pfn in dict.fromkeys(pages):
             before = self._open.get(pfn, {})
             after, via = fresh.get(pfn, (set(), ""))

@@ -100,6 +100,22 @@ def main(args: argparse.Namespace) -> int:
         f"(b) pkvm-sim {name}: {simulated['events']:,} events,"
         f" {simulated['events_per_s']:,.0f} events/s; cost per event {ratio:.1f}x bare SimPy"
     )
+    cost = bench.run_cost(scenario)
+    say(
+        f"(b) one {name} run: {cost['run_s'] * 1000:.1f} ms; "
+        + ", ".join(f"{k} {v * 1000:.1f}" for k, v in cost["parts_s"].items())
+    )
+    jobs = args.jobs or os.cpu_count() or 1
+    if quick:
+        compare_what, compare_set = "`small-vm`", [str(BUNDLED / "small-vm.yaml")]
+    else:
+        compare_what, compare_set = "the bundled scenarios", []
+    cmp = bench.compare_speed(compare_set, jobs)
+    say(
+        f"(e) compare over {compare_what}: --jobs 1 {cmp['wall_1_s']:.1f} s, --jobs {jobs}"
+        f" {cmp['wall_n_s']:.1f} s ({cmp['speedup']:.2f}x),"
+        f" {'identical' if cmp['identical'] else 'DIFFERENT'} output"
+    )
     its = []
     for ites in (300, 3_000) if quick else bench.ITS_SIZES:
         its.append(bench.its_save_restore(ites))
@@ -121,7 +137,6 @@ def main(args: argparse.Namespace) -> int:
             + ("" if pt["translations_ok"] else "  TRANSLATIONS BROKEN")
         )
 
-    jobs = args.jobs or os.cpu_count() or 1
     points, batch_wall = bench.run_points(sizes, proposals, args.driver, jobs, progress)
     result = bench.Bench(
         machine=bench.machine_line(),
@@ -134,6 +149,9 @@ def main(args: argparse.Namespace) -> int:
         batch_wall=batch_wall,
         jobs=jobs,
         driver=args.driver,
+        run_cost=cost,
+        compare=cmp,
+        compare_what=compare_what,
     )
     argv = ["pkvm-sim", "bench"]
     if quick:
