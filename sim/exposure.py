@@ -131,6 +131,15 @@ class ExposureTracker:
     def _exposed_runs(self, first_pfn: int, end_pfn: int) -> dict[int, tuple[set[Run], str]]:
         out: dict[int, tuple[set[Run], str]] = {}
         span = (first_pfn << PAGE_SHIFT, (end_pfn - first_pfn) << PAGE_SHIFT)
+        if end_pfn - first_pfn == 1:  # one page: the runs need no clipping
+            runs = {
+                (start, end, label.name)
+                for start, end, label in self.memory.labels.run_list(*span)
+                if label.kind is LabelKind.SECRET
+            }
+            if runs and (via := self.how(first_pfn)) is not None:
+                out[first_pfn] = (runs, via)
+            return out
         how: dict[int, str | None] = {}
         for start, end, label in self.memory.labels.run_list(*span):
             if label.kind is not LabelKind.SECRET:

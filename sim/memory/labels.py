@@ -52,9 +52,25 @@ class LabelMap:
     def set(self, addr: int, length: int, label: Label) -> None:
         for watch in self.watchers:
             watch(addr, length, False)
-        self._map.assign(addr, addr + length, label)
-        if length > 0:
-            self._reindex(addr >> PAGE_SHIFT, ((addr + length - 1) >> PAGE_SHIFT) + 1)
+        first, end = addr >> PAGE_SHIFT, ((addr + length - 1) >> PAGE_SHIFT) + 1
+        if length > 0 and end == first + 1:
+            # One page: if every byte relabelled was free or already of this kind, the
+            # page's kinds only gain this one (nothing can disappear from the page).
+            old = {x.kind for x in self._map.values(addr, addr + length)}
+            self._map.assign(addr, addr + length, label)
+            old.discard(LabelKind.FREE)
+            if old <= {label.kind}:
+                kinds = self.page_kinds.get(first, frozenset())
+                if label.kind is not LabelKind.FREE:
+                    kinds = kinds | {label.kind}
+                if kinds:
+                    self.page_kinds[first] = kinds
+            else:
+                self._reindex(first, end)
+        else:
+            self._map.assign(addr, addr + length, label)
+            if length > 0:
+                self._reindex(first, end)
         for watch in self.watchers:
             watch(addr, length, True)
 
