@@ -76,7 +76,7 @@ def main(args: argparse.Namespace) -> int:
     import os
 
     from sim import bench
-    from sim.commands.common import BUNDLED
+    from sim.commands.common import BUNDLED, bundled_scenarios
     from sim.scenario import load_scenario
 
     quick = args.quick
@@ -89,7 +89,8 @@ def main(args: argparse.Namespace) -> int:
     def say(msg: str) -> None:
         print(msg, flush=True)
 
-    say(f"machine: {bench.machine_line()}")
+    load = os.getloadavg()[0]
+    say(f"machine: {bench.machine_line()}; load average {load:.1f}")
     bare = bench.bare_simpy(events_per_actor=2_000 if quick else 20_000)
     say(f"(a) bare SimPy: {bare['events']:,} events, {bare['events_per_s']:,.0f} events/s")
     name = "small-vm" if quick else "cloud-vm"
@@ -109,7 +110,7 @@ def main(args: argparse.Namespace) -> int:
     if quick:
         compare_what, compare_set = "`small-vm`", [str(BUNDLED / "small-vm.yaml")]
     else:
-        compare_what, compare_set = "the bundled scenarios", []
+        compare_what, compare_set = "the bundled scenarios", bundled_scenarios()
     cmp = bench.compare_speed(compare_set, jobs)
     say(
         f"(e) compare over {compare_what}: --jobs 1 {cmp['wall_1_s']:.1f} s, --jobs {jobs}"
@@ -152,6 +153,7 @@ def main(args: argparse.Namespace) -> int:
         run_cost=cost,
         compare=cmp,
         compare_what=compare_what,
+        load=load,
     )
     argv = ["pkvm-sim", "bench"]
     if quick:

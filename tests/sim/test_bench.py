@@ -64,9 +64,14 @@ def test_bench_quick_writes_perf_md_with_every_section(tmp_path, capsys):
     assert sum(parts) == pytest.approx(run_ms, rel=0.02, abs=0.05)
     # compare on one core and on every core: the same bytes.
     row = re.search(
-        r"^\| ([\d.]+) \| ([\d.]+) \| \*\*([\d.]+)x\*\* \| (\d+) \| (\w+) \|$", perf, re.M
+        r"^\| ([\d.]+) \| ([\d.]+) \| \*\*([\d.]+)x\*\* \| ([\d.]+) \| ([\d.]+) \| (\d+)"
+        r" \| (\w+) \|$",
+        perf,
+        re.M,
     )
-    assert row and row.group(5) == "yes" and int(row.group(4)) >= 5
+    assert row and row.group(7) == "yes" and int(row.group(6)) >= 5
+    assert float(row.group(4)) > 0 and float(row.group(5)) > 0
+    assert "over `small-vm` (1 scenarios)" in perf
 
 
 def test_growth_exponent_fits_a_power_law():
