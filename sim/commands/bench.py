@@ -91,11 +91,16 @@ def main(args: argparse.Namespace) -> int:
 
     load = os.getloadavg()[0]
     say(f"machine: {bench.machine_line()}; load average {load:.1f}")
-    bare = bench.bare_simpy(events_per_actor=2_000 if quick else 20_000)
-    say(f"(a) bare SimPy: {bare['events']:,} events, {bare['events_per_s']:,.0f} events/s")
+    # Best of three for both, measured alternately: the ratio, not one noisy wall time.
+    bares, sims = [], []
     name = "small-vm" if quick else "cloud-vm"
     scenario = load_scenario(BUNDLED / f"{name}.yaml")
-    simulated = bench.simulated_events(scenario)
+    for _ in range(3):
+        bares.append(bench.bare_simpy(events_per_actor=2_000 if quick else 20_000))
+        sims.append(bench.simulated_events(scenario))
+    bare = max(bares, key=lambda x: x["events_per_s"])
+    simulated = max(sims, key=lambda x: x["events_per_s"])
+    say(f"(a) bare SimPy: {bare['events']:,} events, {bare['events_per_s']:,.0f} events/s")
     ratio = bare["events_per_s"] / simulated["events_per_s"]
     say(
         f"(b) pkvm-sim {name}: {simulated['events']:,} events,"
