@@ -115,7 +115,52 @@ class ExposureTracker:
         if not done:
             self._advance()
             return
-        self._refresh(addr >> PAGE_SHIFT, (addr + length + PAGE_SIZE - 1) >> PAGE_SHIFT, "label")
+        first, end = addr >> PAGE_SHIFT, (addr + length + PAGE_SIZE - 1) >> PAGE_SHIFT
+        if end == first + 1 and length > 0 and first in self._open:
+            self._relabelled(first, addr, addr + length)
+        else:
+            self._refresh(first, end, "label")
+
+    def _relabelled(self, pfn: int, start: int, end: int) -> None:
+        """``_refresh`` of page ``pfn`` after ``[start, end)`` on it was relabelled, looking
+        only at the runs that can have changed: those touching the range. Bytes outside it
+        kept their labels, so the run holding ``start - 1`` starts where it did and the one
+        holding ``end`` ends where it did; every run between those bounds is whole (on this
+        page) before and after, and every other run on the page is unchanged."""
+        via = self.how(pfn)
+        if via is None:  # (cannot happen with runs open; re-derive the page to be sure)
+            self._refresh(pfn, pfn + 1, "label")
+            return
+        labels = self.memory.labels
+        page, page_end = pfn << PAGE_SHIFT, (pfn + 1) << PAGE_SHIFT
+        lo = labels.run_bounds(start - 1)[0] if start > page else page
+        hi = labels.run_bounds(end)[1] if end < page_end else page_end
+        lo = page if lo is None or lo < page else lo
+        hi = page_end if hi is None or hi > page_end else hi
+        after = {
+            (s, e, label.name)
+            for s, e, label in labels.run_list(lo, hi - lo)
+            if label.kind is LabelKind.SECRET
+        }
+        runs = self._open[pfn]
+        before = {run for run in runs if run[0] < hi and run[1] > lo}
+        now = self.clock()
+        for run in before - after:
+            opened, cause, was, why = runs.pop(run)
+            self.current -= run[1] - run[0]
+            self.intervals.append(
+                ExposureInterval(run[0], run[1] - run[0], run[2], opened, now, cause, was, why)
+            )
+        new = after - before
+        if new:
+            cause = self.memory.ownership.last_change(pfn)
+            for run in new:
+                runs[run] = (now, cause, via, "label")
+                self.current += run[1] - run[0]
+        if not runs:
+            del self._open[pfn]
+        if now < self.window_end:
+            self.peak = max(self.peak, self.current)
 
     def _idle(self, first_pfn: int, end_pfn: int) -> bool:
         """True if no page in the range holds a secret or has a run open: re-deriving

@@ -65,6 +65,12 @@ class IntervalMap(Generic[V]):
             cur = stop
             i += 1
 
+    def run_bounds(self, point: int) -> tuple[int | None, int | None]:
+        """``(start, end)`` of the maximal run holding ``point`` (None: unbounded)."""
+        keys = self._keys
+        i = bisect_right(keys, point) - 1
+        return (keys[i] if i >= 0 else None), (keys[i + 1] if i + 1 < len(keys) else None)
+
     def run_list(self, start: int, end: int) -> list[tuple[int, int, V]]:
         """``list(self.runs(start, end))``, built without a generator (a hot path)."""
         if end <= start:

@@ -107,6 +107,10 @@ class LabelMap:
         """``(start, end, label)`` runs covering ``[addr, addr + length)``."""
         return self._map.runs(addr, addr + length)
 
+    def run_bounds(self, addr: int) -> tuple[int | None, int | None]:
+        """``(start, end)`` of the run of one label holding ``addr`` (None: unbounded)."""
+        return self._map.run_bounds(addr)
+
     def run_list(self, addr: int, length: int) -> list[tuple[int, int, Label]]:
         """``list(self.runs(addr, length))``, faster."""
         return self._map.run_list(addr, addr + length)
