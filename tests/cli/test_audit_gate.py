@@ -42,7 +42,9 @@ def test_tap_has_a_plan_a_point_per_run_and_todo_for_unprotected(tmp_path, capsy
     lines = tap.read_text().splitlines()
     assert lines[:2] == ["TAP version 14", f"1..{len(PROPOSALS)}"]
     points = [line for line in lines if re.match(r"(not )?ok \d+ - ", line)]
-    assert [int(re.search(r"ok (\d+)", p).group(1)) for p in points] == list(range(1, len(PROPOSALS) + 1))
+    assert [int(re.search(r"ok (\d+)", p).group(1)) for p in points] == list(
+        range(1, len(PROPOSALS) + 1)
+    )
     assert points[0].startswith("not ok 1 - small-vm: trusted-host, host: honest # TODO ")
     assert all(p.startswith("ok ") for p in points[1:])
     block = lines[lines.index(points[0]) + 1 : lines.index("  ...") + 1]
