@@ -50,6 +50,9 @@ class ExposureInterval:
         return self.length * max(0.0, min(self.end, window_end) - self.start)
 
 
+_FAST_PAGES = 8  # ranges up to this many pages are checked page by page for secrets
+
+
 class ExposureTracker:
     """Secret bytes the host can reach one way on one machine; totals count only inside
     the window."""
@@ -111,15 +114,79 @@ class ExposureTracker:
     def _on_bytes(self, addr: int, length: int, done: bool) -> None:
         if not done:
             self._advance()
+            return
+        first, end = addr >> PAGE_SHIFT, (addr + length + PAGE_SIZE - 1) >> PAGE_SHIFT
+        if end == first + 1 and length > 0 and first in self._open:
+            self._relabelled(first, addr, addr + length)
         else:
-            end = addr + length
-            self._refresh(addr >> PAGE_SHIFT, (end + PAGE_SIZE - 1) >> PAGE_SHIFT, "label")
+            self._refresh(first, end, "label")
+
+    def _relabelled(self, pfn: int, start: int, end: int) -> None:
+        """``_refresh`` of page ``pfn`` after ``[start, end)`` on it was relabelled, looking
+        only at the runs that can have changed: those touching the range. Bytes outside it
+        kept their labels, so the run holding ``start - 1`` starts where it did and the one
+        holding ``end`` ends where it did; every run between those bounds is whole (on this
+        page) before and after, and every other run on the page is unchanged."""
+        via = self.how(pfn)
+        if via is None:  # (cannot happen with runs open; re-derive the page to be sure)
+            self._refresh(pfn, pfn + 1, "label")
+            return
+        labels = self.memory.labels
+        page, page_end = pfn << PAGE_SHIFT, (pfn + 1) << PAGE_SHIFT
+        lo = labels.run_bounds(start - 1)[0] if start > page else page
+        hi = labels.run_bounds(end)[1] if end < page_end else page_end
+        lo = page if lo is None or lo < page else lo
+        hi = page_end if hi is None or hi > page_end else hi
+        after = {
+            (s, e, label.name)
+            for s, e, label in labels.run_list(lo, hi - lo)
+            if label.kind is LabelKind.SECRET
+        }
+        runs = self._open[pfn]
+        before = {run for run in runs if run[0] < hi and run[1] > lo}
+        now = self.clock()
+        for run in before - after:
+            opened, cause, was, why = runs.pop(run)
+            self.current -= run[1] - run[0]
+            self.intervals.append(
+                ExposureInterval(run[0], run[1] - run[0], run[2], opened, now, cause, was, why)
+            )
+        new = after - before
+        if new:
+            cause = self.memory.ownership.last_change(pfn)
+            for run in new:
+                runs[run] = (now, cause, via, "label")
+                self.current += run[1] - run[0]
+        if not runs:
+            del self._open[pfn]
+        if now < self.window_end:
+            self.peak = max(self.peak, self.current)
+
+    def _idle(self, first_pfn: int, end_pfn: int) -> bool:
+        """True if no page in the range holds a secret or has a run open: re-deriving
+        them would find nothing and close nothing (checked for small ranges only)."""
+        if end_pfn - first_pfn > _FAST_PAGES:
+            return False
+        opened, kinds = self._open, self.memory.labels.page_kinds
+        for pfn in range(first_pfn, end_pfn):
+            if pfn in opened or LabelKind.SECRET in kinds.get(pfn, ()):
+                return False
+        return True
 
     def _exposed_runs(self, first_pfn: int, end_pfn: int) -> dict[int, tuple[set[Run], str]]:
         out: dict[int, tuple[set[Run], str]] = {}
         span = (first_pfn << PAGE_SHIFT, (end_pfn - first_pfn) << PAGE_SHIFT)
+        if end_pfn - first_pfn == 1:  # one page: the runs need no clipping
+            runs = {
+                (start, end, label.name)
+                for start, end, label in self.memory.labels.run_list(*span)
+                if label.kind is LabelKind.SECRET
+            }
+            if runs and (via := self.how(first_pfn)) is not None:
+                out[first_pfn] = (runs, via)
+            return out
         how: dict[int, str | None] = {}
-        for start, end, label in self.memory.labels.runs(*span):
+        for start, end, label in self.memory.labels.run_list(*span):
             if label.kind is not LabelKind.SECRET:
                 continue
             for pfn in range(start >> PAGE_SHIFT, ((end - 1) >> PAGE_SHIFT) + 1):
@@ -132,9 +199,15 @@ class ExposureTracker:
 
     def _refresh(self, first_pfn: int, end_pfn: int, trigger: str) -> None:
         """Re-derive which secret runs on pages ``[first_pfn, end_pfn)`` are exposed."""
+        if self._idle(first_pfn, end_pfn):
+            return  # (the peak cannot move: nothing here changes the current exposure)
         now = self.clock()
         fresh = self._exposed_runs(first_pfn, end_pfn)
-        pages = [p for p in self._open if first_pfn <= p < end_pfn] + list(fresh)
+        if end_pfn - first_pfn == 1:  # one page: no need to look through every open one
+            pages = [first_pfn] if first_pfn in self._open else []
+            pages += fresh
+        else:
+            pages = [p for p in self._open if first_pfn <= p < end_pfn] + list(fresh)
         for pfn in dict.fromkeys(pages):
             before = self._open.get(pfn, {})
             after, via = fresh.get(pfn, (set(), ""))

@@ -17,7 +17,7 @@ what stopped it, from the refusals and faults the attack met.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
@@ -134,7 +134,11 @@ def post_unmap_share_ms(world) -> float:
 
 
 def audit_run(scenario: Scenario, proposal: str) -> AuditRun:
-    world = simulate(scenario, proposal)
+    return _audit(simulate(scenario, proposal), proposal)
+
+
+def _audit(world, proposal: str) -> AuditRun:
+    scenario = world.scenario
     violations = world.auditor.all()
     result = collect(world)
     blocked = [b for m in world.machines.values() for h in m.host.behaviours for b in h.blocked]
@@ -243,7 +247,8 @@ def cell(attack: str, base: AuditRun, run: AuditRun) -> Cell:
     if window > WINDOW_TOLERANCE_MS:
         parts.append(f"an ITT share outlived MAPD V=0 by {a.post_unmap_share_ms:,.1f} ms")
     if parts:
-        new = [v for v in run.violations if v not in set(base.violations)]
+        honest = set(base.violations)
+        new = [v for v in run.violations if v not in honest]
         start = min((v.time_ms for v in new), default=0.0)
         end = max((v.end_ms or v.time_ms for v in new), default=0.0)
         return Cell(
@@ -297,3 +302,100 @@ def attack_matrix(
             cells.append(cell(name, base, run))
             advance()
     return cells, runs
+
+
+# ---- the compare set as jobs (sim.parallel) --------------------------------------------------
+
+
+class ChartWorld(NamedTuple):
+    """What the timeline and memory-map charts read from a world: picklable, so a worker
+    process can hand it back."""
+
+    scenario: Scenario
+    trace: list
+    memory_map: list
+
+
+def honest_job(
+    scenario: Scenario, proposal: str, chart: bool
+) -> tuple[AuditRun, ChartWorld | None]:
+    """The run with an honest host: the proposal's row in the tables and its attack
+    matrix's baseline; with ``chart``, also what the charts draw."""
+    world = simulate(with_attack(scenario, None), proposal)
+    run = _audit(world, proposal)
+    view = ChartWorld(world.scenario, world.trace, world.memory_map) if chart else None
+    return run, view
+
+
+def attack_job(scenario: Scenario, proposal: str, attack: AttackRow) -> AuditRun:
+    """One attack row's run under one proposal."""
+    return audit_run(with_attack(scenario, attack), proposal)
+
+
+class CompareSet(NamedTuple):
+    results: list[RunResult]  # honest runs, scenario by scenario, in each one's proposal order
+    matrices: dict[str, list[Cell]]  # by scenario name, in attack_matrix's order
+    worlds: dict[str, ChartWorld]  # the focus scenario's honest runs, by proposal
+
+
+def compare_set(
+    scenarios: list[Scenario],
+    rows: dict[str, list[AttackRow]],
+    focus: str,
+    workers: int | None = None,
+    advance: Callable[[], None] = lambda: None,
+    seeds: int = 1,
+    attacked: set[str] | None = None,
+) -> CompareSet:
+    """Every scenario under every proposal with an honest host over ``seeds`` seeds, and
+    each protected proposal's attack matrix (at the scenario's own seed; only the
+    scenarios in ``attacked``, default all), as jobs on ``workers`` processes
+    (sim.parallel); the same cells and results as ``run_all`` and :func:`attack_matrix`
+    give, in the same order (sim.cells.cells: proposals in order, seeds ascending)."""
+    from sim.cells import run_cell, seeds_of
+    from sim.parallel import Job, run_jobs
+
+    def matrix(s: Scenario) -> bool:
+        return attacked is None or s.name in attacked
+
+    jobs: list[Job] = []
+    for s in scenarios:
+        cost = s.workload.duration_ms  # a longer workload simulates more events
+        for p in s.proposals:
+            jobs.append(Job(honest_job, (s, p, s.name == focus), cost))
+            jobs += [Job(run_cell, (s, p, seed), cost) for seed in seeds_of(s, seeds)[1:]]
+        for p in s.proposals:
+            if PROPOSALS[p].protected and matrix(s):
+                jobs += [Job(attack_job, (s, p, a), cost) for a in rows[s.name]]
+    done = iter(run_jobs(jobs, workers, advance))
+    results, matrices, worlds = [], {}, {}
+    for s in scenarios:
+        bases = {}
+        for p in s.proposals:
+            base, view = next(done)
+            bases[p] = base
+            results.append(base.result)
+            results += [next(done) for _ in seeds_of(s, seeds)[1:]]
+            if view is not None:
+                worlds[p] = view
+        if not matrix(s):
+            continue
+        cells = matrices[s.name] = []
+        for p in s.proposals:
+            if PROPOSALS[p].protected:
+                for attack in rows[s.name]:
+                    name = attack if isinstance(attack, str) else describe_behaviours(attack)
+                    cells.append(cell(name, bases[p], next(done)))
+    return CompareSet(results, matrices, worlds)
+
+
+def run_cells_on(workers: int | None):
+    """A sim.sensitivity runner: the cells as jobs on ``workers`` processes, in order."""
+    from sim.cells import run_cell
+    from sim.parallel import Job, run_jobs
+
+    def runner(todo: list, tick: Callable[[], None]) -> list[RunResult]:
+        jobs = [Job(run_cell, tuple(c), c.scenario.workload.duration_ms) for c in todo]
+        return run_jobs(jobs, workers, tick)
+
+    return runner

@@ -118,8 +118,11 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def simulate(scenario: Scenario, proposal_name: str) -> World:
-    """Build, connect and run the world; return it for inspection."""
+def simulate(scenario: Scenario, proposal_name: str, wrap=None) -> World:
+    """Build, connect and run the world; return it for inspection.
+
+    ``wrap(name, process)``, if given, returns the generator to run in place of each
+    top-level process ("guest", "msi", "migration"), e.g. one that times it (bench)."""
     world = World(scenario, make_proposal(proposal_name))
     env = world.env
     for machine in world.machines.values():
@@ -127,10 +130,11 @@ def simulate(scenario: Scenario, proposal_name: str) -> World:
     attacks.install(world, scenario)
     world.auditor = Auditor(world)
     attacks.start(world)
-    env.process(world.guest.run())
+    wrap = wrap or (lambda _name, process: process)
+    env.process(wrap("guest", world.guest.run()))
     for machine in world.machines.values():
-        env.process(machine.host.msi_workload())
-    env.process(migrate(world, world.correctness))
+        env.process(wrap("msi", machine.host.msi_workload()))
+    env.process(wrap("migration", migrate(world, world.correctness)))
     with gc_paused():
         env.run()
     for machine in world.machines.values():

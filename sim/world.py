@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 
 GUEST = "pvm"  # the guest's pKVM component name on both machines
 RAM_BASE = 0x4000_0000  # QEMU virt
-VMM_BUFFER_BASE = 0x20_0000_0000  # host memory for VMM buffers, far from guest RAM
 
 
 class Span(NamedTuple):

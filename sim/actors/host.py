@@ -148,17 +148,27 @@ class Host:
             rng.random,
             rng.randrange,
         )
+        charge, ledger, name = world.charge, world.ledger, self.name
+        inject_us = world.costs.msi_inject_us
+        ids = [d.device_id for d in devices]
+        vectors = [d.vectors for d in devices]
+        machine = self.machine
         while True:  # the hot loop of most runs: keep it lean
             yield timeout(expovariate(rate))
             if env.now >= end:
                 return
-            if world.paused or guest.machine is not self.machine:
+            if world.paused or guest.machine is not machine:
                 continue  # backends are quiesced while the VM is paused or elsewhere
             # rng.choices(devices, cum_weights)[0], the same draw without the list
             i = bisect.bisect(cum_weights, random() * total, 0, last)
-            vector = randrange(devices[i].vectors)
+            vector = randrange(vectors[i])
             if state[i].mapped:
-                yield from self.inject_msi(devices[i].device_id, vector)
+                # inject_msi(), inline: charge the injection, then translate
+                yield charge(name, inject_us)
+                if self.its.inject_msi(ids[i], vector) is None:
+                    ledger.msis_delivered += 1
+                else:
+                    ledger.msis_failed += 1
 
     # ---- the VMM's side of migration -----------------------------------------------------
 

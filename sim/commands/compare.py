@@ -23,7 +23,6 @@ from sim.commands.common import (
     load_all,
     nonnegative,
     results_document,
-    run_all,
     unique_names,
 )
 
@@ -66,19 +65,30 @@ def register(sub) -> None:
         f" its low and high end in {FOCUS} besides (default {COST_SAMPLES}; 0: no section;"
         " `pkvm-sim sensitivity` runs the full design)",
     )
-    p.set_defaults(func=main)
+    p.add_argument(
+        "--jobs",
+        type=int,
+        metavar="N",
+        help="runs at once, each in a worker process (default: every core; 1: in this"
+        " process); the output is the same for any N",
+    )
+    p.set_defaults(func=main, check=check)
+
+
+def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.jobs is not None and args.jobs < 1:
+        parser.error(f"--jobs: expected at least 1, got {args.jobs}")
 
 
 def main(args: argparse.Namespace) -> int:
     from sim.commands.console import progress
-    from sim.matrix import attack_matrix, scenario_row, with_attack
+    from sim.matrix import compare_set, run_cells_on, scenario_row, with_attack
     from sim.output import check_dir, report_dir, write_json
     from sim.proposals import PROPOSALS
     from sim.report.charts import write_charts
     from sim.report.markdown import render
     from sim.report.text import render_text
     from sim.report.words import plural
-    from sim.run import simulate
     from sim.scenario import ATTACKS
 
     paths = args.scenarios or bundled_scenarios()
@@ -99,25 +109,31 @@ def main(args: argparse.Namespace) -> int:
     # The proposal tables and charts: every scenario with an honest host. A scenario's own
     # host, if it is not honest, is a row of its attack matrix, composed as the file says.
     honest = [with_attack(s, None) for s in scenarios]
-    results = run_all(honest, seeds=args.seeds)
     # A scenario that replaces the guest's kernel has no attack matrix: an honest host
     # already corrupts it, and when the replacement runs moves with the host's timing.
-    attacked = [s for s in scenarios if not s.workload.events]
-    protected = {s.name: [p for p in s.proposals if PROPOSALS[p].protected] for s in attacked}
+    attacked = {s.name for s in scenarios if not s.workload.events}
+    protected = {
+        s.name: [p for p in s.proposals if PROPOSALS[p].protected and s.name in attacked]
+        for s in scenarios
+    }
     rows = {s.name: [*ATTACKS, *filter(None, [scenario_row(s)])] for s in scenarios}
-    total = sum(len(ps) * (len(rows[n]) + 1) for n, ps in protected.items())
-    with progress(total, "attacking") as advance:
-        matrices = {
-            s.name: attack_matrix(s, protected[s.name], rows[s.name], advance)[0] for s in attacked
-        }
+    total = sum(
+        len(s.proposals) * args.seeds + len(protected[s.name]) * len(rows[s.name])
+        for s in scenarios
+    )
     focus = next((s for s in honest if s.name == FOCUS), honest[0])
-    worlds = {p: simulate(focus, p) for p in focus.proposals}
+    with progress(total, "simulating") as advance:
+        results, matrices, worlds = compare_set(
+            honest, rows, focus.name, args.jobs, advance, args.seeds, attacked
+        )
+    runner = run_cells_on(args.jobs)
     document = results_document(results, scenarios, args.overrides)
     cells = {n: [c.model_dump(mode="json") for c in cs] for n, cs in matrices.items()}
     summary = render_text(scenarios, results, matrices, args.overrides)
+    from sim.cells import cells as cells_of
     from sim.report.realguest import render_realguest, twins  # replay scenarios' twins
 
-    realguest = render_realguest(honest, results, run_all(twins(honest)))
+    realguest = render_realguest(honest, results, runner(cells_of(twins(honest)), lambda: None))
     sens = None
     if args.cost_samples > 0:
         from sim.sensitivity import design, run_design
@@ -129,7 +145,9 @@ def main(args: argparse.Namespace) -> int:
             for s in honest
         )
         with progress(todo, "cost ranges") as advance:
-            sens = run_design(honest, points, tick=advance, one_at_a_time=oat, defaults=results)
+            sens = run_design(
+                honest, points, tick=advance, runner=runner, one_at_a_time=oat, defaults=results
+            )
     with report_dir(out, "--out") as staging:
         charts = write_charts(results, staging, matrices, worlds)
         extra: list[str] = []

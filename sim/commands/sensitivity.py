@@ -7,12 +7,17 @@ a tornado chart per scenario), ``sensitivity.json`` and ``tornado-<scenario>.png
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
-from sim.commands.common import bundled_scenarios, load_all, nonnegative
+from sim.commands.common import (
+    add_json_argument,
+    bundled_scenarios,
+    check_json,
+    load_all,
+    nonnegative,
+)
 
 
 def register(sub) -> None:
@@ -55,13 +60,28 @@ def register(sub) -> None:
     )
     p.add_argument("--out", default="reports/sensitivity", help="output directory")
     p.add_argument("--name", help="subdirectory of --out (default: 'bundled' or the first name)")
-    p.set_defaults(func=main)
+    p.add_argument(
+        "--jobs",
+        type=int,
+        metavar="N",
+        help="runs at once, each in a worker process (default: every core; 1: in this"
+        " process); the output is the same for any N",
+    )
+    add_json_argument(p, "the design, every conclusion and its verdict")
+    p.set_defaults(func=main, check=check)
+
+
+def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.jobs is not None and args.jobs < 1:
+        parser.error(f"--jobs: expected at least 1, got {args.jobs}")
 
 
 def main(args: argparse.Namespace) -> int:
     from sim.commands.console import progress
     from sim.costs import CostModel
-    from sim.matrix import with_attack
+    from sim.matrix import run_cells_on, with_attack
+    from sim.output import check_dir, report_dir, write_json, write_text
+    from sim.provenance import provenance
     from sim.report.sensitivity import section, tornado_chart
     from sim.sensitivity import design, run_design, to_json
 
@@ -77,29 +97,34 @@ def main(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         print("pkvm-sim: --seeds: expected at least 1", file=sys.stderr)
         return 2
+    check_json(args)
     paths = args.scenarios or bundled_scenarios()
     scenarios = [with_attack(s, None) for s in load_all(paths)]
     name = args.name or ("bundled" if not args.scenarios else scenarios[0].name)
     out = Path(args.out) / name
+    check_dir(out, "--out", "sensitivity.json")
     points = design(ranges, joint=args.samples, seed=args.design_seed, params=args.param)
     total = len(points) * args.seeds * sum(len(s.proposals) for s in scenarios)
     start = time.perf_counter()
     with progress(total, "re-simulating") as advance:
-        sens = run_design(scenarios, points, seeds=args.seeds, tick=advance)
+        sens = run_design(
+            scenarios, points, seeds=args.seeds, tick=advance, runner=run_cells_on(args.jobs)
+        )
     elapsed = time.perf_counter() - start
-    out.mkdir(parents=True, exist_ok=True)
-    charts = [tornado_chart(sens, s, out / f"tornado-{s}.png") for s in sens.scenarios]
-    lines = [
-        "# pkvm-sim: sensitivity of the conclusions to the cost estimates",
-        "",
-        f"Written by `pkvm-sim sensitivity` ({total} runs). Host: `honest`.",
-        "",
-        *section(sens, charts),
-    ]
-    (out / "sensitivity.md").write_text("\n".join(lines))
-    (out / "sensitivity.json").write_text(
-        json.dumps(to_json(sens), indent=2, sort_keys=True) + "\n"
-    )
+    document = {"provenance": provenance(scenarios), "sensitivity": to_json(sens)}
+    with report_dir(out, "--out") as staging:
+        charts = [tornado_chart(sens, s, staging / f"tornado-{s}.png") for s in sens.scenarios]
+        lines = [
+            "# pkvm-sim: sensitivity of the conclusions to the cost estimates",
+            "",
+            f"Written by `pkvm-sim sensitivity` ({total} runs). Host: `honest`.",
+            "",
+            *section(sens, charts),
+        ]
+        write_text(staging / "sensitivity.md", "\n".join(lines), "--out")
+        write_json(staging / "sensitivity.json", document, "--out")
+    if args.json:
+        write_json(args.json, document)
     failing = [v for v in sens.verdicts if not v.holds]
     print(
         f"{len(sens.verdicts) - len(failing)} of {len(sens.verdicts)} conclusions hold across"

@@ -14,8 +14,10 @@ An ITE whose collection MAPC V=0 freed is left out, as KVM's SAVE_TABLES leaves 
 guest page at all.
 
 Deserializing checks every entry the way RESTORE_TABLES checks guest tables (and also the
-DTE Size and pINTID bound that MAPD/MAPTI check), and is all or nothing: on any error the
-ITS is left with no device and no collection, as a failed RESTORE_TABLES leaves it. An
+DTE Size and pINTID bound that MAPD/MAPTI check, and, as both do through
+``vgic_its_check_event_id``, that each ITE's ITT slot is guest RAM), and is all or
+nothing: on any error the ITS is left with no device and no collection, as a failed
+RESTORE_TABLES leaves it. An
 ITE whose LPI an earlier ITE maps is shared (6.1) or dropped (7.3), as RESTORE_TABLES does.
 """
 
@@ -128,6 +130,10 @@ def _deserialize(its: VirtualITS, blob: bytes) -> None:
 def _restore_ite(its: VirtualITS, device: Device, event_id: int, ite: ITE, pending: bool) -> None:
     if event_id >= 1 << device.num_eventid_bits or event_id in device.ites:
         raise BlobError(ITSError.EINVAL, f"bad or repeated event {event_id:#x}")
+    if not its._check_event_id(device, event_id):
+        # vgic_its_check_event_id(): MAPTI and vgic_its_restore_ite refuse an ITE whose
+        # ITT slot is not guest RAM (kvm_is_visible_gfn), both kernels.
+        raise BlobError(ITSError.EINVAL, f"event {event_id:#x}: ITT slot outside guest RAM")
     if not r.GIC_LPI_OFFSET <= ite.intid < r.max_lpis_propbaser(its.propbaser):
         raise BlobError(ITSError.EINVAL, f"pINTID {ite.intid} out of range")
     collection = its.collections.get(ite.icid)

@@ -177,8 +177,14 @@ class VirtualITS:
             raise ValueError("nr_vcpus must be 1..512")
         if not 14 <= lpi_id_bits <= r.INTERRUPT_ID_BITS_ITS:
             raise ValueError("lpi_id_bits must be 14..16 (LPIs start at 8192; KVM caps at 16)")
-        # The Linux probe lays its tables out in the lowest 16 MiB; a bare ITS needs no room.
-        min_ram = 32 << 20 if probe else r.SZ_64K
+        # The Linux probe lays its tables out at the bottom of RAM (16 MiB up to 238 vCPUs,
+        # more for more pending tables) and leaves 16 MiB above for ITTs; a bare ITS
+        # needs no room.
+        min_ram = (
+            probe_area(nr_vcpus, two_level_device_table, lpi_id_bits) + PROBE_ITT_ROOM
+            if probe
+            else r.SZ_64K
+        )
         if ram_base % r.SZ_64K or ram_size < min_ram or ram_size % r.SZ_64K:
             raise ValueError(f"guest RAM must be 64 KiB aligned and at least {min_ram:#x} bytes")
         if memory is None:
@@ -267,13 +273,21 @@ class VirtualITS:
 
         The guest writes the command into the queue slot at GITS_CWRITER and advances
         CWRITER; KVM processes the queue inside that MMIO write.
+
+        If GITS_CBASER points outside guest RAM, the guest's store reaches no memory (no
+        memslot covers it) and KVM's ``kvm_read_guest_lock()`` of the slot fails:
+        ``vgic_its_process_commands`` (6.1 and 7.3 alike) skips the command and moves
+        GITS_CREADR on. The verdict is then ``ITSError.EFAULT``, logged as for any
+        unreadable slot.
         """
         if len(raw) != r.ITS_CMD_SIZE:
             raise ValueError(f"an ITS command is {r.ITS_CMD_SIZE} bytes, got {len(raw)}")
         if not self.enabled:
             raise ITSDisabledError("GITS_CTLR.Enabled is 0: KVM does not process commands")
         slot = self.cwriter
-        self.guest.write(r.cbaser_addr(self.cbaser) + slot, raw)
+        gpa = r.cbaser_addr(self.cbaser) + slot
+        if self.guest.visible(gpa, len(raw)):
+            self.guest.write(gpa, raw)
         before = len(self.command_log)
         self.mmio_write(r.GITS_CWRITER, (slot + r.ITS_CMD_SIZE) % r.cbaser_size(self.cbaser))
         assert len(self.command_log) == before + 1
@@ -921,7 +935,9 @@ def _linux_probe(its: VirtualITS, lpi_id_bits: int, two_level: bool) -> ITSLayou
     Register values carry Linux's memory attributes (RaWaWb, inner shareable: KVM keeps
     them as written) and PENDBASER has no PTZ, as its_cpu_init_lpis() writes it.
 
-    Allocations are 64 KiB aligned from the bottom of RAM, all below ``ram_base + 16 MiB``.
+    Allocations are 64 KiB aligned from the bottom of RAM, all below ``ram_base +
+    probe_area()``: 16 MiB, or for more than 238 vCPUs (a 64 KiB pending table each) the
+    next 16 MiB multiple that holds them.
     Linux would pick a two-level device table against KVM (512 KiB > 2 x 64 KiB) and
     allocate level-2 pages on demand; with ``two_level`` we allocate every level-2 page
     up front so any DeviceID can be mapped, and otherwise use a flat 512 KiB table.
@@ -978,8 +994,8 @@ def _linux_probe(its: VirtualITS, lpi_id_bits: int, two_level: bool) -> ITSLayou
     ct = alloc(ct_size, Label(LabelKind.COLLECTION_TABLE))
     cmdq_size = r.SZ_64K
     cmdq = alloc(cmdq_size, Label(LabelKind.CMDQ))
-    if cursor > its.kvm.ram_base + (16 << 20):
-        raise AssertionError("probe outgrew the lowest 16 MiB of RAM")
+    area = probe_area(len(its.vcpus), two_level, lpi_id_bits)
+    assert cursor <= its.kvm.ram_base + area, "probe_area() undercounts the probe's tables"
 
     its.mmio_write(r.GITS_BASER0, r.make_baser(dt, dt_size, indirect=two_level))
     its.mmio_write(r.GITS_BASER1, r.make_baser(ct, ct_size))
@@ -995,5 +1011,31 @@ def _linux_probe(its: VirtualITS, lpi_id_bits: int, two_level: bool) -> ITSLayou
         collection_table_size=ct_size,
         cmdq=cmdq,
         cmdq_size=cmdq_size,
-        free_base=its.kvm.ram_base + (16 << 20),
+        free_base=its.kvm.ram_base + area,
     )
+
+
+PROBE_AREA_ALIGN = 16 << 20  # the probe's area: a multiple of 16 MiB at the bottom of RAM
+PROBE_ITT_ROOM = 16 << 20  # RAM a probed ITS needs above the probe's area, for ITTs
+
+
+def probe_area(nr_vcpus: int, two_level: bool, lpi_id_bits: int = 16) -> int:
+    """Bytes at the bottom of RAM that :func:`_linux_probe` lays its tables out in.
+
+    The sum of its 64 KiB-rounded allocations (property table, a pending table per vCPU,
+    device table, collection table, command queue), rounded up to 16 MiB: 16 MiB for up
+    to 238 vCPUs with 16 INTID bits, 48 MiB at 512."""
+
+    def pad(size: int) -> int:
+        return -(-size // r.SZ_64K) * r.SZ_64K
+
+    dt_full = (1 << VITS_TYPER_DEVBITS) * DTE_ESZ
+    dt = r.SZ_64K + dt_full if two_level else dt_full
+    total = (
+        pad(max(1 << lpi_id_bits, r.SZ_64K))
+        + nr_vcpus * pad(max((1 << lpi_id_bits) // 8, r.SZ_64K))
+        + dt
+        + pad((1 << 16) * DTE_ESZ)
+        + r.SZ_64K
+    )
+    return -(-total // PROBE_AREA_ALIGN) * PROBE_AREA_ALIGN

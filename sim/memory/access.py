@@ -244,7 +244,12 @@ class MemorySystem:
         self.log.append(now, who.name, addr, length, write, allowed)
         watchers = ()
         if self._watchers:
-            touched = self._touched(first, last) if length else _NO_KINDS
+            if not length:
+                touched = _NO_KINDS
+            elif first == last:
+                touched = self.labels.page_kinds.get(first, _NO_KINDS)
+            else:
+                touched = self._touched(first, last)
             wanted = self._write_kinds if write else self._read_kinds
             dma_write = write and who.dma
             if dma_write or self._unfiltered or not wanted.isdisjoint(touched):

@@ -41,8 +41,9 @@ class AccessLog(ColumnLog[AccessRecord]):
     def append(
         self, time: float, actor: str, addr: int, length: int, write: bool, allowed: bool
     ) -> None:
-        index = self._index.get(actor)
-        if index is None:
+        try:
+            index = self._index[actor]
+        except KeyError:
             index = self._index[actor] = len(self._names)
             self._names.append(actor)
         self._time.append(time)

@@ -6,7 +6,7 @@ rarely", so both are kept here as sorted breakpoints rather than per byte or per
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
 from typing import Generic, TypeVar
 
@@ -64,6 +64,24 @@ class IntervalMap(Generic[V]):
             yield cur, stop, value
             cur = stop
             i += 1
+
+    def run_bounds(self, point: int) -> tuple[int | None, int | None]:
+        """``(start, end)`` of the maximal run holding ``point`` (None: unbounded)."""
+        keys = self._keys
+        i = bisect_right(keys, point) - 1
+        return (keys[i] if i >= 0 else None), (keys[i + 1] if i + 1 < len(keys) else None)
+
+    def run_list(self, start: int, end: int) -> list[tuple[int, int, V]]:
+        """``list(self.runs(start, end))``, built without a generator (a hot path)."""
+        if end <= start:
+            return []
+        keys, vals = self._keys, self._vals
+        i = bisect_right(keys, start) - 1
+        j = bisect_left(keys, end)  # keys[i + 1 : j] start runs inside the range
+        cuts = [start, *keys[i + 1 : j], end]
+        first = [vals[i] if i >= 0 else self.default]
+        values = first + vals[i + 1 : j]
+        return list(zip(cuts, cuts[1:], values, strict=False))
 
     def values(self, start: int, end: int) -> list[V]:
         """The values over ``[start, end)``, in order (a value may repeat)."""

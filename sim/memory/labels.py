@@ -52,9 +52,25 @@ class LabelMap:
     def set(self, addr: int, length: int, label: Label) -> None:
         for watch in self.watchers:
             watch(addr, length, False)
-        self._map.assign(addr, addr + length, label)
-        if length > 0:
-            self._reindex(addr >> PAGE_SHIFT, ((addr + length - 1) >> PAGE_SHIFT) + 1)
+        first, end = addr >> PAGE_SHIFT, ((addr + length - 1) >> PAGE_SHIFT) + 1
+        if length > 0 and end == first + 1:
+            # One page: if every byte relabelled was free or already of this kind, the
+            # page's kinds only gain this one (nothing can disappear from the page).
+            old = {x.kind for x in self._map.values(addr, addr + length)}
+            self._map.assign(addr, addr + length, label)
+            old.discard(LabelKind.FREE)
+            if old <= {label.kind}:
+                kinds = self.page_kinds.get(first, frozenset())
+                if label.kind is not LabelKind.FREE:
+                    kinds = kinds | {label.kind}
+                if kinds:
+                    self.page_kinds[first] = kinds
+            else:
+                self._reindex(first, end)
+        else:
+            self._map.assign(addr, addr + length, label)
+            if length > 0:
+                self._reindex(first, end)
         for watch in self.watchers:
             watch(addr, length, True)
 
@@ -90,6 +106,14 @@ class LabelMap:
     def runs(self, addr: int, length: int) -> Iterator[tuple[int, int, Label]]:
         """``(start, end, label)`` runs covering ``[addr, addr + length)``."""
         return self._map.runs(addr, addr + length)
+
+    def run_bounds(self, addr: int) -> tuple[int | None, int | None]:
+        """``(start, end)`` of the run of one label holding ``addr`` (None: unbounded)."""
+        return self._map.run_bounds(addr)
+
+    def run_list(self, addr: int, length: int) -> list[tuple[int, int, Label]]:
+        """``list(self.runs(addr, length))``, faster."""
+        return self._map.run_list(addr, addr + length)
 
     def kinds(self, addr: int, length: int) -> tuple[LabelKind, ...]:
         """The label kinds on ``[addr, addr + length)``, in address order (with repeats)."""

@@ -255,7 +255,8 @@ class PageOwnership:
             raise ValueError("nr_pages must be >= 1")
         sides = [(self._side(role, guest), before) for role, before, _ in transition.spec.sides]
         for component, before in sides:
-            for start, _end, state in self.runs(component, first_pfn, nr_pages):
+            view = self._view(component)
+            for start, _end, state in view.run_list(first_pfn, first_pfn + nr_pages):
                 if state is not before:
                     raise OwnershipError(transition, start, component, before, state)
         if transition.spec.refcount_check and self.pins:

@@ -46,14 +46,14 @@ class ITTUbuf(Proposal):
     kvm_clears_ites = False  # the ITTs are the buffer's, not guest memory's
 
     def save(self, world: World) -> Generator[object, object, Payload]:
-        from sim.world import VMM_BUFFER_BASE
+        from sim.proposals.userspace_serialization import vmm_buffer_base
 
         host = world.src.host
         costs = world.costs
         error, buf = save_tables_ubuf(host.its)
         if error is not None:
             world.its_errors.append(f"src SAVE_TABLES (ITT_UBUF): {error}")
-        host.vmm_write(VMM_BUFFER_BASE, buf)  # copy_to_user to kvm_device_attr.addr
+        host.vmm_write(vmm_buffer_base(world), buf)  # copy_to_user to kvm_device_attr.addr
         world.ledger.bytes_copied += len(buf)
         error = host.its.save_pending_tables()
         if error is not None:
@@ -64,12 +64,12 @@ class ITTUbuf(Proposal):
         return Payload(regs=host.its_regs(), blob=buf)
 
     def restore(self, world: World, payload: Payload) -> Generator:
-        from sim.world import VMM_BUFFER_BASE
+        from sim.proposals.userspace_serialization import vmm_buffer_base
 
         host = world.dst.host
-        host.vmm_write(VMM_BUFFER_BASE, payload.blob)
+        host.vmm_write(vmm_buffer_base(world), payload.blob)
         yield from host.restore_regs(payload.regs)
-        buf = host.vmm_read(VMM_BUFFER_BASE, len(payload.blob))  # copy_from_user
+        buf = host.vmm_read(vmm_buffer_base(world), len(payload.blob))  # copy_from_user
         error = restore_tables_ubuf(host.its, buf)
         if error is not None:
             world.its_errors.append(f"dst RESTORE_TABLES (ITT_UBUF): {error}")

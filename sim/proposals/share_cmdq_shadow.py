@@ -60,9 +60,25 @@ if TYPE_CHECKING:
 
 VITS_TYPER_IDBITS = 16
 ITS_ITT_ALIGN = 256
-# Host memory, far from guest RAM and the VMM buffers (sim.world.VMM_BUFFER_BASE).
-EL2_CMDQ_BASE = 0x21_0000_0000  # EL2's own queue: donated to the hyp
-KVM_RING_BASE = 0x21_0010_0000  # what EL2 forwards to KVM: host pages shared with the hyp
+# Host memory past guest RAM, 64 GiB beyond the VMM's buffer (vmm_buffer_base): EL2's own
+# queue (donated to the hyp) and, 1 MiB above it, the ring EL2 forwards to KVM (host pages
+# shared with the hyp). Derived from the layout, so no guest RAM size reaches them.
+SHADOW_QUEUES_OFFSET = 0x10_0000_0000
+KVM_RING_OFFSET = 0x10_0000
+
+
+def el2_cmdq_base(machine: Machine) -> int:
+    """EL2's own command queue, in host memory past guest RAM."""
+    from sim.proposals.userspace_serialization import vmm_buffer_base
+
+    return vmm_buffer_base(machine.lowvisor.world) + SHADOW_QUEUES_OFFSET
+
+
+def kvm_ring_base(machine: Machine) -> int:
+    """The ring of checked commands KVM runs its queue from."""
+    return el2_cmdq_base(machine) + KVM_RING_OFFSET
+
+
 POLL_INTERVAL_US = 100.0  # its_emulate.c submit_single_cmd: pkvm_udelay(100)
 POLL_TRIES = 1000  # ... timeout = 1000
 VLPI_COMMAND_BIT = 0x20  # process_cmd: "Block all VLPI related commands" (req_type & 0x20)
@@ -120,15 +136,17 @@ class ShareCmdqShadow(Proposal):
         lowvisor._hypercall("host __pkvm_host_donate_hyp", "proposal")
         yield lowvisor.world.charge(lowvisor.name, costs.host_hvc_us, "proposal")
         yield from lowvisor._apply(
-            Transition.HOST_DONATE_HYP, EL2_CMDQ_BASE >> PAGE_SHIFT, nr, cause
+            Transition.HOST_DONATE_HYP, el2_cmdq_base(machine) >> PAGE_SHIFT, nr, cause
         )
         cause = "share-cmdq-shadow: the ring EL2 forwards commands to KVM in"
-        for pfn in range(KVM_RING_BASE >> PAGE_SHIFT, (KVM_RING_BASE >> PAGE_SHIFT) + nr):
+        for pfn in range(
+            kvm_ring_base(machine) >> PAGE_SHIFT, (kvm_ring_base(machine) >> PAGE_SHIFT) + nr
+        ):
             lowvisor._hypercall("host __pkvm_host_share_hyp", "proposal")  # one pfn per call
             yield lowvisor.world.charge(lowvisor.name, costs.host_hvc_us, "proposal")
             yield from lowvisor._apply(Transition.HOST_SHARE_HYP, pfn, 1, cause)
         machine.memory.ownership.pin_shared(
-            KVM_RING_BASE >> PAGE_SHIFT, nr, owner=HOST, borrower=HYP
+            kvm_ring_base(machine) >> PAGE_SHIFT, nr, owner=HOST, borrower=HYP
         )
         self._attach(machine, st)
 
@@ -138,7 +156,7 @@ class ShareCmdqShadow(Proposal):
         lowvisor = machine.lowvisor
         costs = lowvisor.world.costs
         nr = st.ready >> PAGE_SHIFT
-        ring = KVM_RING_BASE >> PAGE_SHIFT
+        ring = kvm_ring_base(machine) >> PAGE_SHIFT
         machine.memory.ownership.unpin_shared(ring, nr)
         for pfn in range(ring, ring + nr):
             lowvisor._hypercall("host __pkvm_host_unshare_hyp", "proposal")
@@ -146,7 +164,7 @@ class ShareCmdqShadow(Proposal):
             yield from lowvisor._apply(Transition.HOST_UNSHARE_HYP, pfn, 1, "ring torn down")
         cause = "share-cmdq-shadow: EL2's queue back to the host"
         yield from lowvisor._apply(
-            Transition.HYP_DONATE_HOST, EL2_CMDQ_BASE >> PAGE_SHIFT, nr, cause
+            Transition.HYP_DONATE_HOST, el2_cmdq_base(machine) >> PAGE_SHIFT, nr, cause
         )
         st.ready = 0
 
@@ -156,7 +174,7 @@ class ShareCmdqShadow(Proposal):
         who = its.kvm.who
 
         def ring(gpa: int, length: int) -> bytes:
-            return machine.memory.read(who, KVM_RING_BASE + (gpa - st.guest_base), length)
+            return machine.memory.read(who, kvm_ring_base(machine) + (gpa - st.guest_base), length)
 
         its.cmdq_reader = ring
 
@@ -185,8 +203,8 @@ class ShareCmdqShadow(Proposal):
             slot = st.read
             pages.add((st.guest_base + slot) >> PAGE_SHIFT)
             raw = lowvisor.read_guest(st.guest_base + slot, r.ITS_CMD_SIZE)
-            memory.write(hyp, EL2_CMDQ_BASE + slot, raw)  # memcpy into EL2's own queue
-            raw = memory.read(hyp, EL2_CMDQ_BASE + slot, r.ITS_CMD_SIZE)  # decoded there
+            memory.write(hyp, el2_cmdq_base(machine) + slot, raw)  # memcpy into EL2's own queue
+            raw = memory.read(hyp, el2_cmdq_base(machine) + slot, r.ITS_CMD_SIZE)  # decoded there
             yield world.charge(
                 lowvisor.name,
                 costs.el2_cmd_parse_us + 2 * r.ITS_CMD_SIZE / (costs.memcpy_gbps * 1e3),
@@ -200,7 +218,7 @@ class ShareCmdqShadow(Proposal):
                 ok = yield from self._mapd(machine, st, raw, slot, first=slot == start)
                 if not ok:
                     break
-            memory.write(hyp, KVM_RING_BASE + slot, raw)  # forward the checked command
+            memory.write(hyp, kvm_ring_base(machine) + slot, raw)  # forward the checked command
             st.read = (slot + r.ITS_CMD_SIZE) % st.size
             st.batch += 1
         yield world.charge(lowvisor.name, len(pages) * costs.el2_fixmap_us, "proposal")
@@ -303,9 +321,9 @@ class ShareCmdqShadow(Proposal):
         self.state[dst.name] = st
         yield from self._setup(dst, st)
         hyp = self._hyp(dst)
-        queue = src.memory.read(self._hyp(src), EL2_CMDQ_BASE, st.size)
-        dst.memory.write(hyp, EL2_CMDQ_BASE, queue)
-        dst.memory.write(hyp, KVM_RING_BASE, queue)
+        queue = src.memory.read(self._hyp(src), el2_cmdq_base(src), st.size)
+        dst.memory.write(hyp, el2_cmdq_base(dst), queue)
+        dst.memory.write(hyp, kvm_ring_base(dst), queue)
         yield world.charge(
             dst.lowvisor.name, 2 * st.size / (world.costs.memcpy_gbps * 1e3), "proposal"
         )

@@ -61,10 +61,20 @@ def command_write_pages(its: VirtualITS, target: int) -> list[int]:
     base, size = r.cbaser_addr(its.cbaser), r.cbaser_size(its.cbaser)
     if target >= size:
         return []
-    itts = {
-        d.device_id: (d.itt_addr, {ev for ev, ite in d.ites.items() if ite.collection})
-        for d in its.devices.values()
-    }
+    # DeviceID -> (ITT address, EventIDs with a live ITE), or None once unmapped; read
+    # from the vITS only for the devices the batch names.
+    itts: dict[int, tuple[int, set[int]] | None] = {}
+
+    def itt(device_id: int) -> tuple[int, set[int]] | None:
+        if device_id not in itts:
+            d = its.devices.get(device_id)
+            itts[device_id] = (
+                None
+                if d is None
+                else (d.itt_addr, {ev for ev, ite in d.ites.items() if ite.collection})
+            )
+        return itts[device_id]
+
     addrs = []
     slot = its.creadr
     while slot != target:
@@ -78,18 +88,17 @@ def command_write_pages(its: VirtualITS, target: int) -> list[int]:
         except CommandDecodeError:
             continue
         if isinstance(cmd, DISCARD):
-            device = itts.get(cmd.device_id)
+            device = itt(cmd.device_id)
             if device is not None and cmd.event_id in device[1]:
                 device[1].discard(cmd.event_id)
                 addrs.append(device[0] + cmd.event_id * ITE_ESZ)
         elif isinstance(cmd, MAPD):
-            itts.pop(cmd.device_id, None)
-            if cmd.valid:
-                itts[cmd.device_id] = (cmd.itt_addr, set())
-            elif (gpa := its.check_id(its.baser_device_table, cmd.device_id)) is not None:
+            itts[cmd.device_id] = (cmd.itt_addr, set()) if cmd.valid else None
+            gpa = None if cmd.valid else its.check_id(its.baser_device_table, cmd.device_id)
+            if gpa is not None:
                 addrs.append(gpa)
-        elif isinstance(cmd, MAPTI | MAPI) and cmd.device_id in itts:
-            itts[cmd.device_id][1].add(cmd.event_id)
+        elif isinstance(cmd, MAPTI | MAPI) and (device := itt(cmd.device_id)) is not None:
+            device[1].add(cmd.event_id)
     return sorted({addr >> PAGE_SHIFT for addr in addrs})
 
 

@@ -21,6 +21,20 @@ from sim.proposals.base import Payload, Proposal
 if TYPE_CHECKING:
     from sim.world import World
 
+VMM_BUFFER_ALIGN = 1 << 30  # the VMM's buffer starts on the first 1 GiB boundary past RAM
+
+
+def vmm_buffer_base(world: World) -> int:
+    """Where the VMM's buffer lies: host memory just past the end of guest RAM.
+
+    The VMM's own memory is host memory outside every guest memslot; placing it past the
+    guest's RAM, whatever its size, keeps it out of the guest (a fixed address would land
+    inside a large guest's RAM, which a protected guest owns)."""
+    from sim.world import RAM_BASE
+
+    end = RAM_BASE + world.ram_size
+    return -(-end // VMM_BUFFER_ALIGN) * VMM_BUFFER_ALIGN
+
 
 class UserspaceSerialization(Proposal):
     name = "userspace-serialization"
@@ -29,25 +43,22 @@ class UserspaceSerialization(Proposal):
     el2_lines_source = "none: KVM (EL1) serializes into a VMM buffer; EL2 is unchanged"
 
     def save(self, world: World) -> Generator[object, object, Payload]:
-        from sim.world import VMM_BUFFER_BASE
-
         src = world.src
         host = src.host
         blob = serialize(host.its)
-        host.vmm_write(VMM_BUFFER_BASE, blob)  # copy_to_user into the VMM's buffer
+        host.vmm_write(vmm_buffer_base(world), blob)  # copy_to_user into the VMM's buffer
         world.ledger.bytes_copied += len(blob)
         costs = world.costs
         yield world.charge(host.name, 2 * costs.ioctl_us + len(blob) / (costs.memcpy_gbps * 1e3))
         return Payload(regs=host.its_regs(), blob=blob)
 
     def restore(self, world: World, payload: Payload) -> Generator:
-        from sim.world import VMM_BUFFER_BASE
-
         dst = world.dst
         host = dst.host
-        host.vmm_write(VMM_BUFFER_BASE, payload.blob)
+        buffer = vmm_buffer_base(world)
+        host.vmm_write(buffer, payload.blob)
         yield from host.restore_regs(payload.regs)
-        blob = host.vmm_read(VMM_BUFFER_BASE, len(payload.blob))  # copy_from_user
+        blob = host.vmm_read(buffer, len(payload.blob))  # copy_from_user
         error = deserialize(host.its, blob)
         if error is not None:
             world.its_errors.append(f"dst RESTORE (blob): {error}")

@@ -53,6 +53,25 @@ def test_bench_quick_writes_perf_md_with_every_section(tmp_path, capsys):
     assert "pkvm-sim bench --quick --out" in perf
     assert "`bulk` ITS driver" in perf and "57,344 LPIs" in perf
     assert "Measured at 1,000 ITEs, 2 proposals" in perf
+    # The fixed cost of one run, split into parts that add up to it.
+    assert "## The fixed cost of one run" in perf
+    run_ms = number(perf, r"proposals: \*\*([\d.]+) ms\*\*")
+    parts = [
+        float(m)
+        for m in re.findall(r"^\| (?:build|the|SimPy|collect)[^|]* \| ([\d.]+) \|", perf, re.M)
+    ]
+    assert len(parts) == 6 and run_ms > 0
+    assert sum(parts) == pytest.approx(run_ms, rel=0.02, abs=0.05)
+    # compare on one core and on every core: the same bytes.
+    row = re.search(
+        r"^\| ([\d.]+) \| ([\d.]+) \| \*\*([\d.]+)x\*\* \| ([\d.]+) \| ([\d.]+) \| (\d+)"
+        r" \| (\w+) \|$",
+        perf,
+        re.M,
+    )
+    assert row and row.group(7) == "yes" and int(row.group(6)) >= 5
+    assert float(row.group(4)) > 0 and float(row.group(5)) > 0
+    assert "over `small-vm` (1 scenarios)" in perf
 
 
 def test_growth_exponent_fits_a_power_law():

@@ -97,7 +97,9 @@ def test_sensitivity_command_writes_report_json_and_tornado(tmp_path, capsys):
     report = (out / "sensitivity.md").read_text()
     assert "conclusions hold across the whole range" in report
     assert "`trusted-host` has less ITS downtime than `userspace-serialization`" in report
-    data = json.loads((out / "sensitivity.json").read_text())
+    document = json.loads((out / "sensitivity.json").read_text())
+    assert document["provenance"]["tool"] == "pkvm-sim"
+    data = document["sensitivity"]
     assert len(data["points"]) == 1 + 2 * 2 + 2
     assert any(not c["holds_across_range"] for c in data["conclusions"])
     assert (out / "tornado-small-vm.png").read_bytes()[:4] == b"\x89PNG"

@@ -20,7 +20,7 @@ from sim.memory.access import Initiator
 from sim.memory.ownership import HOST, HYP, PageOwnership, PagePinned, PageState, Transition
 from sim.memory.physmem import PAGE_SHIFT
 from sim.proposals import PROPOSALS
-from sim.proposals.share_cmdq_shadow import EL2_CMDQ_BASE, KVM_RING_BASE
+from sim.proposals.share_cmdq_shadow import el2_cmdq_base, kvm_ring_base
 from sim.report.markdown import render
 from sim.run import collect, simulate
 from sim.scenario import ALL_PROPOSALS, load_scenario
@@ -84,10 +84,10 @@ def test_shadow_keeps_the_guest_queue_private_and_el2s_queue_hyp_owned(shadow):
         queue = range(guest.cmdq >> PAGE_SHIFT, (guest.cmdq + guest.cmdq_size) >> PAGE_SHIFT)
         if machine is guest.machine:
             assert all(own.state(HOST, pfn) is PageState.NOPAGE for pfn in queue)
-        el2 = EL2_CMDQ_BASE >> PAGE_SHIFT
+        el2 = el2_cmdq_base(machine) >> PAGE_SHIFT
         assert own.state(HYP, el2) is PageState.OWNED
         assert own.state(HOST, el2) is PageState.NOPAGE
-        ring = KVM_RING_BASE >> PAGE_SHIFT
+        ring = kvm_ring_base(machine) >> PAGE_SHIFT
         assert own.state(HYP, ring) is PageState.SHARED_BORROWED and own.pins[ring] == 1
 
 
@@ -95,8 +95,8 @@ def test_shadow_forwards_exactly_what_the_guest_queued(shadow):
     """KVM runs the ring; its bytes are the guest's commands, slot for slot."""
     dst = shadow.dst
     its = dst.host.its
-    ring = dst.memory.read(its.kvm.who, KVM_RING_BASE, its.creadr)
-    el2 = dst.memory.read(Initiator("test.hyp", HYP), EL2_CMDQ_BASE, its.creadr)
+    ring = dst.memory.read(its.kvm.who, kvm_ring_base(dst), its.creadr)
+    el2 = dst.memory.read(Initiator("test.hyp", HYP), el2_cmdq_base(dst), its.creadr)
     assert ring == el2 and any(ring)
     result = collect(shadow)
     assert result.correctness.its_correct and not result.correctness.command_errors
@@ -162,10 +162,10 @@ def ubuf():
 
 
 def test_itt_ubuf_buffer_bytes_hold_each_mapped_devices_ites(ubuf):
-    from sim.world import VMM_BUFFER_BASE
+    from sim.proposals.userspace_serialization import vmm_buffer_base
 
     dst = ubuf.dst
-    saved = dst.memory.read(dst.host.cpu, VMM_BUFFER_BASE, ubuf.ledger.bytes_copied // 2)
+    saved = dst.memory.read(dst.host.cpu, vmm_buffer_base(ubuf), ubuf.ledger.bytes_copied // 2)
     assert saved.startswith(MAGIC) and parse(saved)  # what travelled at the migration
     its = dst.host.its  # and a save of the destination as it is now
     error, buf = save_tables_ubuf(its)
@@ -262,7 +262,7 @@ def test_shadow_sets_its_queues_up_again_for_a_new_queue_size():
     world.env.process(proposal._setup(dst, st))
     world.env.run()
     own = dst.memory.ownership
-    ring, el2 = KVM_RING_BASE >> PAGE_SHIFT, EL2_CMDQ_BASE >> PAGE_SHIFT
+    ring, el2 = kvm_ring_base(dst) >> PAGE_SHIFT, el2_cmdq_base(dst) >> PAGE_SHIFT
     assert all(own.pins[p] == 1 for p in range(ring, ring + 2 * old))
     assert all(own.state(HYP, p) is PageState.OWNED for p in range(el2, el2 + 2 * old))
     assert world.ledger.hypercalls["host __pkvm_host_unshare_hyp"] == old

@@ -1,0 +1,75 @@
+"""Independent simulations in worker processes, merged in a fixed order.
+
+A :class:`Job` is one unit of work: a module-level function and its arguments (a spawned
+worker imports the function by name and unpickles the arguments, so both must be
+picklable). :func:`run_jobs` runs a list of them, ``workers`` at a time, and returns their
+results in the order of the list, whatever order they finish in: the same jobs give the
+same results, byte for byte, on one core or many. A job kind is any such function, so a
+new kind of cell (another seed, another host) is a new job, not a new runner.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Job:
+    fn: Callable[..., Any]  # a module-level function (spawn-safe)
+    args: tuple = ()
+    cost: float = 1.0  # expected run time, relative: the costliest start first
+
+
+def default_workers() -> int:
+    """Every core this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def run_jobs(
+    jobs: Sequence[Job], workers: int | None = None, advance: Callable[[], None] = lambda: None
+) -> list[Any]:
+    """``[job.fn(*job.args) for job in jobs]``, ``workers`` processes at a time.
+
+    With one worker (or one job) everything runs here, in this process. Otherwise a
+    pool of spawned processes runs them, costliest first; ``advance()`` is called here
+    as each finishes. A job's exception is raised here, after the pool is shut down."""
+    workers = default_workers() if workers is None else workers
+    if workers <= 1 or len(jobs) <= 1:
+        out = []
+        for job in jobs:
+            out.append(job.fn(*job.args))
+            advance()
+        return out
+    order = sorted(range(len(jobs)), key=lambda i: -jobs[i].cost)  # stable: ties by index
+    results: list[Any] = [None] * len(jobs)
+    ctx = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx)
+    try:
+        # At most a few jobs queued per worker: the pool hands each to the next free one.
+        pending: dict[Future, int] = {}
+        todo = iter(order)
+        for i in todo:
+            pending[pool.submit(jobs[i].fn, *jobs[i].args)] = i
+            if len(pending) >= 4 * workers:
+                break
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                results[pending.pop(future)] = future.result()
+                advance()
+                nxt = next(todo, None)
+                if nxt is not None:
+                    pending[pool.submit(jobs[nxt].fn, *jobs[nxt].args)] = nxt
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    return results

@@ -1,0 +1,68 @@
+"""sim.parallel and `compare --jobs`: the same results in the same order on any number of
+processes."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from sim.cli import main
+from sim.parallel import Job, default_workers, run_jobs
+
+
+def square_plus(x: int, y: int = 0) -> int:
+    return x * x + y + os.getpid() * 0  # runs in a worker; the pid does not leak out
+
+
+def fail_on(x: int) -> int:
+    if x == 3:
+        raise ValueError(f"job {x} failed")
+    return x
+
+
+def test_run_jobs_keeps_the_job_order_on_any_number_of_workers():
+    jobs = [Job(square_plus, (i, 1), cost=float(i % 5)) for i in range(23)]
+    expected = [i * i + 1 for i in range(23)]
+    ticks = []
+    assert run_jobs(jobs, 1, lambda: ticks.append(1)) == expected
+    assert len(ticks) == 23
+    assert run_jobs(jobs, 2, lambda: ticks.append(2)) == expected
+    assert ticks.count(2) == 23
+    assert default_workers() >= 1
+
+
+def test_a_failing_job_raises_its_error_here():
+    with pytest.raises(ValueError, match="job 3 failed"):
+        run_jobs([Job(fail_on, (i,)) for i in range(6)], 2)
+    with pytest.raises(ValueError, match="job 3 failed"):
+        run_jobs([Job(fail_on, (i,)) for i in range(6)], 1)
+
+
+def test_compare_writes_the_same_bytes_with_one_or_two_jobs(tmp_path, scenarios_dir):
+    trees = []
+    for jobs in (1, 2):
+        out = tmp_path / f"jobs{jobs}"
+        argv = [
+            "compare",
+            str(scenarios_dir / "small-vm.yaml"),
+            str(scenarios_dir / "dma-attack.yaml"),
+        ]
+        assert main([*argv, "--jobs", str(jobs), "--out", str(out), "--name", "x"]) == 0
+        trees.append({p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()})
+    assert len(trees[0]) >= 8
+    assert trees[0] == trees[1]
+
+
+def test_compare_refuses_jobs_below_one(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["compare", "--jobs", "0"])
+    assert exc.value.code == 2
+    assert "--jobs: expected at least 1, got 0" in capsys.readouterr().err
+
+
+@pytest.fixture
+def scenarios_dir():
+    from pathlib import Path
+
+    return Path(__file__).resolve().parents[2] / "scenarios"
