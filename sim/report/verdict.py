@@ -161,8 +161,8 @@ def _sensitivity(ev: Evidence, scenario: str, metric: str, pair: tuple[str, str]
             if c.kind == "ranking":
                 continue
             if v.holds:
-                return f"'{c.text}' holds at all {v.evaluated} cost points"
-            return f"'{c.text}' fails at {len(v.failed)} of {v.evaluated} cost points"
+                return f"'{c.text}' holds at all {v.evaluated} cost points x seeds"
+            return f"'{c.text}' fails at {len(v.failed)} of {v.evaluated} cost points x seeds"
     return (
         f"`{pair[0]}` and `{pair[1]}` tie at the defaults, so no conclusion on them was"
         " put to the cost ranges"

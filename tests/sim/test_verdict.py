@@ -211,9 +211,9 @@ def test_rests_on_quotes_the_sensitivity_verdict_of_the_pair(evidence):
         and v.conclusion.proposals == (SHARE, UBUF)
     ]
     said = (
-        f"holds at all {v.evaluated} cost points"
+        f"holds at all {v.evaluated} cost points x seeds"
         if v.holds
-        else f"fails at {len(v.failed)} of {v.evaluated} cost points"
+        else f"fails at {len(v.failed)} of {v.evaluated} cost points x seeds"
     )
     assert f"'{v.conclusion.text}' {said}" in verdict.marc(ev).rests_on
     assert "the sensitivity analysis did not run `live-update`" in verdict.marc(ev).rests_on
