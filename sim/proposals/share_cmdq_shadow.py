@@ -314,8 +314,12 @@ class ShareCmdqShadow(Proposal):
     def restore(self, world: World, payload: Payload) -> Generator:
         """EL2 state travels EL2 to EL2 with the VM; the destination's EL2 sets up its
         queue and ring, copies its queue across and pins the ITT pages again (the shares
-        came with guest RAM)."""
+        came with guest RAM). In a live update EL2 stays: only the new vITS is attached."""
         src, dst = world.src, world.dst
+        if dst is src:  # a host live update: EL2, its queue, ring and pins persist
+            self._attach(dst, self._state(src))  # the new host's vITS reads the same ring
+            yield from kvm_restore_tables(world, dst, payload)
+            return
         st = copy.deepcopy(self._state(src))
         st.ready = 0
         self.state[dst.name] = st
