@@ -237,6 +237,12 @@ class CostModel(BaseModel):
         " through a 4K fixmap ~700 us against ~100 us with a PMD fixmap, 'mostly due to TLBI"
         " on hyp_fixmap_unmap': (700 - 100) / 512 pages = ~1.2 us per 4K map and unmap",
         "share-cmdq-shadow maps each guest queue page it copies from on a CWRITER trap",
+        plausible=(
+            0.2,
+            3.0,
+            "the PMD-fixmap figure of the same commit (~100 us / 512 pages = 0.2 us) up to a"
+            " broadcast TLBI per unmap on a many-core server (estimate)",
+        ),
     )
     el2_creadr_poll_us: float = cited(
         0.5,
@@ -245,6 +251,7 @@ class CostModel(BaseModel):
         " each command (readq_relaxed of the ITS, a device read of a few hundred ns); the vITS"
         " variant reads the CREADR KVM publishes in a host page shared with EL2",
         "share-cmdq-shadow polls CREADR once per command it forwarded, as the series does",
+        plausible=(0.05, 1.0, "the sweep the estimate names: a shared-page load to a device read"),
     )
     iommu_map_us: float = cited(
         1.0,

@@ -63,7 +63,7 @@ def test_trace_is_trace_event_json_matching_the_runs_counts(tmp_path, capsys):
 
 def test_a_single_run_trace_names_machines_plainly(tiny, tmp_path, capsys):
     trace = tmp_path / "t.json"
-    assert main(["run", str(tiny), "--proposal", "share-host-claims", "--trace", str(trace)]) == 0
+    assert main(["run", "--seeds", "1", str(tiny), "--proposal", "share-host-claims", "--trace", str(trace)]) == 0
     events = json.loads(trace.read_text())["traceEvents"]
     names = {e["args"]["name"] for e in events if e["name"] == "process_name"}
     assert names == {"src", "dst", "migration"}
@@ -72,6 +72,6 @@ def test_a_single_run_trace_names_machines_plainly(tiny, tmp_path, capsys):
 
 def test_trace_into_a_missing_directory_is_refused_before_the_run(tiny, tmp_path, capsys):
     trace = tmp_path / "no" / "t.json"
-    assert main(["run", str(tiny), "--trace", str(trace)]) == 2
+    assert main(["run", "--seeds", "1", str(tiny), "--trace", str(trace)]) == 2
     err = capsys.readouterr().err
     assert err == f"pkvm-sim: --trace {trace}: directory {trace.parent} does not exist\n"

@@ -55,7 +55,7 @@ def test_run_seeds_prints_the_spread_and_dumps_every_seed(tmp_path, capsys):
     assert main([*argv, "--seeds", "3", "--json", str(path)]) == 0
     out = capsys.readouterr().out
     assert "kzalloc-dense-secrets (3 seeds 3-5: median [min-max]): share-cmdq-snoop" in out
-    data = json.loads(path.read_text())
+    data = json.loads(path.read_text())["results"]
     assert [r["seed"] for r in data] == [3, 4, 5]
 
 
