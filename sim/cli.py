@@ -5,15 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sim.commands import audit, bench, compare, its_save, oracle, run, scenarios, sweep
+from sim.commands import audit, bench, capture, compare, its_save, oracle, run, scenarios, sweep
 
-COMMANDS = (compare, run, audit, scenarios, sweep, bench, its_save, oracle)
+COMMANDS = (compare, run, audit, scenarios, sweep, bench, its_save, oracle, capture)
 EXAMPLES = """\
 examples:
   pkvm-sim compare                          # every bundled scenario, report in reports/
   pkvm-sim run scenarios/small-vm.yaml --proposal userspace-serialization
   pkvm-sim its-save                         # SAVE_TABLES on a normal vs a protected VM
   pkvm-sim oracle                           # real KVM and pKVM under QEMU (sets itself up)
+  pkvm-sim capture --virtio-net 6 --nvme 1  # record a real Linux guest's ITS traffic
 """
 
 

@@ -41,7 +41,21 @@ class GuestSpec(_Strict):
     two_level_device_table: bool = True
     # linux: irq-gic-v3-its.c's command pattern; bulk: a synthetic driver for scale that
     # batches commands and may map more vectors than LPIs (sim/actors/guest.py).
-    its_driver: Literal["linux", "bulk"] = "linux"
+    its_driver: Literal["linux", "bulk", "replay"] = "linux"
+    # replay: a capture file (sim/capture/format.py) played as the driver
+    # (sim/actors/replay.py), relative to the scenario file, or a bundled capture's name;
+    # colocated_as labels the capture's neighbours of each ITT: secret, kernel-data, or
+    # density (a secret with probability secret_density, as the model's neighbours).
+    capture: str | None = None
+    colocated_as: Literal["secret", "kernel-data", "density"] = "density"
+    # The guest kernel whose ITS driver the linux driver follows (sim/actors/linux_driver.py:
+    # LPI and CPU choice, ITT sizing, re-probe and free sequences as each generation does
+    # them, checked against the captures); unset: the generic model of sim/actors/guest.py.
+    kernel: KernelName | None = None
+    # At the end of the workload the guest powers off: a replay guest plays its capture's
+    # shutdown commands; a guest.kernel guest frees the vectors of devices whose drivers
+    # do so at shutdown (devices[].frees_at_shutdown).
+    power_off: bool = False
 
 
 class DeviceSpec(_Strict):
@@ -49,6 +63,15 @@ class DeviceSpec(_Strict):
     device_id: Annotated[int, Field(ge=0, le=0xFFFF)]
     vectors: Annotated[int, Field(ge=1, le=2048)]
     rate_hz: Annotated[float, Field(ge=0.0)] = 1000.0
+    # Driver facts a guest.kernel guest uses (sim/actors/linux_driver.py): the MSI-X table
+    # size (7.3 sizes the ITT by it; default: vectors), the vectors with managed affinity
+    # (the last N: queue vectors of virtio-blk, nvme), vectors probed first and freed
+    # before the full allocation (nvme: 1 admin vector), whether the driver frees its
+    # vectors at power-off (nvme_shutdown).
+    msix_table_size: Annotated[int, Field(ge=1, le=2048)] | None = None
+    managed_vectors: Annotated[int, Field(ge=0, le=2048)] = 0
+    probe_vectors: Annotated[int, Field(ge=1, le=2048)] | None = None
+    frees_at_shutdown: bool = False
 
 
 class ChurnEvent(_Strict):
@@ -224,6 +247,35 @@ class Scenario(_Strict):
                         f" devices[{seen[value]}].{field}"
                     )
                 seen[value] = i
+        if (self.guest.its_driver == "replay") != (self.guest.capture is not None):
+            raise ValueError(
+                "guest.capture: expected a capture file exactly when guest.its_driver is replay"
+            )
+        for i, device in enumerate(self.devices):
+            if device.managed_vectors > device.vectors:
+                raise ValueError(
+                    f"devices[{i}].managed_vectors: expected at most vectors ({device.vectors})"
+                )
+            if device.msix_table_size is not None and device.msix_table_size < device.vectors:
+                raise ValueError(
+                    f"devices[{i}].msix_table_size: expected at least vectors ({device.vectors})"
+                )
+        if self.guest.kernel is not None and self.guest.its_driver != "linux":
+            raise ValueError("guest.kernel: expected only with guest.its_driver: linux")
+        if self.guest.kernel is not None:
+            # its_lpi_alloc() takes a power-of-two block per device (sim/actors/linux_driver.py)
+            sizes = [
+                d.msix_table_size or d.vectors if self.guest.kernel == "7.3" else d.vectors
+                for d in self.devices
+            ]
+            blocks = sum(1 << (n - 1).bit_length() for n in sizes)
+            if blocks > (1 << 16) - 8192:
+                raise ValueError(
+                    f"devices: guest.kernel {self.guest.kernel} allocates LPIs in power-of-two"
+                    f" blocks, {blocks} in all, more than the 57344 LPIs of 16 INTID bits"
+                )
+        if self.guest.its_driver == "replay" and self.workload.churn:
+            raise ValueError("workload.churn: a replay guest plays its capture, not device churn")
         names = {d.name for d in self.devices}
         for i, event in enumerate(self.workload.churn):
             if event.device not in names:
@@ -363,7 +415,7 @@ def load_scenario(path: str | Path) -> Scenario:
             f"{path}:{line}: {_field_name(loc)}: duplicate key, first given on line {first}"
         )
     try:
-        return Scenario.model_validate(data)
+        scenario = Scenario.model_validate(data)
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         # Drop pydantic's own location parts: the root marker and union tags
@@ -381,3 +433,8 @@ def load_scenario(path: str | Path) -> Scenario:
         if "input" in err and not isinstance(err["input"], dict | list) and "got" not in msg:
             got = f", got {err['input']!r}"
         raise ScenarioError(f"{path}:{line}: {field}: {msg}{got}") from None
+    if scenario.guest.its_driver == "replay":  # the capture it plays: sim/actors/replay.py
+        from sim.actors.replay import bind_scenario
+
+        scenario = bind_scenario(scenario, path, lambda at: _node_at(root, at).start_mark.line + 1)
+    return scenario

@@ -95,7 +95,16 @@ class World:
                 machine.its_hw.initiator.name, scenario.lowvisor.mediate_physical_its
             )
             self.machines[name] = machine
-        self.guest: Guest = Guest(self, self.src)
+        if scenario.guest.its_driver == "replay":
+            from sim.actors.replay import ReplayGuest
+
+            self.guest: Guest = ReplayGuest(self, self.src)
+        elif scenario.guest.kernel is not None:
+            from sim.actors.linux_driver import LinuxGuest
+
+            self.guest = LinuxGuest(self, self.src)
+        else:
+            self.guest = Guest(self, self.src)
         self.paused = False
         self.resumed = self.env.event()
         self.vcpus = simpy.Resource(self.env, capacity=1)  # held while the guest runs a step

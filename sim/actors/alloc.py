@@ -10,19 +10,96 @@
 
 Allocators only pick addresses and set labels (simulator ground truth); the caller writes
 memory and makes the hypercalls that sharing takes.
+
+:data:`PROFILES` says which kernel generation each ``guest.allocator`` profile models and
+the figures it is calibrated to, each from a bundled capture
+(``sim/data/captures/*.capture.json``, converted from the whole-RAM dumps of
+``sim/data/real-guests/``; ``tests/capture/test_alloc_calibration.py`` checks every figure
+against the capture and against what the allocator does).
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from sim.memory.labels import Label, LabelKind, LabelMap
 from sim.memory.physmem import PAGE_SIZE
 
+
+@dataclass(frozen=True)
+class AllocatorProfile:
+    """What one ``guest.allocator`` profile models, and the measured layout it matches."""
+
+    name: str
+    generation: str  # the kernel generation (sim.its.kernel.KernelGen) it models
+    source: str  # the capture its figures come from
+    itt_home: str  # where an ITT lives
+    object_size: int | None  # the slab object holding a small ITT (None: no slab)
+    slab_order: int | None  # on the capture's 2-vCPU guest
+    objects_per_slab: int | None
+    objects_per_page: int | None
+    align: int  # the alignment of an ITT's allocation
+    others_per_itt_page: int  # other live objects on a small ITT's 4 KiB page
+
+
+PROFILES: dict[str, AllocatorProfile] = {
+    # linux-6.1.192.capture.json: all 5 ITT pages are kmalloc-512 slab pages (struct
+    # page -> kmem_cache name), order-1 slabs of 16 objects (8 KiB), 8 objects per 4 KiB
+    # page, objects 512-byte aligned; each ITT page holds 7 other live objects (slab
+    # counters inuse == objects, or only a freelist pointer in a free one).
+    "linux-kzalloc": AllocatorProfile(
+        name="linux-kzalloc",
+        generation="6.1",
+        source="linux-6.1.192.capture.json",
+        itt_home="kzalloc(max(sz, 256) + 255): a kmalloc-512 object",
+        object_size=512,
+        slab_order=1,
+        objects_per_slab=16,
+        objects_per_page=8,
+        align=512,
+        others_per_itt_page=7,
+    ),
+    # linux-7.3.4.capture.json: the 4 ITTs share one page, not a slab page (struct page
+    # has no slab_cache), at +0x000, +0x100, +0x200 and +0x300 (the 1 KiB nvme ITT is not
+    # 1 KiB aligned: itt_pool is gen_pool_create(get_order(256) = 0), first fit), the
+    # rest of the page zero: no other object.
+    "linux-shared-pool": AllocatorProfile(
+        name="linux-shared-pool",
+        generation="7.3",
+        source="linux-7.3.4.capture.json",
+        itt_home="itt_alloc_pool(): first fit in whole zeroed shared pages",
+        object_size=None,
+        slab_order=None,
+        objects_per_slab=None,
+        objects_per_page=None,
+        align=256,
+        others_per_itt_page=0,
+    ),
+}
+
+# What the other live objects on the 6.1 ITT pages were (linux-6.1.192.capture.json, the 4
+# pages of live ITTs, 28 objects, named from the symbols their pointers resolve to): a
+# kmalloc-512 neighbour is named after one of these, in these proportions.
+KMALLOC_512_NEIGHBOURS: tuple[tuple[str, int], ...] = (
+    ("kernel object (pointers into the heap only)", 16),
+    ("irq descriptor (alloc_desc)", 5),
+    ("crypto scomp transform", 2),
+    ("sysfs module parameters", 1),
+    ("network qdisc", 1),
+    ("virtio-blk driver data", 1),
+    ("zeroed allocation", 1),
+    ("block layer (blkcg) data", 1),
+)
+NEIGHBOUR_KINDS: dict[int, tuple[str, ...]] = {
+    512: tuple(kind for kind, n in KMALLOC_512_NEIGHBOURS for _ in range(n)),
+}
+
 KMALLOC_MIN = 8
 KMALLOC_MAX_CACHE_SIZE = 2 * PAGE_SIZE  # SLUB: KMALLOC_SHIFT_HIGH = PAGE_SHIFT + 1
-SLUB_MAX_ORDER = 3  # mm/slub.c: slub_max_order = PAGE_ALLOC_COSTLY_ORDER
+SLUB_MAX_ORDER = 3
+ITT_ALIGN = 256  # ITS_ITT_ALIGN  # mm/slub.c: slub_max_order = PAGE_ALLOC_COSTLY_ORDER
 
 
 def kmalloc_size_class(size: int) -> int:
@@ -91,6 +168,8 @@ class KmallocCache:
         self.free: list[int] = []
         self.slab_pages: list[int] = []
         self.secret_bytes = 0
+        self.neighbour_kinds = NEIGHBOUR_KINDS.get(size, ())
+        self._named = 0
 
     @property
     def objects_per_slab(self) -> int:
@@ -108,7 +187,12 @@ class KmallocCache:
             self.on_new_slab(slab)
 
     def put_kernel_object(self, addr: int, name: str) -> None:
-        """Another kernel user's object in a slot: a secret with ``secret_density``."""
+        """Another kernel user's object in a slot: a secret with ``secret_density``, named
+        after a measured neighbour kind where the capture has them (no random draw)."""
+        if self.neighbour_kinds:
+            kinds = self.neighbour_kinds
+            name = f"{kinds[self._named * 11 % len(kinds)]} in {name}"
+            self._named += 1
         if self.rng.random() < self.secret_density:
             self.labels.set(addr, self.size, Label(LabelKind.SECRET, name))
             self.secret_bytes += self.size
@@ -130,7 +214,12 @@ class KmallocCache:
 
 
 class SharedPool:
-    """``itt_pool``: a genpool of pages shared with the host, holding only ITTs."""
+    """``itt_pool``: a genpool of pages shared with the host, holding only ITTs.
+
+    ``gen_pool_create(get_order(ITS_ITT_ALIGN))`` is order 0 (``get_order`` counts pages):
+    ``gen_pool_alloc`` is first fit at byte granularity, and since every ITT is a multiple
+    of 256 bytes each lands 256-aligned, not size-aligned (a 1 KiB ITT after three 256-byte
+    ones sits at +0x300, as in linux-7.3.4.capture.json)."""
 
     def __init__(
         self, pages: PageAllocator, labels: LabelMap, share_page: Callable[[int], None]
@@ -146,7 +235,7 @@ class SharedPool:
         if size > PAGE_SIZE:
             raise ValueError("ITTs of a page or more come from the page allocator")
         for i, (addr, free) in enumerate(self.chunks):
-            aligned = -(-addr // size) * size  # ITT sizes are powers of two >= 256
+            aligned = -(-addr // ITT_ALIGN) * ITT_ALIGN  # chunks are 256-byte multiples
             if aligned + size <= addr + free:
                 self._take(i, aligned, size)
                 self.labels.set(aligned, size, label)

@@ -83,7 +83,10 @@ def main(args: argparse.Namespace) -> int:
     (out / "results.json").write_text(dump(results) + "\n")
     cells = {n: [c.model_dump(mode="json") for c in cs] for n, cs in matrices.items()}
     (out / "matrix.json").write_text(json.dumps(cells, indent=2, sort_keys=True) + "\n")
-    (out / "report.md").write_text(render(scenarios, results, charts, matrices))
+    from sim.report.realguest import render_realguest, twins  # replay scenarios' twins
+
+    realguest = render_realguest(honest, results, run_all(twins(honest)))
+    (out / "report.md").write_text(render(scenarios, results, charts, matrices) + realguest)
     summary = render_text(scenarios, results, matrices)
     (out / "summary.txt").write_text(summary + "\n")
     if args.format == "text":

@@ -5,8 +5,10 @@ The L1 guest runs at emulated EL2 (``virtualization=on``), so its KVM is real KV
 mounts /proc, /sys and /dev, loads the modules it was given, runs the payload, then
 returns the payload's ``/out`` file and powers off (``poweroff -f``).
 
-How ``/out`` comes back: a raw virtio-blk disk on virtio-mmio (``/dev/vda``; a header line
-in sector 0, the bytes from offset 1 MiB). Measured under TCG on this kind of machine
+How ``/out`` comes back: a raw virtio-blk disk on virtio-mmio (the ``/dev/vd*`` whose sysfs
+path is under a ``*.virtio_mmio`` platform device, so that the PCI virtio-blk disks of a
+capture's device mix do not take its place; a header line in sector 0, the bytes from
+offset 1 MiB). Measured under TCG on this kind of machine
 (7.3.4 nested, 2 vCPUs): the console carries ~0.43 MB/s of hex (1 MiB of data took 4.9 s,
 and kernel messages can interleave with it); the disk took 0.19 s for 8 MiB. Debian's
 kernels have virtio_mmio and virtio_blk as modules (no dependencies on 6.1.x or 7.3.x), so
@@ -29,7 +31,7 @@ import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +46,8 @@ OUT_HEX_MARKER = "pkvm-sim-oracle: out hex"
 OUT_END_MARKER = "pkvm-sim-oracle: out end"
 OUT_ERROR_MARKER = "pkvm-sim-oracle: out error"
 OUT_NONE_MARKER = "pkvm-sim-oracle: out none"
+# The kernel's last words before PSCI SYSTEM_OFF (kernel/reboot.c: kernel_power_off).
+POWER_OFF_MARKER = "reboot: Power down"
 OUT_MAGIC = b"PKVMSIMOUT "
 OUT_OFFSET = 1 << 20
 HEX_PREFIX = "@@"
@@ -206,11 +210,18 @@ echo "{exit_marker} $rc"
 if [ -e /out ]; then
   n=$(stat -c %s /out)
   i=0
-  while [ ! -b /dev/vda ] && [ $i -lt 20 ]; do sleep 0.1; i=$((i + 1)); done
-  if [ -b /dev/vda ]; then
-    printf '{magic}%d\\n' "$n" | dd of=/dev/vda conv=notrunc,fsync 2>/dev/null &&
-      dd if=/out of=/dev/vda bs=1048576 seek=1 conv=notrunc,fsync 2>/dev/null &&
-      echo "{disk_marker} $n" || echo "{error_marker} writing $n bytes to /dev/vda"
+  disk=
+  while [ -z "$disk" ] && [ $i -lt 20 ]; do
+    for b in /sys/block/vd*; do
+      case "$(readlink -f "$b")" in *.virtio_mmio/*) disk=/dev/${{b##*/}};; esac
+    done
+    [ -n "$disk" ] && [ -b "$disk" ] || {{ disk=; sleep 0.1; }}
+    i=$((i + 1))
+  done
+  if [ -n "$disk" ]; then
+    printf '{magic}%d\\n' "$n" | dd of=$disk conv=notrunc,fsync 2>/dev/null &&
+      dd if=/out of=$disk bs=1048576 seek=1 conv=notrunc,fsync 2>/dev/null &&
+      echo "{disk_marker} $n" || echo "{error_marker} writing $n bytes to $disk"
   else
     echo 1 > /proc/sys/kernel/printk
     echo "{hex_marker} $n"
@@ -424,6 +435,7 @@ def run_l1(
     output_mib: int = 64,
     qemu_extra: Sequence[str] = (),
     progress: Progress = lambda line: None,
+    after_power_off: Callable[[bytes | None], None] | None = None,
 ) -> BootResult:
     """Boot ``kernel`` with ``initramfs`` (from ``build_initramfs``) until it powers off.
 
@@ -432,6 +444,12 @@ def run_l1(
     and :class:`BootError` when it stopped without reaching /init or before the payload
     finished; both carry the last console lines. ``output_mib`` bounds /out (the disk's
     size); ``qemu_extra`` is appended to QEMU's arguments (e.g. ``-trace``).
+
+    ``after_power_off(out)``: QEMU runs with ``-no-shutdown``, and once the guest has said
+    it powers off (:data:`POWER_OFF_MARKER`) the hook is called with its /out while QEMU is
+    still alive (the VM stopped, its RAM and registers readable through a monitor the
+    caller put in ``qemu_extra``); QEMU is killed when the hook returns or raises, if it
+    has not quit. The hook bounds its own waits.
     """
     runs = cache_dir() / "runs"
     runs.mkdir(parents=True, exist_ok=True)
@@ -448,13 +466,14 @@ def run_l1(
         cmdline_extra=cmdline_extra,
         memory_mib=memory_mib,
         cpus=cpus,
-        qemu_extra=qemu_extra,
+        qemu_extra=[*qemu_extra, *(["-no-shutdown"] if after_power_off else [])],
     )
     mode = "protected" if protected else ("nested" if nested else "no EL2")
     progress(f"boot {kernel.name} ({kernel.release or kernel.version}, {mode})")
     try:
         log = runs / f"{kernel.name}-{mode.replace(' ', '-')}.console"
-        return _run(argv, disk, log, timeout_s, min(init_timeout_s, timeout_s), kernel, progress)
+        init_s = min(init_timeout_s, timeout_s)
+        return _run(argv, disk, log, timeout_s, init_s, kernel, progress, after_power_off)
     finally:
         disk.unlink(missing_ok=True)
 
@@ -467,6 +486,7 @@ def _run(
     init_timeout_s: float,
     kernel: Kernel,
     progress: Progress,
+    after_power_off: Callable[[bytes | None], None] | None = None,
 ) -> BootResult:
     start = time.monotonic()
     try:
@@ -483,6 +503,7 @@ def _run(
     recent: deque[str] = deque(maxlen=CONSOLE_TAIL)
     init_seen = threading.Event()
     init_at: list[float] = []
+    powered_off = threading.Event()
 
     def reader() -> None:
         assert proc.stdout is not None
@@ -493,6 +514,8 @@ def _run(
             if not init_seen.is_set() and INIT_MARKER in line:
                 init_at.append(time.monotonic() - start)
                 init_seen.set()
+            if init_seen.is_set() and POWER_OFF_MARKER in line:
+                powered_off.set()
 
     thread = threading.Thread(target=reader, daemon=True)
     thread.start()
@@ -505,6 +528,9 @@ def _run(
                 break
             if now > timeout_s:
                 timed_out = f"not powered off after {timeout_s:.0f} s"
+                break
+            if after_power_off is not None and powered_off.is_set():
+                after_power_off(_read_output(list(lines), disk))
                 break
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=0.2)

@@ -60,10 +60,17 @@ class Matrix:
 
     @property
     def reuses_freed_itts(self) -> bool:
-        """kzalloc'd ITTs (slab slots, reused once freed) and a device the guest removes."""
-        return self.scenario.guest.allocator == "linux-kzalloc" and any(
-            e.action == "remove" for e in self.scenario.workload.churn
-        )
+        """kzalloc'd ITTs (slab slots, reused once freed) and a device the guest removes,
+        or a replayed guest whose capture unmaps one (6.1's nvme re-probe: MAPD V=0)."""
+        if self.scenario.guest.allocator != "linux-kzalloc":
+            return False
+        if self.scenario.guest.its_driver == "replay":
+            from sim.actors.replay import capture_of
+            from sim.its.commands import MAPD, decode
+
+            cmds = (decode(c.encode()) for c in capture_of(self.scenario).commands)
+            return any(isinstance(c, MAPD) and not c.valid for c in cmds)
+        return any(e.action == "remove" for e in self.scenario.workload.churn)
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +127,10 @@ def test_share_host_claims_falls_to_the_secret_page_as_itt_claim(matrices):
         read = new(run, base, "did-read")
         assert read, name
         for v in read:
-            assert v.actor == "src.host.attack"
+            # The attacker reads them; so does the VMM's migration stream when a claimed
+            # page is one the save dirties (a replayed 6.1 guest's lowest secrets share
+            # the ITT pages), the claim still the cause in the chain.
+            assert v.actor in ("src.host.attack", "src.host.vmm")
             assert v.victim.startswith("secret:")
             assert "host claim: secret page named as an ITT" in v.chain[1], v.chain
         assert new(run, base, "could-read"), name
@@ -162,7 +172,10 @@ def test_share_cmdq_snoop_blocks_the_claim_but_stale_shares_outlive_the_unmap(ma
     for m in reusing:
         name = m.scenario.name
         base = m.base("share-cmdq-snoop")
-        for attack in ("keep-stale-share", "delay-commands"):
+        replay = m.scenario.guest.its_driver == "replay"
+        # A replayed 6.1 guest unmaps an ITT only in its boot's nvme re-probe (and at
+        # power-off, after the window): delaying every queue delays that boot, not a share.
+        for attack in ("keep-stale-share",) if replay else ("keep-stale-share", "delay-commands"):
             cell = m.cells[attack, "share-cmdq-snoop"]
             run = m.runs[attack, "share-cmdq-snoop"]
             assert cell.outcome == "succeeded", (name, attack, cell)
@@ -170,7 +183,10 @@ def test_share_cmdq_snoop_blocks_the_claim_but_stale_shares_outlive_the_unmap(ma
             assert window > WINDOW_TOLERANCE_MS, (name, attack)
             assert "outlived MAPD V=0" in cell.why
             exposed = new(run, base, "could-read")
-            assert exposed and all(v.victim.startswith("secret:") for v in exposed), attack
+            assert all(v.victim.startswith("secret:") for v in exposed), attack
+            # A model guest's freed slot is soon another object, maybe a secret; a replay's
+            # stays free, as its dump found it: there the same neighbours stay exposed longer.
+            assert exposed or m.scenario.guest.its_driver == "replay", attack
             # New bytes inside the window, or the same ones for longer (the cell compares
             # runs over the scenario's window; a hold can push the reuse past it).
             assert cell.bytes > 0 or cell.byte_ms > 0, cell
@@ -178,7 +194,7 @@ def test_share_cmdq_snoop_blocks_the_claim_but_stale_shares_outlive_the_unmap(ma
         # Sitting on the MAPD V=0 holds the share as long as the host holds the queue.
         hold = m.runs["keep-stale-share", "share-cmdq-snoop"].summary.post_unmap_share_ms
         delay = m.runs["delay-commands", "share-cmdq-snoop"].summary.post_unmap_share_ms
-        assert hold > delay > 0, name
+        assert hold > delay > 0 or (replay and hold > 0), name
 
 
 def test_without_a_reused_itt_nothing_outlives_an_unmap_under_share_cmdq_snoop(matrices):
