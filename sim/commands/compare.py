@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from sim.commands.common import BUNDLED, bundled_scenarios, dump, load_all
+from sim.commands.common import BUNDLED, bundled_scenarios, dump, load_all, run_all
 
 FOCUS = "kzalloc-dense-secrets"  # the scenario the timeline and memory map show, if run
 
