@@ -407,6 +407,11 @@ def write_capture(capture: Capture, path: str | Path) -> None:
     path = Path(path)
     text = dump_capture(capture)
     parse_capture(text, str(path))  # what we write, we can read back
+    write_atomic(path, text)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """``text`` into ``path`` through a temporary file beside it, renamed into place."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:

@@ -49,6 +49,7 @@ from sim.capture.format import (
     Registers,
     dump_capture,
     parse_capture,
+    write_atomic,
 )
 from sim.capture.qemu import KINDS, Device, device_args, guest_modules
 from sim.capture.qmp import QMP, GuestRAM, QMPError
@@ -427,17 +428,6 @@ def scenario_text(
     return "\n".join(lines) + "\n"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def scenario_name(path: Path) -> str:
     stem = path.name.removesuffix(".yaml").lower()
     name = re.sub(r"[^a-z0-9-]+", "-", stem).strip("-")
@@ -532,8 +522,8 @@ def run_capture(options: CaptureOptions, progress: Progress, command: str = "pkv
         parse_capture(text, str(out))
         ref = os.path.relpath(out.resolve(), scenario.resolve().parent)
         scen = scenario_text(capture, ref, scenario_name(scenario), command, options.devices)
-        _atomic_write(out, text)
-        _atomic_write(scenario, scen)
+        write_atomic(out, text)
+        write_atomic(scenario, scen)
         if options.raw_dir is not None:
             keep_raw(options.raw_dir, trace_path, rb)
     finally:
