@@ -11,6 +11,7 @@ output whole or the new one complete, never a mix and never a truncated file.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import json
@@ -183,6 +184,7 @@ def report_dir(path: str | Path, flag: str) -> Iterator[Path]:
     """
     target = Path(path)
     label = f"{flag} {path}"
+    made = [d for d in (target.parent, *target.parent.parents) if not d.exists()]
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(
@@ -204,6 +206,9 @@ def report_dir(path: str | Path, flag: str) -> Iterator[Path]:
             os.rename(staging, target)
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
+        for d in made:  # innermost first; only if still empty
+            with contextlib.suppress(OSError):
+                d.rmdir()
         if isinstance(exc, OSError):
             where = f" ({exc.filename})" if exc.filename else ""
             raise OutputError(f"{label}: {_reason(exc)}{where}") from None

@@ -335,7 +335,14 @@ def _dask(
                     if type(error).__name__ == "KilledWorker":
                         raise DaskLost(f"a cell killed every worker it ran on at {where}: {error}")
                     raise error  # the cell itself failed: a bug, with its traceback
-                done(index[future.key], future.result())
+                try:
+                    # Done, but its result lived on a worker that has since gone: Dask
+                    # recomputes it when a worker comes back, so it is pending again.
+                    result = future.result(timeout=DASK_POLL_S)
+                except TimeoutError:
+                    pending.add(future)
+                    continue
+                done(index[future.key], result)
             if not pending:
                 break
             try:

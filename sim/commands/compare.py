@@ -177,7 +177,8 @@ def main(args: argparse.Namespace) -> int:
         print(summary)
     print(
         f"compared {plural(len(scenarios), 'scenario')}:"
-        f" {plural(len(results), 'run')} with an honest host ({args.seeds} seeds each) and"
+        f" {plural(len(results), 'run')} with an honest host"
+        f" ({plural(args.seeds, 'seed')} each) and"
         f" {plural(sum(len(c) for c in matrices.values()), 'attack run')}",
         file=status,
     )

@@ -124,7 +124,8 @@ class ShareCmdqShadow(Proposal):
     def _setup(self, machine: Machine, st: ShadowState) -> Generator:
         """``pkvm_setup_its_shadow_cmdq``: the host donates EL2's queue and shares (pinned)
         the ring KVM reads; KVM is told to run its queue from the ring."""
-        if st.ready == st.size:
+        if st.ready == st.size:  # the same queue; a reset vITS (new_vits) reads it afresh
+            self._attach(machine, st)
             return
         if st.ready:  # a new queue size (a new kernel's CBASER): start again
             yield from self._teardown(machine, st)

@@ -84,8 +84,12 @@ def render_text(
             ok = all(r.correctness.its_correct for r in runs)
             own = med(lambda r: r.costs.hypercalls_by_proposal)
             driver = med(lambda r: r.costs.hypercalls - r.costs.hypercalls_by_proposal)
+            name = runs[0].proposal
+            if len(name) > 22:  # a plugin's long name: on its own line, the figures below
+                out.append(f"  {name}")
+                name = ""
             out.append(
-                f"  {runs[0].proposal:<23}{med(lambda r: r.exposure.peak_exposed_bytes):>8,.0f}"
+                f"  {name:<23}{med(lambda r: r.exposure.peak_exposed_bytes):>8,.0f}"
                 f"{med(lambda r: r.exposure.dma_reachable_peak_bytes):>8,.0f}"
                 f"{med(lambda r: r.costs.its_downtime_ms):>7.3f}{f'{driver:,.0f}+{own:,.0f}':>9}"
                 f"{med(lambda r: r.costs.pages_shared):>7,.0f}{errors:>4,}"

@@ -24,7 +24,9 @@ def test_every_command_has_json():
 
 
 def test_json_dash_is_stdout_and_the_tables_go_to_stderr(tiny, capsys):
-    assert main(["run", "--seeds", "1", str(tiny), "--proposal", "trusted-host", "--json", "-"]) == 0
+    assert (
+        main(["run", "--seeds", "1", str(tiny), "--proposal", "trusted-host", "--json", "-"]) == 0
+    )
     captured = capsys.readouterr()
     data = json.loads(captured.out)  # stdout is the JSON and nothing else
     assert [r["proposal"] for r in data["results"]] == ["trusted-host"]
@@ -48,7 +50,7 @@ def test_json_dash_works_for_other_commands(argv, capsys):
 
 def test_set_overrides_a_field_and_is_validated_like_the_file(tiny, tmp_path, capsys):
     path = tmp_path / "r.json"
-    argv = ["run", str(tiny), "--proposal", "trusted-host", "--json", str(path)]
+    argv = ["run", str(tiny), "--proposal", "trusted-host", "--seeds", "1", "--json", str(path)]
     assert main([*argv, "--set", "devices[0].vectors=7", "--set", "costs.tlbi_us=2.5"]) == 0
     data = json.loads(path.read_text())
     (result,) = data["results"]
@@ -81,7 +83,23 @@ def test_a_bad_set_names_the_override_and_exits_2(tiny, capsys, override, messag
 
 
 def test_compare_format_text_prints_only_the_summary_on_stdout(tiny, tmp_path, capsys):
-    assert main(["compare", "--seeds", "1", "--cost-samples", "0", str(tiny), "--out", str(tmp_path), "--format", "text"]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "--seeds",
+                "1",
+                "--cost-samples",
+                "0",
+                str(tiny),
+                "--out",
+                str(tmp_path),
+                "--format",
+                "text",
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     assert captured.out == (tmp_path / "tiny" / "summary.txt").read_text()
     assert "compared 1 scenario: 2 runs with an honest host" in captured.err

@@ -24,8 +24,10 @@ def _no_run(monkeypatch) -> None:
     def refuse(*args, **kwargs):
         raise AssertionError("simulated before checking its outputs")
 
-    for module in ("sim.commands.run", "sim.commands.compare"):
-        monkeypatch.setattr(f"{module}.run_all", refuse)
+    # Every simulation goes through simulate(), in this process or a worker's. sim.matrix
+    # first: importing it while sim.run.simulate is patched would bind the patch.
+    for name in ("sim.matrix.simulate", "sim.run.simulate", "sim.parallel.run_jobs"):
+        monkeypatch.setattr(name, refuse)
     monkeypatch.setattr("sim.sweep.run_cell", refuse)
 
 
@@ -62,7 +64,12 @@ def test_json_into_a_missing_directory_is_refused_before_any_run(
 
 
 def test_json_onto_dev_full_is_one_line_and_exit_2(tiny, capsys):
-    assert main(["run", "--seeds", "1", str(tiny), "--proposal", "trusted-host", "--json", "/dev/full"]) == 2
+    assert (
+        main(
+            ["run", "--seeds", "1", str(tiny), "--proposal", "trusted-host", "--json", "/dev/full"]
+        )
+        == 2
+    )
     line = _one_line(capsys.readouterr().err)
     assert line == "pkvm-sim: --json /dev/full: no space left on device"
 
@@ -97,14 +104,19 @@ def test_a_read_only_directory_is_found_before_any_run(tiny, small_fs, monkeypat
 
 def test_a_disk_that_fills_while_writing_leaves_no_partial_report(tiny, small_fs, capsys):
     fs = small_fs(200)  # passes the up-front check, cannot hold the charts
-    assert main(["compare", "--seeds", "1", "--cost-samples", "0", str(tiny), "--out", str(fs)]) == 2
+    assert (
+        main(["compare", "--seeds", "1", "--cost-samples", "0", str(tiny), "--out", str(fs)]) == 2
+    )
     line = _one_line(capsys.readouterr().err)
     assert line.startswith(f"pkvm-sim: --out {fs / 'tiny'}: no space left on device")
     assert list(fs.iterdir()) == []  # neither the report nor its staging directory
 
 
 def test_an_interrupt_while_writing_keeps_the_old_report_whole(tiny, tmp_path, monkeypatch, capsys):
-    assert main(["compare", "--seeds", "1", "--cost-samples", "0", str(tiny), "--out", str(tmp_path)]) == 0
+    assert (
+        main(["compare", "--seeds", "1", "--cost-samples", "0", str(tiny), "--out", str(tmp_path)])
+        == 0
+    )
     old = tree(tmp_path)
     from sim.report import charts
 
@@ -125,9 +137,28 @@ def test_an_interrupt_while_writing_keeps_the_old_report_whole(tiny, tmp_path, m
 
 def test_a_new_report_replaces_the_old_one_whole(tiny, tmp_path, capsys):
     reports = tmp_path / "reports"
-    assert main(["compare", "--seeds", "1", "--cost-samples", "0", str(tiny), "--out", str(reports)]) == 0
+    assert (
+        main(["compare", "--seeds", "1", "--cost-samples", "0", str(tiny), "--out", str(reports)])
+        == 0
+    )
     (reports / "tiny" / "stale.png").write_bytes(b"from an older version")
-    assert main(["compare", "--seeds", "1", "--cost-samples", "0", str(tiny), "--out", str(reports), "--set", "guest.vcpus=4"]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "--seeds",
+                "1",
+                "--cost-samples",
+                "0",
+                str(tiny),
+                "--out",
+                str(reports),
+                "--set",
+                "guest.vcpus=4",
+            ]
+        )
+        == 0
+    )
     assert not (reports / "tiny" / "stale.png").exists()
     assert sorted(p.name for p in reports.iterdir()) == ["tiny"]  # nothing left beside
 
@@ -137,7 +168,10 @@ def test_a_directory_that_is_not_a_report_is_not_replaced(tiny, tmp_path, monkey
     mine = tmp_path / "tiny"
     mine.mkdir()
     (mine / "notes.txt").write_text("mine\n")
-    assert main(["compare", "--seeds", "1", "--cost-samples", "0", str(tiny), "--out", str(tmp_path)]) == 2
+    assert (
+        main(["compare", "--seeds", "1", "--cost-samples", "0", str(tiny), "--out", str(tmp_path)])
+        == 2
+    )
     line = _one_line(capsys.readouterr().err)
     assert "exists and is not a pkvm-sim report (no results.json)" in line
     assert (mine / "notes.txt").read_text() == "mine\n"

@@ -54,7 +54,8 @@ def test_report_summary_and_captions_name_the_cost_model_used(tiny, tmp_path, ca
 
 
 def test_summary_has_one_legend_readable_overrides_and_right_plurals(tiny, tmp_path, capsys):
-    argv = ["compare", str(tiny), "--out", str(tmp_path), "--set", "guest.vcpus=4"]
+    argv = ["compare", str(tiny), "--seeds", "1", "--cost-samples", "0", "--out", str(tmp_path)]
+    argv += ["--set", "guest.vcpus=4"]
     assert main(argv) == 0
     summary = (tmp_path / "tiny" / "summary.txt").read_text()
     lines = summary.splitlines()
@@ -71,7 +72,7 @@ def test_summary_has_one_legend_readable_overrides_and_right_plurals(tiny, tmp_p
     assert lines.index(header) > start + 7
     assert "{" not in summary  # no Python dict repr of overrides
     assert max(len(line) for line in lines) <= 72
-    assert "compared 1 scenario: 2 runs with an honest host and 11 attack runs" in (
+    assert "compared 1 scenario: 2 runs with an honest host (1 seed each) and 11 attack runs" in (
         capsys.readouterr().out
     )
 

@@ -14,7 +14,7 @@ PROPOSALS = ["share-host-claims", "iommu-gated-its"]  # in the scenario's order
 
 def test_trace_is_trace_event_json_matching_the_runs_counts(tmp_path, capsys):
     trace, results = tmp_path / "t.json", tmp_path / "r.json"
-    argv = ["run", MALICIOUS, "--trace", str(trace), "--json", str(results)]
+    argv = ["run", MALICIOUS, "--seeds", "1", "--trace", str(trace), "--json", str(results)]
     assert main([*argv, *(a for p in PROPOSALS for a in ("--proposal", p))]) == 0
     doc = json.loads(trace.read_text())
     events = doc["traceEvents"]
@@ -63,7 +63,21 @@ def test_trace_is_trace_event_json_matching_the_runs_counts(tmp_path, capsys):
 
 def test_a_single_run_trace_names_machines_plainly(tiny, tmp_path, capsys):
     trace = tmp_path / "t.json"
-    assert main(["run", "--seeds", "1", str(tiny), "--proposal", "share-host-claims", "--trace", str(trace)]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--seeds",
+                "1",
+                str(tiny),
+                "--proposal",
+                "share-host-claims",
+                "--trace",
+                str(trace),
+            ]
+        )
+        == 0
+    )
     events = json.loads(trace.read_text())["traceEvents"]
     names = {e["args"]["name"] for e in events if e["name"] == "process_name"}
     assert names == {"src", "dst", "migration"}
