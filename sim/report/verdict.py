@@ -180,16 +180,21 @@ def _sensitivity(ev: Evidence, names: list[str], metric: str, pair: tuple[str, s
         else:
             tied.append(name)
     for text, outcomes in said.items():
-        notes.append(f"'{text}' " + "; ".join(f"{o} in {_names(ns)}" for o, ns in outcomes.items()))
+        notes.append(
+            f"'{text}' " + "; ".join(f"{o} in {_names(ns, names)}" for o, ns in outcomes.items())
+        )
     if tied:
         notes.append(
-            f"`{pair[0]}` and `{pair[1]}` tie at the defaults in {_names(tied)}, so no"
+            f"`{pair[0]}` and `{pair[1]}` tie at the defaults in {_names(tied, names)}, so no"
             " conclusion on them there was put to the cost ranges"
         )
     return "; ".join(notes)
 
 
-def _names(names: list[str]) -> str:
+def _names(names: list[str], of: list[str] | None = None) -> str:
+    """The scenarios by name, or "all N scenarios" when they are every one of ``of``."""
+    if of is not None and len(names) > 1 and sorted(names) == sorted(of):
+        return f"all {len(names)} scenarios"
     return ", ".join(f"`{n}`" for n in names)
 
 
@@ -255,7 +260,9 @@ def _grouped(found: dict[str, tuple[Word, str]]) -> str:
     out = []
     for word in ("refuted", "partly", "supported"):
         names = [(n, detail) for n, (w, detail) in found.items() if w == word]
-        if names:
+        if len(names) == len(found) > 1 and not any(d for _, d in names):
+            out.append(f"{word} in all {len(names)} scenarios")
+        elif names:
             listed = ", ".join(f"`{n}`" + (f" ({d})" if d else "") for n, d in names)
             out.append(f"{word} in {plural(len(names), 'scenario')}: {listed}")
     return "; ".join(out)
