@@ -38,7 +38,14 @@ from typing import TYPE_CHECKING
 
 from sim.actors.alloc import PageAllocator
 from sim.actors.guest import HEAP_SLAB_PAGES, LPI_PROP_DEFAULT, LPI_PROP_ENABLED, Guest
-from sim.capture.format import Capture, CaptureError, ITTPage, load_capture, resolve_capture
+from sim.capture.format import (
+    Capture,
+    CaptureError,
+    ITTPage,
+    bundled_captures,
+    load_capture,
+    resolve_capture,
+)
 from sim.its import regs as r
 from sim.its.commands import DISCARD, INV, MAPC, MAPD, MAPTI, MOVI, SYNC, decode
 from sim.memory.labels import Label, LabelKind
@@ -488,5 +495,10 @@ def bind_scenario(scenario: Scenario, path: Path, line_of: Callable[[tuple], int
         raise ScenarioError(f"{path}:{line_of(loc)}: guest.capture: {exc}") from None
     for loc, msg in check_scenario(scenario, capture):
         raise ScenarioError(f"{path}:{line_of(loc)}: {_field_name(loc)}: {msg}")
-    guest = scenario.guest.model_copy(update={"capture": str(found)})
+    # A bundled capture keeps its name (it resolves on any machine, so results.json's
+    # provenance does not carry this checkout's path); any other file its absolute path.
+    name = scenario.guest.capture or ""
+    bundled = bundled_captures()
+    keep = name if name in bundled and bundled[name].resolve() == found else str(found)
+    guest = scenario.guest.model_copy(update={"capture": keep})
     return scenario.model_copy(update={"guest": guest})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,13 @@ def test_replaying_the_models_own_stream_changes_no_cost(tmp_path: Path):
         a, b = run(replay, proposal), run(model, proposal)
         assert a.costs == b.costs, proposal
         assert a.correctness == b.correctness, proposal
+
+
+def test_a_bundled_capture_keeps_its_name_so_provenance_is_machine_independent():
+    from sim.provenance import provenance
+
+    root = Path(__file__).resolve().parents[2]
+    scenario = load_scenario(root / "scenarios" / "real-guest-6.1.yaml")
+    assert scenario.guest.capture == "linux-6.1.192"
+    assert str(root) not in json.dumps(provenance([scenario])["scenarios"])
+    assert run(scenario, "trusted-host").correctness.its_correct  # it still plays
