@@ -511,7 +511,7 @@ CHART_METRICS = [
     ("costs.its_downtime_ms", "ITS downtime (ms)", False),
     ("costs.hypercalls", "hypercalls", False),
     ("costs.pages_shared", "pages shared", False),
-    ("exposure.peak_exposed_bytes", "peak exposed bytes", True),  # drawn on a log scale
+    ("exposure.peak_exposed_bytes", "peak secret B exposed", True),  # drawn on a log scale
 ]
 
 

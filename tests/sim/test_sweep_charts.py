@@ -148,7 +148,7 @@ def test_axis_labels_say_log_scale_never_symlog(tmp_path, drawn):
     (fig,) = drawn.values()
     texts = [t.get_text() for t in fig.findobj(Text)]
     assert not [t for t in texts if "symlog" in t]
-    assert any(t == "peak exposed bytes (log scale)" for t in texts)
+    assert any(t == "peak secret B exposed (log scale)" for t in texts)
 
 
 def test_no_user_visible_string_in_the_package_says_symlog():
