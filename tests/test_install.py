@@ -69,6 +69,12 @@ def test_installed_commands_find_the_bundled_scenarios(venv):
     assert "small-vm" in names and len(names) == len(list((ROOT / "scenarios").glob("*.yaml")))
     run = sh(bin_ / "pkvm-sim", "run", "small-vm", "--proposal", "trusted-host", cwd=work)
     assert "small-vm (seed" in run.stdout and "ITS correct" in run.stdout
+    # compare with no scenario: every bundled one, from the package data (one seed, no
+    # sensitivity section, to keep the test short; the README's full run is in test_compare).
+    out = work / "bundled-reports"
+    sh(bin_ / "pkvm-sim", "compare", "--seeds", "1", "--cost-samples", "0", "--out", out, cwd=work)
+    report = (out / "bundled" / "report.md").read_text()
+    assert report.count("\n## Scenario `") == len(names)
 
 
 def test_pyarrow_is_only_in_the_sweep_extra(venv):

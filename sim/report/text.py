@@ -85,7 +85,7 @@ def render_text(
             own = med(lambda r: r.costs.hypercalls_by_proposal)
             driver = med(lambda r: r.costs.hypercalls - r.costs.hypercalls_by_proposal)
             name = runs[0].proposal
-            if len(name) > 22:  # a plugin's long name: on its own line, the figures below
+            if len(name) > 23:  # a plugin's long name: on its own line, the figures below
                 out.append(f"  {name}")
                 name = ""
             out.append(

@@ -20,6 +20,7 @@ paragraph's figures; a reader who reads the claim differently has the numbers.
 from __future__ import annotations
 
 import textwrap
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -27,6 +28,7 @@ from sim.cells import Spread, by_cell, spread
 from sim.costs import CostModel
 from sim.liveupdate import LiveUpdateCost
 from sim.report.kernel_events import KernelEventOutcome
+from sim.report.words import plural
 from sim.run import RunResult
 from sim.scenario import Scenario
 from sim.sensitivity import Sensitivity
@@ -149,23 +151,76 @@ def _estimates(names: tuple[str, ...]) -> str:
     return "the estimated costs " + ", ".join(parts) + " (sim/costs.py: defaults, ranges)"
 
 
-def _sensitivity(ev: Evidence, scenario: str, metric: str, pair: tuple[str, str]) -> str:
-    """Whether the default run's conclusion on ``pair`` survives the cost ranges."""
+def _sensitivity(ev: Evidence, names: list[str], metric: str, pair: tuple[str, str]) -> str:
+    """Whether the default runs' conclusion on ``pair`` survives the cost ranges, over the
+    scenarios ``names``: one clause per conclusion, its scenarios grouped by outcome."""
     if ev.sens is None:
         return "the cost ranges were not run in this compare (--cost-samples 0)"
-    if scenario not in ev.sens.scenarios:
-        return f"the sensitivity analysis did not run `{scenario}`"
-    for v in ev.sens.verdicts:
-        c = v.conclusion
-        if c.scenario == scenario and c.metric == metric and set(c.proposals) == set(pair):
-            if c.kind == "ranking":
-                continue
-            if v.holds:
-                return f"'{c.text}' holds at all {v.evaluated} cost points x seeds"
-            return f"'{c.text}' fails at {len(v.failed)} of {v.evaluated} cost points x seeds"
+    said: dict[str, dict[str, list[str]]] = {}  # conclusion text -> outcome -> scenarios
+    notes = []
+    missing = [n for n in names if n not in ev.sens.scenarios]
+    if missing:
+        notes.append(f"the sensitivity analysis did not run {_names(missing)}")
+    tied = []
+    for name in names:
+        if name in missing:
+            continue
+        for v in ev.sens.verdicts:
+            c = v.conclusion
+            if c.scenario == name and c.metric == metric and set(c.proposals) == set(pair):
+                if c.kind == "ranking":
+                    continue
+                outcome = (
+                    f"holds at all {v.evaluated} cost points x seeds"
+                    if v.holds
+                    else f"fails at {len(v.failed)} of {v.evaluated} cost points x seeds"
+                )
+                said.setdefault(c.text, {}).setdefault(outcome, []).append(name)
+                break
+        else:
+            tied.append(name)
+    for text, outcomes in said.items():
+        notes.append(
+            f"'{text}' " + "; ".join(f"{o} in {_names(ns, names)}" for o, ns in outcomes.items())
+        )
+    if tied:
+        notes.append(
+            f"`{pair[0]}` and `{pair[1]}` tie at the defaults in {_names(tied, names)}, so no"
+            " conclusion on them there was put to the cost ranges"
+        )
+    return "; ".join(notes)
+
+
+def _names(names: list[str], of: list[str] | None = None) -> str:
+    """The scenarios by name, or "all N scenarios" when they are every one of ``of``."""
+    if of is not None and len(names) > 1 and sorted(names) == sorted(of):
+        return f"all {len(names)} scenarios"
+    return ", ".join(f"`{n}`" for n in names)
+
+
+def _span(values: list[float], fmt: Callable[[float], str], unit: str = "") -> str:
+    """``low-high`` over scenarios (their medians), or the value when all agree."""
+    lo, hi = min(values), max(values)
+    return (fmt(lo) if lo == hi else f"{fmt(lo)}-{fmt(hi)}") + unit
+
+
+def _count(v: float) -> str:
+    return f"{v:,.0f}"
+
+
+def _falls(ev: Evidence, proposal: str, names: list[str]) -> str:
+    """How many attacks succeed against ``proposal`` per scenario, and which, with the
+    number of scenarios each succeeds in."""
+    names = [n for n in names if ev.attacked(n, proposal)]
+    if not names:
+        return "no attack matrix"
+    fell = [ev.fell(n, proposal) for n in names]
+    which = Counter(a for f in fell for a in f)
+    listed = ", ".join(f"{a} in {k}" for a, k in which.most_common()) or "none succeeds"
     return (
-        f"`{pair[0]}` and `{pair[1]}` tie at the defaults, so no conclusion on them was"
-        " put to the cost ranges"
+        f"{_span([len(f) for f in fell], _count)} of"
+        f" {_span([ev.attacked(n, proposal) for n in names], _count)} attacks per scenario"
+        f" ({listed})"
     )
 
 
@@ -199,6 +254,20 @@ def _itsms(r: RunResult) -> float:
     return r.costs.its_downtime_ms
 
 
+def _grouped(found: dict[str, tuple[Word, str]]) -> str:
+    """Scenarios grouped by their word, each with its figure: "partly in 2 scenarios:
+    `a` (X), `b` (Y); supported in 1: `c` (Z)"."""
+    out = []
+    for word in ("refuted", "partly", "supported"):
+        names = [(n, detail) for n, (w, detail) in found.items() if w == word]
+        if len(names) == len(found) > 1 and not any(d for _, d in names):
+            out.append(f"{word} in all {len(names)} scenarios")
+        elif names:
+            listed = ", ".join(f"`{n}`" + (f" ({d})" if d else "") for n, d in names)
+            out.append(f"{word} in {plural(len(names), 'scenario')}: {listed}")
+    return "; ".join(out)
+
+
 def marc(ev: Evidence) -> Paragraph:
     who = "Marc Zyngier"
     claim = (
@@ -212,30 +281,31 @@ def marc(ev: Evidence) -> Paragraph:
     # (a) sharing through existing APIs: correct, and what it exposes against the RFC.
     plain = [s for s in ev.plain() if ev.has(s.name, SHARE, UBUF)]
     if plain:
-        parts = []
+        found: dict[str, tuple[Word, str]] = {}
+        lost = []
         for s in plain:
             share = ev.spread(s.name, SHARE, _exposure)
             ubuf = ev.spread(s.name, UBUF, _exposure)
-            correct = all(r.correctness.its_correct for r in ev.groups[s.name, SHARE])
-            word = (
-                "refuted"
-                if not correct
-                else "partly"
-                if share.median > ubuf.median
-                else "supported"
-            )
-            words.append(word)
-            parts.append(
-                f"{word} in `{s.name}` ({_seeds(ev, s.name)}, allocator {s.guest.allocator}):"
-                f" `{SHARE}` {'keeps' if correct else 'does NOT keep'} every translation and"
-                f" exposes {_b(share)} of secrets to the host's stage-2 against {_b(ubuf)}"
-                f" for `{UBUF}`"
-            )
-            rests.append(_sensitivity(ev, s.name, "peak_exposed_bytes", (SHARE, UBUF)))
-        figures.append(
-            "(a) sharing through existing APIs, " + "; ".join(parts) + " (partly if sharing"
-            " keeps every translation but exposes more than the RFC)."
+            if not all(r.correctness.its_correct for r in ev.groups[s.name, SHARE]):
+                lost.append(s.name)
+                found[s.name] = ("refuted", "translations lost")
+            elif share.median > ubuf.median:
+                found[s.name] = ("partly", f"{s.guest.allocator}: {_b(share)} against {_b(ubuf)}")
+            else:
+                found[s.name] = ("supported", "")
+        words += [w for w, _ in found.values()]
+        kept = (
+            f"`{SHARE}` keeps every translation in {_every(len(plain))}"
+            if not lost
+            else f"`{SHARE}` does NOT keep every translation in {_names(lost)}"
         )
+        figures.append(
+            f"(a) sharing through existing APIs: {kept}; the secret bytes it exposes to the"
+            f" host's stage-2 against `{UBUF}`'s: " + _grouped(found) + " (supported where"
+            " sharing exposes no more than the RFC, partly where it keeps every translation"
+            " but exposes more)."
+        )
+        rests.append(_sensitivity(ev, [s.name for s in plain], "peak_exposed_bytes", (SHARE, UBUF)))
     else:
         figures.append(
             f"(a) not in this run: no ordinary migration scenario ran both `{SHARE}` and `{UBUF}`."
@@ -260,7 +330,7 @@ def marc(ev: Evidence) -> Paragraph:
                 f" part {costs[UBUF].save.serial_us + costs[UBUF].restore.serial_us:.2f} us"
                 " per VM"
             )
-            rests.append(_sensitivity(ev, name, "its_downtime_ms", (UBUF, SHARE)))
+        rests.append(_sensitivity(ev, live, "its_downtime_ms", (UBUF, SHARE)))
         figures.append(
             "(b) live update, "
             + "; ".join(parts)
@@ -316,18 +386,14 @@ def woodhouse(ev: Evidence) -> Paragraph:
             f" {', '.join(dirty) or 'none'}; nothing written under"
             f" {', '.join(f'`{p}`' for p in clean) or 'no proposal'}"
         )
-    for s in ev.plain():  # his other points: the GIC behind an IOMMU; EL2 snooping the queue
-        named = [(IOMMU, "the GIC behind an IOMMU"), (SNOOP, "EL2 snooping the queue")]
-        seen = [(p, what) for p, what in named if ev.attacked(s.name, p)]
-        if seen:
-            parts.append(
-                f"on his other points, in `{s.name}` "
-                + ", ".join(
-                    f"`{p}` ({what}) falls to {len(ev.fell(s.name, p))} of"
-                    f" {ev.attacked(s.name, p)} attacks"
-                    for p, what in seen
-                )
-            )
+    attacked = [s.name for s in ev.plain() if s.name in ev.matrices]
+    named = [(IOMMU, "the GIC behind an IOMMU"), (SNOOP, "EL2 snooping the queue")]
+    seen = [(p, what) for p, what in named if any(ev.attacked(n, p) for n in attacked)]
+    if seen:  # his other points
+        parts.append(
+            f"on his other points, over {_matrices(len(attacked))}: "
+            + "; ".join(f"`{p}` ({what}) falls to {_falls(ev, p, attacked)}" for p, what in seen)
+        )
     return Paragraph(
         who,
         claim,
@@ -351,46 +417,51 @@ def ilias(ev: Evidence) -> Paragraph:
         return _missing(
             who, claim, f"no ordinary migration scenario ran both `{UBUF}` and `{SERIAL}`"
         )
-    words, parts, rests = [], [], []
+    found: dict[str, tuple[Word, str]] = {}
+    stage2, dma = {UBUF: [], SERIAL: []}, {UBUF: [], SERIAL: []}
     for s in plain:
-        ubuf, serial = ev.spread(s.name, UBUF, _exposure), ev.spread(s.name, SERIAL, _exposure)
-        dma_u = ev.spread(s.name, UBUF, lambda r: r.exposure.dma_reachable_peak_bytes)
-        dma_s = ev.spread(s.name, SERIAL, lambda r: r.exposure.dma_reachable_peak_bytes)
-        fell_u, fell_s = ev.fell(s.name, UBUF), ev.fell(s.name, SERIAL)
-        if ubuf.median > serial.median or dma_u.median > dma_s.median:
-            words.append("refuted")
-        elif len(fell_u) > len(fell_s):
-            words.append("partly")
-        else:
-            words.append("supported")
-        attacks = (
-            f"attacks that succeed: {len(fell_u)} of {ev.attacked(s.name, UBUF)} against"
-            f" `{UBUF}` ({'; '.join(fell_u) or 'none'}), {len(fell_s)} of"
-            f" {ev.attacked(s.name, SERIAL)} against `{SERIAL}` ({'; '.join(fell_s) or 'none'})"
-            if s.name in ev.matrices
-            else "no attack matrix"
-        )
-        parts.append(
-            f"in `{s.name}` ({_seeds(ev, s.name)}) secret bytes exposed to the host's"
-            f" stage-2 {_b(ubuf)} for `{UBUF}` against {_b(serial)}, DMA-reachable"
-            f" {_b(dma_u)} against {_b(dma_s)}; {attacks}"
-        )
-        rests.append(_sensitivity(ev, s.name, "peak_exposed_bytes", (UBUF, SERIAL)))
-    for name, rows in ev.events.items():
-        o = {r.proposal: r for r in rows}
-        if UBUF in o:
-            parts.append(
-                f"after the kernel events of `{name}` `{UBUF}` has {o[UBUF].written_bytes:,} B"
-                " of guest data written"
+        for p in (UBUF, SERIAL):
+            stage2[p].append(ev.spread(s.name, p, _exposure).median)
+            dma[p].append(
+                ev.spread(s.name, p, lambda r: r.exposure.dma_reachable_peak_bytes).median
             )
+        more = stage2[UBUF][-1] > stage2[SERIAL][-1] or dma[UBUF][-1] > dma[SERIAL][-1]
+        falls = len(ev.fell(s.name, UBUF)) > len(ev.fell(s.name, SERIAL))
+        if more:
+            found[s.name] = ("refuted", "exposes more")
+        elif falls:
+            found[s.name] = ("partly", "more attacks succeed")
+        else:
+            found[s.name] = ("supported", "")
+    attacked = [s.name for s in plain if s.name in ev.matrices]
+    parts = [
+        f"over {plural(len(plain), 'scenario')} (scenario medians) secret bytes exposed to the"
+        f" host's stage-2 {_span(stage2[UBUF], _count, ' B')} for `{UBUF}` against"
+        f" {_span(stage2[SERIAL], _count, ' B')}, DMA-reachable {_span(dma[UBUF], _count, ' B')}"
+        f" against {_span(dma[SERIAL], _count, ' B')}"
+    ]
+    if attacked:
+        parts.append(
+            f"attacks that succeed: against `{UBUF}` {_falls(ev, UBUF, attacked)}, against"
+            f" `{SERIAL}` {_falls(ev, SERIAL, attacked)}"
+        )
+    parts.append(_grouped(found))
+    written = {name: {r.proposal: r for r in rows} for name, rows in ev.events.items()}
+    after = [(n, o[UBUF].written_bytes) for n, o in written.items() if UBUF in o]
+    if after:
+        parts.append(
+            f"after the kernel events `{UBUF}` has guest data written: "
+            + ", ".join(f"{b:,} B in `{n}`" for n, b in after)
+        )
     return Paragraph(
         who,
         claim,
-        _combine(words),
-        "; ".join(parts) + " (refuted if it exposes more than serialization, partly if more attacks"
-        " succeed).",
+        _combine([w for w, _ in found.values()]),
+        "; ".join(parts) + " (refuted if it exposes more than serialization, partly if more"
+        " attacks succeed).",
         "the buffer format is this model's own (the RFC's is not available); the guest"
-        " driver shares the device and collection tables as mainline Linux does; " + _join(rests),
+        " driver shares the device and collection tables as mainline Linux does; "
+        + _join([_sensitivity(ev, [s.name for s in plain], "peak_exposed_bytes", (UBUF, SERIAL))]),
     )
 
 
@@ -404,45 +475,81 @@ def shadow(ev: Evidence) -> Paragraph:
     plain = [s for s in ev.plain() if ev.has(s.name, SHADOW)]
     if not plain:
         return _missing(who, claim, f"no ordinary migration scenario ran `{SHADOW}`")
-    words, parts, rests = [], [], [_estimates(SHADOW_COSTS)]
-    for s in plain:
-        fell_shadow, fell_snoop = ev.fell(s.name, SHADOW), ev.fell(s.name, SNOOP)
-        if s.name not in ev.matrices or not ev.attacked(s.name, SHADOW):
-            attack = "no attack matrix"
-        else:
-            closed = [a for a in fell_snoop if a not in fell_shadow]
-            opened = [a for a in fell_shadow if a not in fell_snoop]
-            if closed:
-                words.append("partly" if opened else "supported")
-            else:  # no attack that beats snooping is stopped: refuted, unless none beats it
-                words.append("refuted" if fell_shadow else "partly")
-            attack = (
-                f"attacks that succeed: {len(fell_shadow)} of {ev.attacked(s.name, SHADOW)}"
-                f" against `{SHADOW}`, {len(fell_snoop)} of {ev.attacked(s.name, SNOOP)}"
-                f" against `{SNOOP}`; closed by the copy: {'; '.join(closed) or 'none'};"
-                f" open for both: {'; '.join(a for a in fell_shadow if a in fell_snoop) or 'none'}"
-                f"; open only with the copy: {'; '.join(opened) or 'none'}"
-            )
-        own = ev.spread(s.name, SHADOW, lambda r: r.costs.hypercalls_by_proposal)
-        el2 = ev.spread(s.name, SHADOW, lambda r: r.costs.proposal_el2_us)
-        its = ev.spread(s.name, SHADOW, _itsms)
-        cost = (
-            f"its own part {_n(own)} hypercalls and {_us(el2)} of EL2 time, ITS downtime {_ms(its)}"
+    found: dict[str, tuple[Word, str]] = {}
+    closed: Counter[str] = Counter()
+    both: Counter[str] = Counter()
+    opened: Counter[str] = Counter()
+    attacked = [s.name for s in plain if s.name in ev.matrices and ev.attacked(s.name, SHADOW)]
+    for name in attacked:
+        fell_shadow, fell_snoop = ev.fell(name, SHADOW), ev.fell(name, SNOOP)
+        shut = [a for a in fell_snoop if a not in fell_shadow]
+        new = [a for a in fell_shadow if a not in fell_snoop]
+        closed.update(shut)
+        opened.update(new)
+        both.update(a for a in fell_shadow if a in fell_snoop)
+        if shut:
+            found[name] = ("partly" if new else "supported", "")
+        else:  # no attack that beats snooping is stopped: refuted, unless none beats it
+            found[name] = ("refuted" if fell_shadow else "partly", "")
+
+    def listed(c: Counter[str]) -> str:
+        return ", ".join(f"{a} in {k}" for a, k in c.most_common()) or "none"
+
+    parts = []
+    if attacked:
+        parts.append(
+            f"over {_matrices(len(attacked))}, attacks that"
+            f" succeed: {_span([len(ev.fell(n, SHADOW)) for n in attacked], _count)} of"
+            f" {_span([ev.attacked(n, SHADOW) for n in attacked], _count)} against `{SHADOW}`,"
+            f" {_span([len(ev.fell(n, SNOOP)) for n in attacked], _count)} of"
+            f" {_span([ev.attacked(n, SNOOP) for n in attacked], _count)} against `{SNOOP}`;"
+            f" closed by the copy: {listed(closed)}; open for both: {listed(both)}; open only"
+            f" with the copy: {listed(opened)}; " + _grouped(found)
         )
-        if ev.has(s.name, SHARE):
-            cost += f" against {_ms(ev.spread(s.name, SHARE, _itsms))} for `{SHARE}`"
-            rests.append(_sensitivity(ev, s.name, "its_downtime_ms", (SHADOW, SHARE)))
-        parts.append(f"in `{s.name}` ({_seeds(ev, s.name)}) {attack}; {cost}")
+    else:
+        parts.append("no attack matrix")
+    names = [s.name for s in plain]
+
+    def medians(p: str, metric: Callable[[RunResult], float]) -> list[float]:
+        return [ev.spread(n, p, metric).median for n in names if ev.has(n, p)]
+
+    cost = (
+        f"its own part {_span(medians(SHADOW, lambda r: r.costs.hypercalls_by_proposal), _count)}"
+        f" hypercalls and {_span(medians(SHADOW, lambda r: r.costs.proposal_el2_us), _us1)} us"
+        f" of EL2 time, ITS downtime {_span(medians(SHADOW, _itsms), _ms3)} ms"
+    )
+    rests = [_estimates(SHADOW_COSTS)]
+    with_share = [n for n in names if ev.has(n, SHARE)]
+    if with_share:
+        cost += f" against {_span(medians(SHARE, _itsms), _ms3)} ms for `{SHARE}`"
+        rests.append(_sensitivity(ev, with_share, "its_downtime_ms", (SHADOW, SHARE)))
+    parts.append(f"over {plural(len(names), 'scenario')} (scenario medians) {cost}")
     return Paragraph(
         who,
         claim,
-        _combine(words) if words else "not in this run",
+        _combine([w for w, _ in found.values()]) if found else "not in this run",
         "; ".join(parts)
         + " (supported if some attack that beats snooping fails against the copy and none"
         " beats only the copy).",
         "the vITS variant of a series written for the physical ITS (EL2 forwards to KVM"
         " at EL1 rather than to an ITS); " + _join(rests),
     )
+
+
+def _matrices(n: int) -> str:
+    return plural(n, "attack matrix", "attack matrices")
+
+
+def _every(n: int) -> str:
+    return "the one scenario" if n == 1 else f"all {n} scenarios"
+
+
+def _us1(v: float) -> str:
+    return f"{v:,.1f}"
+
+
+def _ms3(v: float) -> str:
+    return f"{v:.3f}"
 
 
 POSITIONS = (marc, woodhouse, ilias, shadow)

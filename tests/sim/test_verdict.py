@@ -61,7 +61,7 @@ def test_figures_are_the_runs(evidence):
     share = _result(ev, "kzalloc-dense-secrets", SHARE).exposure.peak_exposed_bytes
     assert share > 0  # kzalloc'd ITTs share their pages with secrets
     marc = verdict.marc(ev)
-    assert f"exposes {share:,} B of secrets" in marc.figures
+    assert f"linux-kzalloc: {share:,} B against 0 B" in marc.figures
     lu_u = _result(ev, "live-update", UBUF).costs.its_downtime_ms
     lu_s = _result(ev, "live-update", SHARE).costs.its_downtime_ms
     assert f"{lu_u:.3f} ms for `{UBUF}` against {lu_s:.3f} ms" in marc.figures
@@ -91,7 +91,7 @@ def test_seeds_that_differ_are_quoted_as_median_and_range(evidence):
     )
     third = other.model_copy(update={"seed": base.seed + 2})
     two = Evidence(ev.scenarios, [*ev.results, other, third], ev.matrices, ev.live, ev.events)
-    assert f"exposes 10 [10-{base.exposure.peak_exposed_bytes:,}] B" in verdict.marc(two).figures
+    assert f"10 [10-{base.exposure.peak_exposed_bytes:,}] B against" in verdict.marc(two).figures
 
 
 def _with(ev: Evidence, scenario: str, proposal: str, update) -> Evidence:
@@ -217,3 +217,20 @@ def test_rests_on_quotes_the_sensitivity_verdict_of_the_pair(evidence):
     )
     assert f"'{v.conclusion.text}' {said}" in verdict.marc(ev).rests_on
     assert "the sensitivity analysis did not run `live-update`" in verdict.marc(ev).rests_on
+
+
+def test_scenarios_with_the_same_word_are_one_clause(evidence):
+    """Fourteen scenarios give one grouped clause per word, not fourteen sentences."""
+    ev = evidence
+    name = "kzalloc-dense-secrets"
+    plain = next(s for s in ev.scenarios if s.name == name)
+    twin = plain.model_copy(update={"name": "twin"})
+    rows = [r.model_copy(update={"scenario": "twin"}) for r in ev.results if r.scenario == name]
+    both = Evidence([*ev.scenarios, twin], [*ev.results, *rows], ev.matrices, ev.live, ev.events)
+    share = _result(ev, name, SHARE).exposure.peak_exposed_bytes
+    figure = f"(linux-kzalloc: {share:,} B against 0 B)"
+    marc = verdict.marc(both).figures
+    assert f"partly in 2 scenarios: `{name}` {figure}, `twin` {figure}" in marc
+    assert "keeps every translation in all 2 scenarios" in marc
+    ilias = verdict.ilias(both).figures
+    assert ilias.count("secret bytes exposed") == 1 and "over 2 scenarios" in ilias
