@@ -1,7 +1,8 @@
 """The chart of a sweep against one varied field: each metric per proposal, the mean of
 the runs behind each point and their spread (least to greatest run).
 
-A numeric field is drawn on a number line, a line per proposal through its means; any
+A numeric field is drawn on a number line, a line per proposal through its means (set
+a sliver of the closest values' gap apart, so proposals with equal values stay visible); any
 other field (strings, booleans, a mix) as categories in the order --vary gave them, each
 proposal's marker dodged sideways and no line between categories, which have no order.
 The caption says what each point averages over, counted from the rows.
