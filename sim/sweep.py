@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import itertools
-import math
 import os
 import re
 import time
@@ -512,7 +511,7 @@ CHART_METRICS = [
     ("costs.its_downtime_ms", "ITS downtime (ms)", False),
     ("costs.hypercalls", "hypercalls", False),
     ("costs.pages_shared", "pages shared", False),
-    ("exposure.peak_exposed_bytes", "peak exposed bytes (symlog)", True),
+    ("exposure.peak_exposed_bytes", "peak secret B exposed", True),  # drawn on a log scale
 ]
 
 
@@ -521,46 +520,16 @@ def _slug(field: str) -> str:
 
 
 def write_charts(sweep: Sweep, out: Path) -> list[Path]:
-    """Per varied field: each metric against it, a line per proposal (mean over seeds and
-    the other varied fields)."""
-    import matplotlib as mpl
-    from matplotlib.figure import Figure
-
-    from sim.report.charts import COLOURS, STYLE
+    """Per varied field: each metric against it per proposal, each point the mean over
+    the seeds and the other varied fields, with the least to greatest run
+    (sim/report/sweepchart.py; categorical fields as categories)."""
+    from sim.report.sweepchart import figure
 
     paths = []
-    proposals = [p for p in ALL_PROPOSALS if any(r["proposal"] == p for r in sweep.rows)]
     for field in sweep.fields:
-        xs = list(dict.fromkeys(r[field] for r in sweep.rows))
-        numeric = all(isinstance(x, int | float) and not isinstance(x, bool) for x in xs)
-        xs = sorted(xs) if numeric else xs
-        pos = xs if numeric else list(range(len(xs)))
-        with mpl.rc_context(STYLE):
-            fig = Figure(figsize=(8, 2.0 * len(CHART_METRICS) + 1.4), layout="constrained")
-            axes = fig.subplots(len(CHART_METRICS), 1, squeeze=False, sharex=True)[:, 0]
-            for ax, (metric, label, log) in zip(axes, CHART_METRICS, strict=True):
-                for proposal in proposals:
-                    ys = []
-                    for x in xs:
-                        vals = [
-                            r[metric]
-                            for r in sweep.rows
-                            if r["proposal"] == proposal and r[field] == x
-                        ]
-                        ys.append(sum(vals) / len(vals) if vals else math.nan)
-                    colour = COLOURS[ALL_PROPOSALS.index(proposal) % len(COLOURS)]
-                    ax.plot(pos, ys, marker="o", ms=3, label=proposal, color=colour)
-                ax.set_ylabel(label)
-                if log:
-                    ax.set_yscale("symlog", linthresh=1)
-            if not numeric:
-                axes[-1].set_xticks(pos, [str(x) for x in xs])
-            axes[-1].set_xlabel(field)
-            fig.suptitle(f"{sweep.rows[0]['scenario']}: metrics against {field}")
-            handles, labels = axes[0].get_legend_handles_labels()
-            fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=7)
-            path = out / f"vs-{_slug(field)}.png"
-            fig.savefig(path, metadata={"Software": None})
+        fig = figure(sweep.rows, sweep.fields, field, CHART_METRICS)
+        path = out / f"vs-{_slug(field)}.png"
+        fig.savefig(path, metadata={"Software": None})
         paths.append(path)
     return paths
 

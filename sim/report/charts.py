@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from sim.cells import by_cell, spread
+from sim.report.words import plural
 from sim.run import RunResult
 from sim.scenario import describe_behaviours
 
@@ -28,10 +29,25 @@ STYLE = {
     "axes.spines.top": False,
     "axes.spines.right": False,
 }
-# Colour-blind safe (Okabe-Ito), one colour per proposal across every chart.
-COLOURS = ["#000000", "#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7"]
-# Actors (host, lowvisor per machine) in greys and earth tones, never a proposal's colour.
-ACTOR_COLOURS = ["#4D4D4D", "#A6761D", "#999999", "#E6AB02", "#7570B3", "#66A61E"]
+# One colour per proposal across every chart (proposal_colour): Okabe-Ito's colour-blind
+# safe set without its yellow (too faint on white), then Tol's wine, indigo and olive.
+COLOURS = [
+    "#000000",
+    "#E69F00",
+    "#56B4E9",
+    "#009E73",
+    "#0072B2",
+    "#D55E00",
+    "#CC79A7",
+    "#882255",
+    "#332288",
+    "#999933",
+]
+# Actors (host, lowvisor per machine) in greys and browns, never a proposal's colour
+# (tests/sim/test_chart_colours.py: at least 25 CIELAB units from each): hosts grey,
+# lowvisors brown, the source darker than the destination (actor_colour).
+ACTOR_COLOURS = ["#4D4D4D", "#6B3E26", "#B3B3B3", "#C49A6C", "#7F7F7F", "#8C6D46"]
+ACTORS = ["src.host", "src.lowvisor", "dst.host", "dst.lowvisor"]
 LABEL_COLOURS = {
     "secret": "#D55E00",
     "kernel-data": "#BBBBBB",
@@ -51,7 +67,8 @@ STACK_ORDER = [
     *[k for k in LABEL_COLOURS if k not in ("its-itt", "kernel-data", "secret")],
     "free",
 ]
-OUTCOMES = ["blocked", "availability", "succeeded"]
+OUTCOMES = ["blocked", "availability", "succeeded"]  # sim.matrix.Cell.outcome's words
+OUTCOME_COLOURS = {"blocked": "#E8F3E8", "availability": "#F0E442", "succeeded": "#D55E00"}
 # Migration phases in pastel tones, apart from both the proposal and the actor colours.
 PHASE_COLOURS = {
     "save": "#8DD3C7",
@@ -59,6 +76,23 @@ PHASE_COLOURS = {
     "import guest pages": "#FDB462",
     "restore": "#80B1D3",
 }
+
+
+def proposal_colour(proposal: str) -> str:
+    """The proposal's colour in every chart: by its place among the registered proposals
+    (a plugin's after the built-ins; past len(COLOURS) proposals the colours repeat)."""
+    from sim.scenario import ALL_PROPOSALS
+
+    names = list(ALL_PROPOSALS)
+    index = names.index(proposal) if proposal in names else len(names)
+    return COLOURS[index % len(COLOURS)]
+
+
+def actor_colour(actor: str) -> str:
+    """The actor's colour in every chart (the timeline's lanes, the CPU bars); an actor
+    other than the four of ACTORS gets the fifth colour."""
+    index = ACTORS.index(actor) if actor in ACTORS else len(ACTORS)
+    return ACTOR_COLOURS[index % len(ACTOR_COLOURS)]
 
 
 def _hosts(results: list[RunResult]) -> str:
@@ -103,7 +137,7 @@ def _bars(
             [y or 0 for y in ys],
             width,
             label=proposal,
-            color=COLOURS[i % len(COLOURS)],
+            color=proposal_colour(proposal),
             yerr=yerr,
             error_kw={"elinewidth": 0.8, "capsize": 1.5, "ecolor": "0.35"},
         )
@@ -202,8 +236,10 @@ def matrix_chart(matrices: dict[str, list], path: Path, focus: str) -> Path:
                 fontsize=7,
                 color="white" if v > len(scenarios) / 2 else "black",
             )
-        left.set_title(f"attack succeeded in k of the {len(scenarios)} scenarios compared")
-        cmap = ListedColormap(["#E8F3E8", "#F0E442", "#D55E00"])
+        left.set_title(
+            f"attack succeeded in k of the {plural(len(scenarios), 'scenario')} compared"
+        )
+        cmap = ListedColormap([OUTCOME_COLOURS[o] for o in OUTCOMES])
         right.imshow(outcome, cmap=cmap, vmin=0, vmax=2, aspect="auto")
         right.set_title(f"scenario {focus}: outcome per cell")
         for (i, j), v in np.ndenumerate(outcome):
@@ -236,7 +272,7 @@ def timeline_chart(worlds: dict, path: Path) -> Path:
                     colour = (
                         PHASE_COLOURS.get(s.what, "#DDDDDD")
                         if lane == "migration"
-                        else ACTOR_COLOURS[row - 1]
+                        else actor_colour(lane)
                     )
                     ax.broken_barh(
                         [(s.start - start, max(s.end - s.start, 0.05))],
@@ -253,9 +289,7 @@ def timeline_chart(worlds: dict, path: Path) -> Path:
         axes[-1].set_xlabel("microseconds since the vCPUs were paused (same axis in every panel)")
         axes[-1].set_xlim(left=0)
         legend = [Patch(color=c, label=f"phase: {k}") for k, c in PHASE_COLOURS.items()]
-        legend += [
-            Patch(color=ACTOR_COLOURS[i], label=f"{lane} busy") for i, lane in enumerate(lanes[1:])
-        ]
+        legend += [Patch(color=actor_colour(lane), label=f"{lane} busy") for lane in lanes[1:]]
         fig.legend(handles=legend, loc="outside lower center", ncols=4, fontsize=7)
         world = next(iter(worlds.values()))
         fig.suptitle(
@@ -332,14 +366,14 @@ def cpu_chart(results: list[RunResult], path: Path, focus: str) -> Path:
         fig = Figure(figsize=(8, 4), layout="constrained")
         ax = fig.subplots()
         bottom = np.zeros(len(groups))
-        for i, actor in enumerate(actors):
+        for actor in actors:
             ms = np.array(
                 [
                     spread(runs, lambda r, a=actor: r.costs.cpu_us.get(a, 0.0) / 1000).median
                     for runs in groups.values()
                 ]
             )
-            ax.bar(range(len(groups)), ms, bottom=bottom, label=actor, color=ACTOR_COLOURS[i])
+            ax.bar(range(len(groups)), ms, bottom=bottom, label=actor, color=actor_colour(actor))
             bottom += ms
         ax.set_xticks(range(len(groups)), proposals, rotation=20, ha="right")
         ax.set_ylabel("CPU time (ms)")

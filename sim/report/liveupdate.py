@@ -15,7 +15,7 @@ import matplotlib as mpl
 from matplotlib.figure import Figure
 
 from sim.liveupdate import VM_COUNTS, LiveUpdateCost
-from sim.report.charts import COLOURS, STYLE
+from sim.report.charts import STYLE, proposal_colour
 from sim.scenario import Scenario
 
 
@@ -44,7 +44,7 @@ def chart(scenario: Scenario, costs: dict[str, LiveUpdateCost], path: Path) -> P
         for i, (proposal, cost) in enumerate(costs.items()):
             low = [cost.blackout_us(n)[0] / 1000 for n in VM_COUNTS]
             high = [cost.blackout_us(n)[1] / 1000 for n in VM_COUNTS]
-            colour = COLOURS[i % len(COLOURS)]
+            colour = proposal_colour(proposal)
             marker = "osD^vx*"[i % 7]
             ax.plot(VM_COUNTS, high, marker=marker, ms=4, color=colour, label=proposal, lw=1)
             ax.fill_between(VM_COUNTS, low, high, color=colour, alpha=0.2, lw=0)

@@ -9,7 +9,7 @@ import matplotlib as mpl
 from matplotlib.figure import Figure
 
 from sim.costs import CostModel
-from sim.report.charts import COLOURS, STYLE, _save
+from sim.report.charts import STYLE, _save, proposal_colour
 from sim.sensitivity import KEY_PAIR, Sensitivity, key_pair_gap
 
 MAX_FAILURES_LISTED = 4  # points named per failing conclusion
@@ -126,8 +126,8 @@ def tornado_chart(sens: Sensitivity, scenario: str, path: Path, top: int = 8) ->
     base = sens.results(scenario, 0)
     proposals = list(base)
     panels = [
-        (p, (lambda runs, p=p: runs[p].costs.its_downtime_ms), COLOURS[i % len(COLOURS)])
-        for i, p in enumerate(proposals)
+        (p, (lambda runs, p=p: runs[p].costs.its_downtime_ms), proposal_colour(p))
+        for p in proposals
     ]
     a, b = KEY_PAIR
     if a in base and b in base:
