@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from sim.cells import DEFAULT_SEEDS
@@ -25,6 +26,7 @@ from sim.commands.common import (
     results_document,
     unique_names,
 )
+from sim.report.words import plural
 
 FOCUS = "kzalloc-dense-secrets"  # the scenario the timeline and memory map show, if run
 COST_SAMPLES = 8  # joint cost points in compare's sensitivity section
@@ -81,15 +83,7 @@ def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from sim.commands.console import progress
-    from sim.matrix import compare_set, run_cells_on, scenario_row, with_attack
-    from sim.output import check_dir, report_dir, write_json
-    from sim.proposals import PROPOSALS
-    from sim.report.charts import write_charts
-    from sim.report.markdown import render
-    from sim.report.text import render_text
-    from sim.report.words import plural
-    from sim.scenario import ATTACKS
+    from sim.output import check_dir
 
     paths = args.scenarios or bundled_scenarios()
     if not paths:
@@ -106,6 +100,47 @@ def main(args: argparse.Namespace) -> int:
     check_dir(out, "--out", "results.json")
     # The status lines go to stderr when stdout carries the summary (or the JSON).
     status = sys.stderr if args.format == "text" else sys.stdout
+    runs = _simulate(args, scenarios)
+    sens = _cost_ranges(args, runs) if args.cost_samples > 0 else None
+    charts, summary = _write(args, scenarios, runs, sens, out)
+    if args.format == "text":
+        print(summary)
+    print(
+        f"compared {plural(len(scenarios), 'scenario')}:"
+        f" {plural(len(runs.results), 'run')} with an honest host"
+        f" ({plural(args.seeds, 'seed')} each) and"
+        f" {plural(sum(len(c) for c in runs.matrices.values()), 'attack run')}",
+        file=status,
+    )
+    print(
+        f"wrote {out / 'report.md'}, summary.txt, results.json, matrix.json,"
+        f" {plural(len(charts), 'chart')}",
+        file=status,
+    )
+    return 0
+
+
+@dataclass
+class Runs:
+    """What the simulation phase gives the report: the honest runs (every seed), the
+    attack matrices, the focus scenario's worlds for its charts, the replay twins."""
+
+    honest: list  # the scenarios with an honest host
+    focus: str
+    results: list
+    matrices: dict
+    worlds: dict
+    twins: list
+
+
+def _simulate(args: argparse.Namespace, scenarios: list) -> Runs:
+    from sim.cells import cells
+    from sim.commands.console import progress
+    from sim.matrix import compare_set, run_cells_on, scenario_row, with_attack
+    from sim.proposals import PROPOSALS
+    from sim.report.realguest import twins
+    from sim.scenario import ATTACKS
+
     # The proposal tables and charts: every scenario with an honest host. A scenario's own
     # host, if it is not honest, is a row of its attack matrix, composed as the file says.
     honest = [with_attack(s, None) for s in scenarios]
@@ -121,70 +156,73 @@ def main(args: argparse.Namespace) -> int:
         len(s.proposals) * args.seeds + len(protected[s.name]) * len(rows[s.name])
         for s in scenarios
     )
-    focus = next((s for s in honest if s.name == FOCUS), honest[0])
+    focus = next((s for s in honest if s.name == FOCUS), honest[0]).name
     with progress(total, "simulating") as advance:
         results, matrices, worlds = compare_set(
-            honest, rows, focus.name, args.jobs, advance, args.seeds, attacked
+            honest, rows, focus, args.jobs, advance, args.seeds, attacked
         )
-    runner = run_cells_on(args.jobs)
+    twin_runs = run_cells_on(args.jobs)(cells(twins(honest)), lambda: None)
+    return Runs(honest, focus, results, matrices, worlds, twin_runs)
+
+
+def _cost_ranges(args: argparse.Namespace, runs: Runs):
+    """The report's sensitivity section: ``--cost-samples`` joint points over every
+    scenario, each estimate at its low and high end in the focus scenario."""
+    from sim.commands.console import progress
+    from sim.matrix import run_cells_on
+    from sim.sensitivity import design, run_design
+
+    points = design(joint=args.cost_samples)
+    oat = {runs.focus}
+    todo = sum(
+        len(s.proposals) * sum(p.kind == "joint" or s.name in oat for p in points[1:])
+        for s in runs.honest
+    )
+    with progress(todo, "cost ranges") as advance:
+        return run_design(
+            runs.honest,
+            points,
+            tick=advance,
+            runner=run_cells_on(args.jobs),
+            one_at_a_time=oat,
+            defaults=runs.results,
+        )
+
+
+def _write(args: argparse.Namespace, scenarios: list, runs: Runs, sens, out: Path):
+    """report.md, summary.txt, results.json, matrix.json and the charts, swapped in whole;
+    and ``--json``. Returns the charts and the summary."""
+    from sim.output import report_dir, write_json
+    from sim.report import kernel_events, liveupdate, verdict
+    from sim.report.charts import write_charts
+    from sim.report.markdown import render
+    from sim.report.realguest import render_realguest
+    from sim.report.text import render_text
+
+    results, matrices = runs.results, runs.matrices
     document = results_document(results, scenarios, args.overrides)
     cells = {n: [c.model_dump(mode="json") for c in cs] for n, cs in matrices.items()}
     summary = render_text(scenarios, results, matrices, args.overrides)
-    from sim.cells import cells as cells_of
-    from sim.report.realguest import render_realguest, twins  # replay scenarios' twins
-
-    realguest = render_realguest(honest, results, runner(cells_of(twins(honest)), lambda: None))
-    sens = None
-    if args.cost_samples > 0:
-        from sim.sensitivity import design, run_design
-
-        points = design(joint=args.cost_samples)
-        oat = {focus.name}
-        todo = sum(
-            len(s.proposals) * sum(p.kind == "joint" or s.name in oat for p in points[1:])
-            for s in honest
-        )
-        with progress(todo, "cost ranges") as advance:
-            sens = run_design(
-                honest, points, tick=advance, runner=runner, one_at_a_time=oat, defaults=results
-            )
+    live, events = liveupdate.all_costs(scenarios), kernel_events.all_outcomes(scenarios)
+    evidence = verdict.Evidence(scenarios, results, matrices, live, events, sens)
     with report_dir(out, "--out") as staging:
-        charts = write_charts(results, staging, matrices, worlds)
+        charts = write_charts(results, staging, matrices, runs.worlds)
         extra: list[str] = []
         if sens is not None:
             from sim.report.sensitivity import section, tornado_chart
 
-            extra = section(sens, [tornado_chart(sens, focus.name, staging / "tornado.png")])
+            extra = section(sens, [tornado_chart(sens, runs.focus, staging / "tornado.png")])
         write_json(staging / "results.json", document, "--out")
         write_json(staging / "matrix.json", cells, "--out")
-        report = render(scenarios, results, charts, matrices, extra) + realguest
-        from sim.report import kernel_events, liveupdate
-
-        live, events = liveupdate.all_costs(scenarios), kernel_events.all_outcomes(scenarios)
+        report = render(scenarios, results, charts, matrices, extra)
+        report += render_realguest(runs.honest, results, runs.twins)
         more, more_charts = liveupdate.write(scenarios, staging, live)  # sections with charts
         charts += more_charts
         report += "\n".join(["", *kernel_events.write(scenarios, events), *more])
-        from sim.report import verdict
-
-        evidence = verdict.Evidence(scenarios, results, matrices, live, events, sens)
         report += "\n".join(["", *verdict.section(evidence)])
         summary += "\n\n" + "\n".join(verdict.text(evidence)).rstrip()
         (staging / "report.md").write_text(report)
         (staging / "summary.txt").write_text(summary + "\n")
     if args.json:
         write_json(args.json, {**document, "matrix": cells})
-    if args.format == "text":
-        print(summary)
-    print(
-        f"compared {plural(len(scenarios), 'scenario')}:"
-        f" {plural(len(results), 'run')} with an honest host"
-        f" ({plural(args.seeds, 'seed')} each) and"
-        f" {plural(sum(len(c) for c in matrices.values()), 'attack run')}",
-        file=status,
-    )
-    print(
-        f"wrote {out / 'report.md'}, summary.txt, results.json, matrix.json,"
-        f" {plural(len(charts), 'chart')}",
-        file=status,
-    )
-    return 0
+    return charts, summary
