@@ -162,6 +162,8 @@ class Auditor:
         slots the guest's again; the host's first write over the guest's bytes keeps a
         copy of them; EL2 importing the guest's memory brings the source's record along
         with the source's bytes."""
+        if not self._host_wrote and who.component != HOST:
+            return  # a guest's or EL2's write, and no slot holds host bytes: nothing to drop
         source = self.world.src.name
         for slot in self._slots(machine, rec.addr, rec.length):
             key = (machine.name, slot)

@@ -177,12 +177,15 @@ class ExposureTracker:
         out: dict[int, tuple[set[Run], str]] = {}
         span = (first_pfn << PAGE_SHIFT, (end_pfn - first_pfn) << PAGE_SHIFT)
         if end_pfn - first_pfn == 1:  # one page: the runs need no clipping
+            via = self.how(first_pfn)  # (pure: asked first, it spares the runs if None)
+            if via is None:
+                return out
             runs = {
                 (start, end, label.name)
                 for start, end, label in self.memory.labels.run_list(*span)
                 if label.kind is LabelKind.SECRET
             }
-            if runs and (via := self.how(first_pfn)) is not None:
+            if runs:
                 out[first_pfn] = (runs, via)
             return out
         how: dict[int, str | None] = {}
