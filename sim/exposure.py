@@ -96,8 +96,9 @@ class ExposureTracker:
 
     def _advance(self) -> None:
         now = min(self.clock(), self.window_end)
-        self.byte_us += self.current * max(0.0, now - self._last)
-        self._last = max(self._last, now)
+        if now > self._last:  # (else it would add current x 0 and keep _last: nothing)
+            self.byte_us += self.current * (now - self._last)
+            self._last = now
 
     def _on_pages(self, first_pfn: int, nr_pages: int, done: bool) -> None:
         if not done:
@@ -116,8 +117,12 @@ class ExposureTracker:
             self._advance()
             return
         first, end = addr >> PAGE_SHIFT, (addr + length + PAGE_SIZE - 1) >> PAGE_SHIFT
-        if end == first + 1 and length > 0 and first in self._open:
-            self._relabelled(first, addr, addr + length)
+        if end == first + 1 and length > 0:
+            if first in self._open:
+                self._relabelled(first, addr, addr + length)
+            elif LabelKind.SECRET in self.memory.labels.page_kinds.get(first, ()):
+                self._refresh(first, end, "label")
+            # (else _refresh would find the page idle and return)
         else:
             self._refresh(first, end, "label")
 

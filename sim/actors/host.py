@@ -31,6 +31,9 @@ class Host:
         self.behaviours: list = []  # sim.attacks behaviours acting as this host
         self.vm_destroyed = False  # the VM left: KVM_DESTROY freed its vITS with it
         self.cwriter_written = 0  # the last GITS_CWRITER value the guest wrote here
+        from sim.proposals.base import hooks_of
+
+        self._hooks = hooks_of(world.proposal)  # the trap hooks that can do something
 
     def create_vm(self) -> None:
         """KVM_CREATE_VM and the vITS device; the lowvisor takes the guest's RAM."""
@@ -90,14 +93,15 @@ class Host:
     def _process(self, offset: int, val: int) -> Generator:
         its = self.its
         before = len(its.command_log)
-        if offset == r.GITS_CWRITER:
+        if offset == r.GITS_CWRITER and "before_process" in self._hooks:
             yield from self.world.proposal.before_process(self.machine, offset, val)
         its.mmio_write(offset, val)
         commands = len(its.command_log) - before
         costs = self.world.costs
         yield self.world.charge(self.name, costs.mmio_trap_us + commands * costs.its_cmd_us)
         if commands:
-            yield from self.world.proposal.after_process(self.machine)
+            if "after_process" in self._hooks:
+                yield from self.world.proposal.after_process(self.machine)
             processed, self.processed = self.processed, self.world.env.event()
             processed.succeed()
 

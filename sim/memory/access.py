@@ -82,7 +82,7 @@ class IOMMUDomain:
         ]
 
     def allows(self, pfn: int, write: bool) -> bool:
-        return bool(self._perms[pfn].value & (_W if write else _R))
+        return bool(self._perms[pfn]._value_ & (_W if write else _R))  # ._value_: .value
 
 
 class DomainTable(dict[str, IOMMUDomain]):

@@ -129,7 +129,7 @@ class Transition(enum.Enum):
 
     @property
     def spec(self) -> TransitionSpec:
-        return self.value
+        return self._value_  # .value, without the enum descriptor (a hot path)
 
 
 class OwnershipError(Exception):
