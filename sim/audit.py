@@ -119,8 +119,8 @@ class Auditor:
         if not rec.allowed:
             return
         host = who.component == HOST
-        if not (host or who.dma or rec.write):
-            return  # a guest or EL2 read: nothing to note
+        if not (host or who.dma) and not (rec.write and self._host_wrote):
+            return  # a guest or EL2 read, or a write that drops no host bytes: nothing to note
         memory = machine.memory
         kinds = memory.labels.kinds(rec.addr, rec.length)
         if rec.write and LabelKind.CMDQ in kinds:
@@ -246,6 +246,8 @@ class Auditor:
                 f" ({change.cause})"
             )
         else:
+            if not self._el2_read:
+                return  # (no slot EL2 read holds host bytes: no writer to find below)
             slot = re.search(r"queue slot (0x[0-9a-f]+)", change.cause)
             writer = slot and self._el2_read.get((machine.name, int(slot[1], 16)))
             if not writer:

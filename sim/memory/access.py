@@ -44,6 +44,7 @@ Watcher = Callable[[Initiator, AccessRecord], None]
 KindFilter = frozenset[LabelKind] | None
 _NO_KINDS: frozenset[LabelKind] = frozenset()
 _MAX_PFN = 1 << (PHYS_ADDR_BITS - PAGE_SHIFT)
+_new_record = tuple.__new__
 
 
 class Perm(enum.Flag):
@@ -288,7 +289,8 @@ class MemorySystem:
             except KeyError:
                 watchers = self._chosen[key] = self._select(*key)
         if watchers or not allowed:
-            record = AccessRecord(now, who.name, addr, length, write, allowed)
+            # AccessRecord(...), without its generated Python __new__
+            record = _new_record(AccessRecord, (now, who.name, addr, length, write, allowed))
             for watch in watchers:
                 watch(who, record)
             if denied is not None:
