@@ -103,8 +103,13 @@ class ExposureTracker:
     def _on_pages(self, first_pfn: int, nr_pages: int, done: bool) -> None:
         if not done:
             self._advance()
-        else:
+        elif (
+            nr_pages != 1
+            or first_pfn in self._open
+            or LabelKind.SECRET in self.memory.labels.page_kinds.get(first_pfn, ())
+        ):
             self._refresh(first_pfn, first_pfn + nr_pages, "page")
+        # (else one page with no secret and nothing open: _refresh finds it idle)
 
     def _on_iommu(self, first_pfn: int, nr_pages: int, done: bool) -> None:
         if not done:

@@ -107,7 +107,10 @@ class Host:
 
     def processing_delay(self, offset: int, val: int) -> float:
         """How long this host sits on a CWRITER write before running the queue (us)."""
-        return max((b.processing_delay(self, offset, val) for b in self.behaviours), default=0.0)
+        behaviours = self.behaviours
+        if len(behaviours) == 1:  # the usual host: one behaviour, no generator for max()
+            return behaviours[0].processing_delay(self, offset, val)
+        return max((b.processing_delay(self, offset, val) for b in behaviours), default=0.0)
 
     def handle_redist(self, vcpu: int, reg: str, val: int) -> Generator:
         """A trapped GICR_PROPBASER / GICR_PENDBASER / GICR_CTLR write."""
