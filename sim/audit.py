@@ -110,7 +110,12 @@ class Auditor:
             machine.memory.watch(
                 partial(self._on_access, machine), READS_WATCHED, WRITES_WATCHED, dma_writes=True
             )
-            machine.memory.watch(partial(self._on_queue_read, machine), (LabelKind.CMDQ,), ())
+            machine.memory.watch(
+                partial(self._on_queue_read, machine),
+                (LabelKind.CMDQ,),
+                (),
+                by=machine.lowvisor.name,  # (_on_queue_read judges EL2's reads only)
+            )
             machine.memory.ownership.watchers.append(
                 lambda pfn, nr, done, m=machine: done and self._on_change(m)
             )

@@ -152,13 +152,15 @@ class MemorySystem:
         self.log = AccessLog()
         self.faults: list[Stage2Fault] = []
         # Observers of checked accesses (the audit), called before the bytes move:
-        # (fn, kinds whose reads it wants, kinds whose writes it wants, every DMA write?)
-        self._watchers: list[tuple[Watcher, KindFilter, KindFilter, bool]] = []
+        # (fn, kinds whose reads it wants, kinds whose writes it wants, every DMA write?,
+        # only accesses by the initiator of this name, if given)
+        self._watchers: list[tuple[Watcher, KindFilter, KindFilter, bool, str | None]] = []
         self._unfiltered = False  # some watcher wants every access
         self._read_kinds = self._write_kinds = _NO_KINDS  # what the filtered ones want
-        # (write, DMA write, label kinds touched) -> the watchers such an access goes to;
-        # a function of those and of ``_watchers`` alone, so emptied when that changes
-        self._chosen: dict[tuple[bool, bool, frozenset[LabelKind]], tuple] = {}
+        # (write, DMA write, label kinds touched, initiator name) -> the watchers such an
+        # access goes to; a function of those and of ``_watchers`` alone, so emptied when
+        # that changes
+        self._chosen: dict[tuple[bool, bool, frozenset[LabelKind], str], tuple] = {}
         # The log's columns, appended to in ``_check``; actor name -> its flag bits
         self._log_time, self._log_who, self._log_addr, self._log_length = self.log.appenders()
         self._actor_bits: dict[str, int] = {}
@@ -169,15 +171,17 @@ class MemorySystem:
         reads: Iterable[LabelKind] | None = None,
         writes: Iterable[LabelKind] | None = None,
         dma_writes: bool = False,
+        by: str | None = None,
     ) -> None:
         """Call ``fn(who, record)`` on checked accesses: every one by default, or, given
         ``reads`` / ``writes``, only reads / writes that touch a page holding one of
-        those labels (and, with ``dma_writes``, every DMA write). Filtering by page is exact
-        for a watcher that acts only on bytes with those labels; it spares every other
-        access the call."""
+        those labels (and, with ``dma_writes``, every DMA write); given ``by``, only
+        accesses by the initiator of that name. Filtering by page is exact for a watcher
+        that acts only on bytes with those labels, and by initiator for one that acts only
+        on that initiator's accesses; it spares every other access the call."""
         r = None if reads is None else frozenset(reads)
         w = None if writes is None else frozenset(writes)
-        self._watchers.append((fn, r, w, dma_writes))
+        self._watchers.append((fn, r, w, dma_writes, by))
         self._unfiltered = self._unfiltered or r is None or w is None
         self._read_kinds |= r or _NO_KINDS
         self._write_kinds |= w or _NO_KINDS
@@ -239,17 +243,22 @@ class MemorySystem:
                 return f"{name} may use host memory (EL2 mediates its commands)"
         return None
 
-    def _select(self, write: bool, dma_write: bool, touched: frozenset[LabelKind]) -> tuple:
+    def _select(
+        self, write: bool, dma_write: bool, touched: frozenset[LabelKind], name: str
+    ) -> tuple:
         """The watchers an access with these properties is shown to, in watch order."""
         wanted = self._write_kinds if write else self._read_kinds
         if not (dma_write or self._unfiltered or not wanted.isdisjoint(touched)):
             return ()
         return tuple(
             fn
-            for fn, reads, writes, dma_writes in self._watchers
-            if (dma_writes and dma_write)
-            or (kinds := writes if write else reads) is None
-            or not kinds.isdisjoint(touched)
+            for fn, reads, writes, dma_writes, by in self._watchers
+            if (by is None or by == name)
+            and (
+                (dma_writes and dma_write)
+                or (kinds := writes if write else reads) is None
+                or not kinds.isdisjoint(touched)
+            )
         )
 
     def _check(self, who: Initiator, addr: int, length: int, write: bool) -> None:
@@ -283,7 +292,7 @@ class MemorySystem:
                 touched = self.labels.page_kinds.get(first, _NO_KINDS)
             else:
                 touched = self._touched(first, last)
-            key = (write, write and who.dma, touched)
+            key = (write, write and who.dma, touched, who.name)
             try:
                 watchers = self._chosen[key]
             except KeyError:
