@@ -9,6 +9,7 @@ from __future__ import annotations
 import bisect
 import itertools
 from collections.abc import Generator
+from functools import partial
 from typing import TYPE_CHECKING
 
 from sim.its import regs as r
@@ -160,14 +161,16 @@ class Host:
         ids = [d.device_id for d in devices]
         vectors = [d.vectors for d in devices]
         machine = self.machine
+        now = partial(getattr, env, "_now")  # env.now, without a Python frame
+        pick = bisect.bisect
         while True:  # the hot loop of most runs: keep it lean
             yield timeout(expovariate(rate))
-            if env.now >= end:
+            if now() >= end:
                 return
             if world.paused or guest.machine is not machine:
                 continue  # backends are quiesced while the VM is paused or elsewhere
             # rng.choices(devices, cum_weights)[0], the same draw without the list
-            i = bisect.bisect(cum_weights, random() * total, 0, last)
+            i = pick(cum_weights, random() * total, 0, last)
             vector = randrange(vectors[i])
             if state[i].mapped:
                 # inject_msi(), inline: charge the injection (World.charge, inline: not
