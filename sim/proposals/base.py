@@ -148,5 +148,6 @@ def hooks_of(proposal: Proposal) -> frozenset[str]:
     return frozenset(
         name
         for name in TRAP_HOOKS
-        if name in vars(proposal) or getattr(type(proposal), name) is not getattr(Proposal, name)
+        if name in getattr(proposal, "__dict__", ())  # (a plugin's class may use __slots__)
+        or getattr(type(proposal), name) is not getattr(Proposal, name)
     )
