@@ -110,7 +110,12 @@ class Auditor:
             machine.memory.watch(
                 partial(self._on_access, machine), READS_WATCHED, WRITES_WATCHED, dma_writes=True
             )
-            machine.memory.watch(partial(self._on_queue_read, machine), (LabelKind.CMDQ,), ())
+            machine.memory.watch(
+                partial(self._on_queue_read, machine),
+                (LabelKind.CMDQ,),
+                (),
+                by=machine.lowvisor.name,  # (_on_queue_read judges EL2's reads only)
+            )
             machine.memory.ownership.watchers.append(
                 lambda pfn, nr, done, m=machine: done and self._on_change(m)
             )
@@ -119,8 +124,8 @@ class Auditor:
         if not rec.allowed:
             return
         host = who.component == HOST
-        if not (host or who.dma or rec.write):
-            return  # a guest or EL2 read: nothing to note
+        if not (host or who.dma) and not (rec.write and self._host_wrote):
+            return  # a guest or EL2 read, or a write that drops no host bytes: nothing to note
         memory = machine.memory
         kinds = memory.labels.kinds(rec.addr, rec.length)
         if rec.write and LabelKind.CMDQ in kinds:
@@ -162,6 +167,8 @@ class Auditor:
         slots the guest's again; the host's first write over the guest's bytes keeps a
         copy of them; EL2 importing the guest's memory brings the source's record along
         with the source's bytes."""
+        if not self._host_wrote and who.component != HOST:
+            return  # a guest's or EL2's write, and no slot holds host bytes: nothing to drop
         source = self.world.src.name
         for slot in self._slots(machine, rec.addr, rec.length):
             key = (machine.name, slot)
@@ -244,6 +251,8 @@ class Auditor:
                 f" ({change.cause})"
             )
         else:
+            if not self._el2_read:
+                return  # (no slot EL2 read holds host bytes: no writer to find below)
             slot = re.search(r"queue slot (0x[0-9a-f]+)", change.cause)
             writer = slot and self._el2_read.get((machine.name, int(slot[1], 16)))
             if not writer:

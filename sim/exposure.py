@@ -96,14 +96,20 @@ class ExposureTracker:
 
     def _advance(self) -> None:
         now = min(self.clock(), self.window_end)
-        self.byte_us += self.current * max(0.0, now - self._last)
-        self._last = max(self._last, now)
+        if now > self._last:  # (else it would add current x 0 and keep _last: nothing)
+            self.byte_us += self.current * (now - self._last)
+            self._last = now
 
     def _on_pages(self, first_pfn: int, nr_pages: int, done: bool) -> None:
         if not done:
             self._advance()
-        else:
+        elif (
+            nr_pages != 1
+            or first_pfn in self._open
+            or LabelKind.SECRET in self.memory.labels.page_kinds.get(first_pfn, ())
+        ):
             self._refresh(first_pfn, first_pfn + nr_pages, "page")
+        # (else one page with no secret and nothing open: _refresh finds it idle)
 
     def _on_iommu(self, first_pfn: int, nr_pages: int, done: bool) -> None:
         if not done:
@@ -116,8 +122,12 @@ class ExposureTracker:
             self._advance()
             return
         first, end = addr >> PAGE_SHIFT, (addr + length + PAGE_SIZE - 1) >> PAGE_SHIFT
-        if end == first + 1 and length > 0 and first in self._open:
-            self._relabelled(first, addr, addr + length)
+        if end == first + 1 and length > 0:
+            if first in self._open:
+                self._relabelled(first, addr, addr + length)
+            elif LabelKind.SECRET in self.memory.labels.page_kinds.get(first, ()):
+                self._refresh(first, end, "label")
+            # (else _refresh would find the page idle and return)
         else:
             self._refresh(first, end, "label")
 
@@ -177,12 +187,15 @@ class ExposureTracker:
         out: dict[int, tuple[set[Run], str]] = {}
         span = (first_pfn << PAGE_SHIFT, (end_pfn - first_pfn) << PAGE_SHIFT)
         if end_pfn - first_pfn == 1:  # one page: the runs need no clipping
+            via = self.how(first_pfn)  # (pure: asked first, it spares the runs if None)
+            if via is None:
+                return out
             runs = {
                 (start, end, label.name)
                 for start, end, label in self.memory.labels.run_list(*span)
                 if label.kind is LabelKind.SECRET
             }
-            if runs and (via := self.how(first_pfn)) is not None:
+            if runs:
                 out[first_pfn] = (runs, via)
             return out
         how: dict[int, str | None] = {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import bisect
 import itertools
 from collections.abc import Generator
+from functools import partial
 from typing import TYPE_CHECKING
 
 from sim.its import regs as r
@@ -31,6 +32,9 @@ class Host:
         self.behaviours: list = []  # sim.attacks behaviours acting as this host
         self.vm_destroyed = False  # the VM left: KVM_DESTROY freed its vITS with it
         self.cwriter_written = 0  # the last GITS_CWRITER value the guest wrote here
+        from sim.proposals.base import hooks_of
+
+        self._hooks = hooks_of(world.proposal)  # the trap hooks that can do something
 
     def create_vm(self) -> None:
         """KVM_CREATE_VM and the vITS device; the lowvisor takes the guest's RAM."""
@@ -90,20 +94,24 @@ class Host:
     def _process(self, offset: int, val: int) -> Generator:
         its = self.its
         before = len(its.command_log)
-        if offset == r.GITS_CWRITER:
+        if offset == r.GITS_CWRITER and "before_process" in self._hooks:
             yield from self.world.proposal.before_process(self.machine, offset, val)
         its.mmio_write(offset, val)
         commands = len(its.command_log) - before
         costs = self.world.costs
         yield self.world.charge(self.name, costs.mmio_trap_us + commands * costs.its_cmd_us)
         if commands:
-            yield from self.world.proposal.after_process(self.machine)
+            if "after_process" in self._hooks:
+                yield from self.world.proposal.after_process(self.machine)
             processed, self.processed = self.processed, self.world.env.event()
             processed.succeed()
 
     def processing_delay(self, offset: int, val: int) -> float:
         """How long this host sits on a CWRITER write before running the queue (us)."""
-        return max((b.processing_delay(self, offset, val) for b in self.behaviours), default=0.0)
+        behaviours = self.behaviours
+        if len(behaviours) == 1:  # the usual host: one behaviour, no generator for max()
+            return behaviours[0].processing_delay(self, offset, val)
+        return max((b.processing_delay(self, offset, val) for b in behaviours), default=0.0)
 
     def handle_redist(self, vcpu: int, reg: str, val: int) -> Generator:
         """A trapped GICR_PROPBASER / GICR_PENDBASER / GICR_CTLR write."""
@@ -148,23 +156,27 @@ class Host:
             rng.random,
             rng.randrange,
         )
-        charge, ledger, name = world.charge, world.ledger, self.name
+        ledger, name = world.ledger, self.name
         inject_us = world.costs.msi_inject_us
         ids = [d.device_id for d in devices]
         vectors = [d.vectors for d in devices]
         machine = self.machine
+        now = partial(getattr, env, "_now")  # env.now, without a Python frame
+        pick = bisect.bisect
         while True:  # the hot loop of most runs: keep it lean
             yield timeout(expovariate(rate))
-            if env.now >= end:
+            if now() >= end:
                 return
             if world.paused or guest.machine is not machine:
                 continue  # backends are quiesced while the VM is paused or elsewhere
             # rng.choices(devices, cum_weights)[0], the same draw without the list
-            i = bisect.bisect(cum_weights, random() * total, 0, last)
+            i = pick(cum_weights, random() * total, 0, last)
             vector = randrange(vectors[i])
             if state[i].mapped:
-                # inject_msi(), inline: charge the injection, then translate
-                yield charge(name, inject_us)
+                # inject_msi(), inline: charge the injection (World.charge, inline: not
+                # paused, so no span), then translate
+                ledger.cpu_us[name] += inject_us
+                yield timeout(inject_us)
                 if self.its.inject_msi(ids[i], vector) is None:
                     ledger.msis_delivered += 1
                 else:

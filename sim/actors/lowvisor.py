@@ -60,6 +60,9 @@ class Lowvisor:
         self.mediate_physical_its = world.scenario.lowvisor.mediate_physical_its
         self.refusals: list[str] = []  # host requests EL2 turned down, for the audit
         self.hypercall_log: list[tuple[float, str]] = []  # (time, call), for run --trace
+        from sim.proposals.base import hooks_of
+
+        self._hooks = hooks_of(world.proposal)  # the trap hooks that can do something
 
     # ---- state changes ----------------------------------------------------------------
 
@@ -229,9 +232,13 @@ class Lowvisor:
         """A guest ITS register write: EL2 first (proposal hook), then the host's vITS."""
         yield self.world.env.timeout(self.world.costs.el2_trap_entry_us)
         proposal = self.world.proposal
-        forwarded = yield from proposal.before_mmio(self.machine, offset, val)
+        hooks = self._hooks
+        forwarded = None
+        if "before_mmio" in hooks:
+            forwarded = yield from proposal.before_mmio(self.machine, offset, val)
         yield from self.machine.host.handle_mmio(offset, val if forwarded is None else forwarded)
-        yield from proposal.after_mmio(self.machine, offset, val)
+        if "after_mmio" in hooks:
+            yield from proposal.after_mmio(self.machine, offset, val)
 
     def read_guest(self, gpa: int, length: int) -> bytes:
         """EL2 reads guest memory through the guest's stage-2 (fixmap)."""

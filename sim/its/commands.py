@@ -305,11 +305,26 @@ def command_number(raw: bytes) -> int:
     return raw[0]
 
 
+# Commands decoded lately, by their bytes: a command is a function of its 32 bytes and
+# immutable, so the same bytes may share one (the queue repeats SYNCs, and a proposal or
+# a host may read a command before KVM does). Emptied when full.
+_DECODED: dict[bytes, ITSCommand] = {}
+_DECODED_MAX = 1 << 14
+
+
 def decode(raw: bytes) -> ITSCommand:
     """Decode one raw 32-byte command; unknown command numbers raise ``CommandDecodeError``."""
+    cmd = _DECODED.get(raw) if type(raw) is bytes else None
+    if cmd is not None:
+        return cmd
     if len(raw) != CMD_SIZE:
         raise CommandDecodeError(f"an ITS command is {CMD_SIZE} bytes, got {len(raw)}")
     cls = COMMANDS.get(raw[0])
     if cls is None:
         raise CommandDecodeError(f"unknown ITS command number {raw[0]:#04x}")
-    return cls._from_dwords(_UNPACK(raw))
+    cmd = cls._from_dwords(_UNPACK(raw))
+    if type(raw) is bytes:
+        if len(_DECODED) >= _DECODED_MAX:
+            _DECODED.clear()
+        _DECODED[raw] = cmd
+    return cmd

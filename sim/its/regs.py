@@ -86,6 +86,12 @@ def genmask(hi: int, lo: int) -> int:
     return ((1 << (hi + 1)) - 1) & ~((1 << lo) - 1)
 
 
+# Address fields, computed once (the accessors below run on every command)
+_PA_47_16 = genmask(47, 16)
+_PA_51_12 = genmask(51, 12)
+_PA_51_16 = genmask(51, 16)
+_CMD_OFFSET_MASK = genmask(19, 5)
+
 # vgic-mmio-v3.c: PROPBASER_RES0_MASK, PENDBASER_RES0_MASK
 PROPBASER_RES0_MASK = genmask(63, 59) | genmask(55, 52) | genmask(6, 5)
 PENDBASER_RES0_MASK = (1 << 63) | genmask(61, 59) | genmask(55, 52) | genmask(15, 12) | 0x7F
@@ -181,7 +187,7 @@ LINUX_GICR_ATTRS = (
 
 def baser_addr(baser: int) -> int:
     """``GITS_BASER_ADDR_48_to_52``: PA[47:16] in place, PA[51:48] from bits [15:12]."""
-    return (baser & genmask(47, 16)) | (((baser >> 12) & 0xF) << 48)
+    return (baser & _PA_47_16) | (((baser >> 12) & 0xF) << 48)
 
 
 def baser_nr_pages(baser: int) -> int:
@@ -220,7 +226,7 @@ def make_baser(
 
 def cbaser_addr(cbaser: int) -> int:
     """``GITS_CBASER_ADDRESS``: PA[51:12]; KVM has already cleared [15:12] on write."""
-    return cbaser & genmask(51, 12)
+    return cbaser & _PA_51_12
 
 
 def cbaser_size(cbaser: int) -> int:
@@ -238,11 +244,11 @@ def make_cbaser(addr: int, size: int, *, valid: bool = True, attrs: int = LINUX_
 
 def cmd_offset(reg: int) -> int:
     """``ITS_CMD_OFFSET``: CWRITER / CREADR keep bits [19:5]."""
-    return reg & genmask(19, 5)
+    return reg & _CMD_OFFSET_MASK
 
 
 def propbaser_addr(propbaser: int) -> int:
-    return propbaser & genmask(51, 12)
+    return propbaser & _PA_51_12
 
 
 def max_lpis_propbaser(propbaser: int) -> int:
@@ -256,7 +262,7 @@ def make_propbaser(addr: int, id_bits: int, *, attrs: int = LINUX_GICR_ATTRS) ->
 
 
 def pendbaser_addr(pendbaser: int) -> int:
-    return pendbaser & genmask(51, 16)
+    return pendbaser & _PA_51_16
 
 
 def make_pendbaser(addr: int, *, ptz: bool = True, attrs: int = LINUX_GICR_ATTRS) -> int:

@@ -727,15 +727,19 @@ class VirtualITS:
         return 0 <= vcpu_id < len(self.vcpus)
 
     def _trigger_msi(self, device_id: int, event_id: int) -> ITSError | None:
-        """``vgic_its_trigger_msi`` via ``vgic_its_resolve_lpi``."""
+        """``vgic_its_trigger_msi`` via ``vgic_its_resolve_lpi`` (every MSI runs this:
+        ``_find_ite``, ``_its_is_collection_mapped`` and ``_vcpu_exists`` inline)."""
         if not self.enabled:
             return ITSError.EBUSY
-        ite = self._find_ite(device_id, event_id)
-        if ite is None or not _its_is_collection_mapped(ite.collection):
+        device = self.devices.get(device_id)
+        ite = None if device is None else device.ites.get(event_id)
+        collection = None if ite is None else ite.collection
+        if collection is None or collection.target_addr == r.COLLECTION_NOT_MAPPED:
             return ITSError.E_ITS_INT_UNMAPPED_INTERRUPT
-        if not self._vcpu_exists(ite.collection.target_addr):
+        vcpu = collection.target_addr
+        if not 0 <= vcpu < len(self.vcpus):
             return ITSError.E_ITS_INT_UNMAPPED_INTERRUPT
-        if not self.vcpus[ite.collection.target_addr].lpis_enabled:
+        if not self.vcpus[vcpu].lpis_enabled:
             return ITSError.EBUSY
         ite.lpi.pending = True
         return None

@@ -11,6 +11,7 @@ access is a stage-2 fault (an IOMMU fault for DMA): it is logged, and raised as
 from __future__ import annotations
 
 import enum
+from bisect import bisect_right
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -43,6 +44,7 @@ Watcher = Callable[[Initiator, AccessRecord], None]
 KindFilter = frozenset[LabelKind] | None
 _NO_KINDS: frozenset[LabelKind] = frozenset()
 _MAX_PFN = 1 << (PHYS_ADDR_BITS - PAGE_SHIFT)
+_new_record = tuple.__new__
 
 
 class Perm(enum.Flag):
@@ -81,7 +83,7 @@ class IOMMUDomain:
         ]
 
     def allows(self, pfn: int, write: bool) -> bool:
-        return bool(self._perms[pfn].value & (_W if write else _R))
+        return bool(self._perms[pfn]._value_ & (_W if write else _R))  # ._value_: .value
 
 
 class DomainTable(dict[str, IOMMUDomain]):
@@ -150,10 +152,18 @@ class MemorySystem:
         self.log = AccessLog()
         self.faults: list[Stage2Fault] = []
         # Observers of checked accesses (the audit), called before the bytes move:
-        # (fn, kinds whose reads it wants, kinds whose writes it wants, every DMA write?)
-        self._watchers: list[tuple[Watcher, KindFilter, KindFilter, bool]] = []
+        # (fn, kinds whose reads it wants, kinds whose writes it wants, every DMA write?,
+        # only accesses by the initiator of this name, if given)
+        self._watchers: list[tuple[Watcher, KindFilter, KindFilter, bool, str | None]] = []
         self._unfiltered = False  # some watcher wants every access
         self._read_kinds = self._write_kinds = _NO_KINDS  # what the filtered ones want
+        # (write, DMA write, label kinds touched, initiator name) -> the watchers such an
+        # access goes to; a function of those and of ``_watchers`` alone, so emptied when
+        # that changes
+        self._chosen: dict[tuple[bool, bool, frozenset[LabelKind], str], tuple] = {}
+        # The log's columns, appended to in ``_check``; actor name -> its flag bits
+        self._log_time, self._log_who, self._log_addr, self._log_length = self.log.appenders()
+        self._actor_bits: dict[str, int] = {}
 
     def watch(
         self,
@@ -161,18 +171,21 @@ class MemorySystem:
         reads: Iterable[LabelKind] | None = None,
         writes: Iterable[LabelKind] | None = None,
         dma_writes: bool = False,
+        by: str | None = None,
     ) -> None:
         """Call ``fn(who, record)`` on checked accesses: every one by default, or, given
         ``reads`` / ``writes``, only reads / writes that touch a page holding one of
-        those labels (and, with ``dma_writes``, every DMA write). Filtering by page is exact
-        for a watcher that acts only on bytes with those labels; it spares every other
-        access the call."""
+        those labels (and, with ``dma_writes``, every DMA write); given ``by``, only
+        accesses by the initiator of that name. Filtering by page is exact for a watcher
+        that acts only on bytes with those labels, and by initiator for one that acts only
+        on that initiator's accesses; it spares every other access the call."""
         r = None if reads is None else frozenset(reads)
         w = None if writes is None else frozenset(writes)
-        self._watchers.append((fn, r, w, dma_writes))
+        self._watchers.append((fn, r, w, dma_writes, by))
         self._unfiltered = self._unfiltered or r is None or w is None
         self._read_kinds |= r or _NO_KINDS
         self._write_kinds |= w or _NO_KINDS
+        self._chosen.clear()
 
     def _touched(self, first: int, last: int) -> frozenset[LabelKind]:
         """The label kinds on pages ``first`` to ``last``."""
@@ -230,18 +243,47 @@ class MemorySystem:
                 return f"{name} may use host memory (EL2 mediates its commands)"
         return None
 
+    def _select(
+        self, write: bool, dma_write: bool, touched: frozenset[LabelKind], name: str
+    ) -> tuple:
+        """The watchers an access with these properties is shown to, in watch order."""
+        wanted = self._write_kinds if write else self._read_kinds
+        if not (dma_write or self._unfiltered or not wanted.isdisjoint(touched)):
+            return ()
+        return tuple(
+            fn
+            for fn, reads, writes, dma_writes, by in self._watchers
+            if (by is None or by == name)
+            and (
+                (dma_writes and dma_write)
+                or (kinds := writes if write else reads) is None
+                or not kinds.isdisjoint(touched)
+            )
+        )
+
     def _check(self, who: Initiator, addr: int, length: int, write: bool) -> None:
         first = addr >> PAGE_SHIFT
         last = (addr + length - 1) >> PAGE_SHIFT
         if not who.dma and first == last and length and addr >= 0 and last < _MAX_PFN:
-            # the common case: a CPU access within one page
-            state = self._views[who.component][first]
+            # the common case: a CPU access within one page (IntervalMap.__getitem__,
+            # inline)
+            view = self._views[who.component]
+            i = bisect_right(view._keys, first) - 1
+            state = view._vals[i] if i >= 0 else view.default
             denied = None if state is not NOPAGE else (first, f"{who.component} {_NOPAGE}")
         else:
             denied = self.denial(who, addr, length, write)
         allowed = denied is None
         now = self.clock()
-        self.log.append(now, who.name, addr, length, write, allowed)
+        # AccessLog.append, inline
+        try:
+            bits = self._actor_bits[who.name]
+        except KeyError:
+            bits = self._actor_bits[who.name] = self.log.actor_bits(who.name)
+        self._log_time(now)
+        self._log_who(bits | allowed << 1 | write)
+        self._log_addr(addr)
+        self._log_length(length)
         watchers = ()
         if self._watchers:
             if not length:
@@ -250,18 +292,14 @@ class MemorySystem:
                 touched = self.labels.page_kinds.get(first, _NO_KINDS)
             else:
                 touched = self._touched(first, last)
-            wanted = self._write_kinds if write else self._read_kinds
-            dma_write = write and who.dma
-            if dma_write or self._unfiltered or not wanted.isdisjoint(touched):
-                watchers = [
-                    fn
-                    for fn, reads, writes, dma_writes in self._watchers
-                    if (dma_writes and dma_write)
-                    or (kinds := writes if write else reads) is None
-                    or not kinds.isdisjoint(touched)
-                ]
+            key = (write, write and who.dma, touched, who.name)
+            try:
+                watchers = self._chosen[key]
+            except KeyError:
+                watchers = self._chosen[key] = self._select(*key)
         if watchers or not allowed:
-            record = AccessRecord(now, who.name, addr, length, write, allowed)
+            # AccessRecord(...), without its generated Python __new__
+            record = _new_record(AccessRecord, (now, who.name, addr, length, write, allowed))
             for watch in watchers:
                 watch(who, record)
             if denied is not None:

@@ -51,6 +51,20 @@ class AccessLog(ColumnLog[AccessRecord]):
         self._addr.append(addr)
         self._length.append(length)
 
+    def actor_bits(self, actor: str) -> int:
+        """``actor``'s index in the flags column (shifted into place), registering it."""
+        try:
+            index = self._index[actor]
+        except KeyError:
+            index = self._index[actor] = len(self._names)
+            self._names.append(actor)
+        return index << 2
+
+    def appenders(self) -> tuple:
+        """The columns' append methods (time, actor bits | allowed << 1 | write, addr,
+        length), for a caller that appends a row field by field (the access check)."""
+        return self._time.append, self._who.append, self._addr.append, self._length.append
+
     def __len__(self) -> int:
         return len(self._time)
 

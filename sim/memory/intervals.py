@@ -36,20 +36,23 @@ class IntervalMap(Generic[V]):
         """Give every point in ``[start, end)`` the value ``value``."""
         if end <= start:
             return
-        after = self[end]
-        lo = bisect_right(self._keys, start - 1)  # first key >= start
-        hi = bisect_right(self._keys, end)  # first key > end
-        before = self._vals[lo - 1] if lo > 0 else self.default
+        keys_, vals_ = self._keys, self._vals
+        lo = bisect_right(keys_, start - 1)  # first key >= start
+        hi = bisect_right(keys_, end)  # first key > end
+        after = vals_[hi - 1] if hi > 0 else self.default  # self[end]
+        before = vals_[lo - 1] if lo > 0 else self.default
         keys: list[int] = []
         vals: list[V] = []
-        if value != before:
+        # (``is`` first: equal values are mostly the same object, and a value's __eq__
+        # may be Python code)
+        if value is not before and value != before:
             keys.append(start)
             vals.append(value)
-        if after != value:
+        if after is not value and after != value:
             keys.append(end)
             vals.append(after)
-        self._keys[lo:hi] = keys
-        self._vals[lo:hi] = vals
+        keys_[lo:hi] = keys
+        vals_[lo:hi] = vals
 
     def runs(self, start: int, end: int) -> Iterator[tuple[int, int, V]]:
         """Yield maximal ``(s, e, value)`` runs covering ``[start, end)`` in order."""

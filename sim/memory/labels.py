@@ -61,7 +61,7 @@ class LabelMap:
             old.discard(LabelKind.FREE)
             if old <= {label.kind}:
                 kinds = self.page_kinds.get(first, frozenset())
-                if label.kind is not LabelKind.FREE:
+                if label.kind is not LabelKind.FREE and label.kind not in kinds:
                     kinds = kinds | {label.kind}
                 if kinds:
                     self.page_kinds[first] = kinds

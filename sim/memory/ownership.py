@@ -129,7 +129,7 @@ class Transition(enum.Enum):
 
     @property
     def spec(self) -> TransitionSpec:
-        return self.value
+        return self._value_  # .value, without the enum descriptor (a hot path)
 
 
 class OwnershipError(Exception):
@@ -256,6 +256,11 @@ class PageOwnership:
         sides = [(self._side(role, guest), before) for role, before, _ in transition.spec.sides]
         for component, before in sides:
             view = self._view(component)
+            if nr_pages == 1:  # (the common case: one run, one lookup)
+                state = view[first_pfn]
+                if state is not before:
+                    raise OwnershipError(transition, first_pfn, component, before, state)
+                continue
             for start, _end, state in view.run_list(first_pfn, first_pfn + nr_pages):
                 if state is not before:
                     raise OwnershipError(transition, start, component, before, state)

@@ -136,3 +136,18 @@ def kvm_restore_tables(world: World, machine: Machine, payload: Payload) -> Gene
     cost = world.costs.ioctl_us + _its_entries(machine) * world.costs.guest_entry_us
     yield world.charge(host.name, cost)
     host.enable_its(payload.regs)
+
+
+TRAP_HOOKS = ("before_mmio", "after_mmio", "before_process", "after_process")
+
+
+def hooks_of(proposal: Proposal) -> frozenset[str]:
+    """The trap-path hooks (:data:`TRAP_HOOKS`) ``proposal`` replaces. The base class's
+    yield nothing and return None, so a caller may skip those (one generator fewer per
+    trap) and behave the same."""
+    return frozenset(
+        name
+        for name in TRAP_HOOKS
+        if name in getattr(proposal, "__dict__", ())  # (a plugin's class may use __slots__)
+        or getattr(type(proposal), name) is not getattr(Proposal, name)
+    )

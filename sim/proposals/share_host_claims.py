@@ -52,6 +52,26 @@ def table_pages(its: VirtualITS) -> list[int]:
     return sorted(pages)
 
 
+class _LiveITEs:
+    """One device's ITT address and which EventIDs have a live ITE (one with a
+    collection) as the batch goes: the vITS's ITEs, each looked up when the batch names
+    it, under the batch's own changes (a device's whole set, built for every batch that
+    names it, made mapping N vectors one at a time cost N^2)."""
+
+    __slots__ = ("changed", "ites", "itt_addr")
+
+    def __init__(self, itt_addr: int, ites: dict) -> None:
+        self.itt_addr = itt_addr
+        self.ites = ites  # EventID -> ITTEntry, as the vITS holds them (not changed here)
+        self.changed: dict[int, bool] = {}  # EventID -> live, as the batch left it
+
+    def live(self, event_id: int) -> bool:
+        if event_id in self.changed:
+            return self.changed[event_id]
+        ite = self.ites.get(event_id)
+        return ite is not None and bool(ite.collection)
+
+
 def command_write_pages(its: VirtualITS, target: int) -> list[int]:
     """Pages KVM will write while it runs the queue from GITS_CREADR to ``target``: the
     ITE of each DISCARD that frees one, the DTE of each MAPD V=0, as the host reads the
@@ -61,18 +81,14 @@ def command_write_pages(its: VirtualITS, target: int) -> list[int]:
     base, size = r.cbaser_addr(its.cbaser), r.cbaser_size(its.cbaser)
     if target >= size:
         return []
-    # DeviceID -> (ITT address, EventIDs with a live ITE), or None once unmapped; read
-    # from the vITS only for the devices the batch names.
-    itts: dict[int, tuple[int, set[int]] | None] = {}
+    # DeviceID -> its ITT address and which EventIDs have a live ITE, or None once
+    # unmapped; read from the vITS only for the devices and events the batch names.
+    itts: dict[int, _LiveITEs | None] = {}
 
-    def itt(device_id: int) -> tuple[int, set[int]] | None:
+    def itt(device_id: int) -> _LiveITEs | None:
         if device_id not in itts:
             d = its.devices.get(device_id)
-            itts[device_id] = (
-                None
-                if d is None
-                else (d.itt_addr, {ev for ev, ite in d.ites.items() if ite.collection})
-            )
+            itts[device_id] = None if d is None else _LiveITEs(d.itt_addr, d.ites)
         return itts[device_id]
 
     addrs = []
@@ -89,16 +105,16 @@ def command_write_pages(its: VirtualITS, target: int) -> list[int]:
             continue
         if isinstance(cmd, DISCARD):
             device = itt(cmd.device_id)
-            if device is not None and cmd.event_id in device[1]:
-                device[1].discard(cmd.event_id)
-                addrs.append(device[0] + cmd.event_id * ITE_ESZ)
+            if device is not None and device.live(cmd.event_id):
+                device.changed[cmd.event_id] = False
+                addrs.append(device.itt_addr + cmd.event_id * ITE_ESZ)
         elif isinstance(cmd, MAPD):
-            itts[cmd.device_id] = (cmd.itt_addr, set()) if cmd.valid else None
+            itts[cmd.device_id] = _LiveITEs(cmd.itt_addr, {}) if cmd.valid else None
             gpa = None if cmd.valid else its.check_id(its.baser_device_table, cmd.device_id)
             if gpa is not None:
                 addrs.append(gpa)
         elif isinstance(cmd, MAPTI | MAPI) and (device := itt(cmd.device_id)) is not None:
-            device[1].add(cmd.event_id)
+            device.changed[cmd.event_id] = True
     return sorted({addr >> PAGE_SHIFT for addr in addrs})
 
 

@@ -237,6 +237,29 @@ def test_watch_by_example() -> None:
     assert cmdq_writes == [BASE + 0x3000, BASE + 0x6FF8]
 
 
+def test_watch_by_one_initiator_sees_only_its_accesses() -> None:
+    """``by`` filters on the initiator's name, on top of the kinds; the choice of watchers
+    is cached per access shape, so the same access by another initiator, before and after,
+    must not reach it."""
+    mem = machine()
+    el2 = Initiator("src.lowvisor", HOST)
+    mine, every = [], []
+    mem.watch(lambda w, r: mine.append((w.name, r.addr)), (K.CMDQ,), (), by=el2.name)
+    mem.watch(lambda w, r: every.append((w.name, r.addr)), (K.CMDQ,), ())
+    mem.labels.set(BASE, PAGE_SIZE, Label(K.CMDQ))
+    mem.read(HOST_CPU, BASE, 32)
+    mem.read(el2, BASE + 32, 32)
+    mem.read(HOST_CPU, BASE + 64, 32)
+    mem.write(el2, BASE, bytes(32))  # a write: reads only
+    mem.read(el2, BASE + PAGE_SIZE, 32)  # no queue on the page
+    assert mine == [(el2.name, BASE + 32)]
+    assert every == [
+        (HOST_CPU.name, BASE),
+        (el2.name, BASE + 32),
+        (HOST_CPU.name, BASE + 64),
+    ]
+
+
 def test_watchers_run_before_the_bytes_move_and_before_the_fault() -> None:
     mem = machine()
     mem.labels.set(BASE, 16, Label(K.SECRET))
