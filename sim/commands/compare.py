@@ -131,6 +131,7 @@ class Runs:
     matrices: dict
     worlds: dict
     twins: list
+    events: dict  # the kernel-replacement scenarios' outcomes (sim.report.kernel_events)
 
 
 def _simulate(args: argparse.Namespace, scenarios: list) -> Runs:
@@ -138,6 +139,7 @@ def _simulate(args: argparse.Namespace, scenarios: list) -> Runs:
     from sim.commands.console import progress
     from sim.matrix import compare_set, run_cells_on, scenario_row, with_attack
     from sim.proposals import PROPOSALS
+    from sim.report import kernel_events
     from sim.report.realguest import twins
     from sim.scenario import ATTACKS
 
@@ -162,7 +164,8 @@ def _simulate(args: argparse.Namespace, scenarios: list) -> Runs:
             honest, rows, focus, args.jobs, advance, args.seeds, attacked
         )
     twin_runs = run_cells_on(args.jobs)(cells(twins(honest)), lambda: None)
-    return Runs(honest, focus, results, matrices, worlds, twin_runs)
+    events = kernel_events.all_outcomes(scenarios, args.jobs)
+    return Runs(honest, focus, results, matrices, worlds, twin_runs, events)
 
 
 def _cost_ranges(args: argparse.Namespace, runs: Runs):
@@ -203,10 +206,10 @@ def _write(args: argparse.Namespace, scenarios: list, runs: Runs, sens, out: Pat
     document = results_document(results, scenarios, args.overrides)
     cells = {n: [c.model_dump(mode="json") for c in cs] for n, cs in matrices.items()}
     summary = render_text(scenarios, results, matrices, args.overrides)
-    live, events = liveupdate.all_costs(scenarios), kernel_events.all_outcomes(scenarios)
+    live, events = liveupdate.all_costs(scenarios), runs.events
     evidence = verdict.Evidence(scenarios, results, matrices, live, events, sens)
     with report_dir(out, "--out") as staging:
-        charts = write_charts(results, staging, matrices, runs.worlds)
+        charts = write_charts(results, staging, matrices, runs.worlds, args.jobs)
         extra: list[str] = []
         if sens is not None:
             from sim.report.sensitivity import section, tornado_chart

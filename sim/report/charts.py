@@ -265,6 +265,7 @@ def timeline_chart(worlds: dict, path: Path) -> Path:
             phases = [s for s in world.trace if s.lane == "migration"]
             start = phases[0].start
             end = phases[-1].end
+            bars: dict[tuple[int, str], list[tuple[float, float]]] = {}  # one call each
             for row, lane in enumerate(lanes):
                 for s in world.trace:
                     if s.lane != lane or s.end < start or s.start > end:
@@ -274,11 +275,10 @@ def timeline_chart(worlds: dict, path: Path) -> Path:
                         if lane == "migration"
                         else actor_colour(lane)
                     )
-                    ax.broken_barh(
-                        [(s.start - start, max(s.end - s.start, 0.05))],
-                        (row - 0.35, 0.7),
-                        color=colour,
-                    )
+                    span = (s.start - start, max(s.end - s.start, 0.05))
+                    bars.setdefault((row, colour), []).append(span)
+            for (row, colour), spans in bars.items():
+                ax.broken_barh(spans, (row - 0.35, 0.7), color=colour)
             ax.set_yticks(range(len(lanes)), lanes, fontsize=6)
             ax.set_ylim(len(lanes) - 0.5, -0.5)
             ax.set_title(
@@ -386,9 +386,9 @@ def cpu_chart(results: list[RunResult], path: Path, focus: str) -> Path:
         return _save(fig, path)
 
 
-def write_charts(
-    results: list[RunResult], out: Path, matrices: dict[str, list], worlds: dict
-) -> list[Path]:
+def exposure_chart(results: list[RunResult], path: Path, matrices: dict[str, list]) -> Path:
+    """What the host could read or reach, and what the worst attack of each matrix row
+    read, exposed or corrupted."""
     worst: dict[tuple, int] = {}
     corrupted: dict[tuple, int] = {}
     for name, cells in matrices.items():
@@ -397,62 +397,85 @@ def write_charts(
             won = c.outcome == "succeeded"
             worst[key] = max(worst.get(key, 0), c.bytes if won else 0)
             corrupted[key] = max(corrupted.get(key, 0), c.corrupted if won else 0)
+    return bar_chart(
+        results,
+        path,
+        f"Secret bytes the host could read, or reach by DMA (host: {_hosts(results)});"
+        " what the worst attack (matrix row) read, exposed or corrupted",
+        [
+            ("peak secret B (log scale)", lambda r: r.exposure.peak_exposed_bytes, True),
+            ("secret B x ms (log scale)", lambda r: r.exposure.exposed_byte_ms, True),
+            (
+                "peak DMA-reachable B (log scale)",
+                lambda r: r.exposure.dma_reachable_peak_bytes,
+                True,
+            ),
+            ("worst attack: B gained (log scale)", lambda r: 0, True),
+            ("worst attack: B corrupted (log scale)", lambda r: 0, True),
+        ],
+        extra={
+            "worst attack: B gained (log scale)": worst,
+            "worst attack: B corrupted (log scale)": corrupted,
+        },
+    )
+
+
+def costs_chart(results: list[RunResult], path: Path) -> Path:
+    return bar_chart(
+        results,
+        path,
+        f"What each proposal costs (host: {_hosts(results)})",
+        [
+            ("ITS downtime (ms)", lambda r: r.costs.its_downtime_ms, False),
+            ("CPU, all actors (ms)", lambda r: sum(r.costs.cpu_us.values()) / 1000, False),
+        ],
+    )
+
+
+def own_part_chart(results: list[RunResult], path: Path) -> Path:
+    return bar_chart(
+        results,
+        path,
+        "What each proposal adds beyond the guest ITS driver's own sharing"
+        f" (host: {_hosts(results)}); last panel: the driver's own, for scale",
+        [
+            ("hypercalls the proposal adds", lambda r: r.costs.hypercalls_by_proposal, False),
+            ("pages the proposal shares", lambda r: r.costs.pages_shared_by_proposal, False),
+            (
+                "stage-2 TLBIs the proposal adds",
+                lambda r: r.costs.tlb_invalidations_by_proposal,
+                False,
+            ),
+            ("IOTLB invalidations", lambda r: r.costs.iotlb_invalidations, False),
+            ("EL2 time the proposal adds (us)", lambda r: r.costs.proposal_el2_us, False),
+            (
+                "hypercalls of the driver itself",
+                lambda r: r.costs.hypercalls - r.costs.hypercalls_by_proposal,
+                False,
+            ),
+        ],
+    )
+
+
+def write_charts(
+    results: list[RunResult],
+    out: Path,
+    matrices: dict[str, list],
+    worlds: dict,
+    workers: int | None = 1,
+) -> list[Path]:
+    """compare's charts, each a job on ``workers`` processes (sim.parallel; None: every
+    core), in this order."""
+    from sim.parallel import Job, run_jobs
+
     focus = next(iter(worlds.values())).scenario.name
-    return [
-        bar_chart(
-            results,
-            out / "exposure.png",
-            f"Secret bytes the host could read, or reach by DMA (host: {_hosts(results)});"
-            " what the worst attack (matrix row) read, exposed or corrupted",
-            [
-                ("peak secret B (log scale)", lambda r: r.exposure.peak_exposed_bytes, True),
-                ("secret B x ms (log scale)", lambda r: r.exposure.exposed_byte_ms, True),
-                (
-                    "peak DMA-reachable B (log scale)",
-                    lambda r: r.exposure.dma_reachable_peak_bytes,
-                    True,
-                ),
-                ("worst attack: B gained (log scale)", lambda r: 0, True),
-                ("worst attack: B corrupted (log scale)", lambda r: 0, True),
-            ],
-            extra={
-                "worst attack: B gained (log scale)": worst,
-                "worst attack: B corrupted (log scale)": corrupted,
-            },
-        ),
-        bar_chart(
-            results,
-            out / "costs.png",
-            f"What each proposal costs (host: {_hosts(results)})",
-            [
-                ("ITS downtime (ms)", lambda r: r.costs.its_downtime_ms, False),
-                ("CPU, all actors (ms)", lambda r: sum(r.costs.cpu_us.values()) / 1000, False),
-            ],
-        ),
-        bar_chart(
-            results,
-            out / "own-part.png",
-            "What each proposal adds beyond the guest ITS driver's own sharing"
-            f" (host: {_hosts(results)}); last panel: the driver's own, for scale",
-            [
-                ("hypercalls the proposal adds", lambda r: r.costs.hypercalls_by_proposal, False),
-                ("pages the proposal shares", lambda r: r.costs.pages_shared_by_proposal, False),
-                (
-                    "stage-2 TLBIs the proposal adds",
-                    lambda r: r.costs.tlb_invalidations_by_proposal,
-                    False,
-                ),
-                ("IOTLB invalidations", lambda r: r.costs.iotlb_invalidations, False),
-                ("EL2 time the proposal adds (us)", lambda r: r.costs.proposal_el2_us, False),
-                (
-                    "hypercalls of the driver itself",
-                    lambda r: r.costs.hypercalls - r.costs.hypercalls_by_proposal,
-                    False,
-                ),
-            ],
-        ),
-        cpu_chart(results, out / "cpu.png", focus),
-        matrix_chart(matrices, out / "matrix.png", focus),
-        timeline_chart(worlds, out / "timeline.png"),
-        memory_map_chart(worlds, out / "memory-map.png"),
+    jobs = [
+        Job(exposure_chart, (results, out / "exposure.png", matrices), 3),
+        Job(costs_chart, (results, out / "costs.png"), 2),
+        Job(own_part_chart, (results, out / "own-part.png"), 3),
+        Job(cpu_chart, (results, out / "cpu.png", focus)),
+        Job(matrix_chart, (matrices, out / "matrix.png", focus)),
+        Job(timeline_chart, (worlds, out / "timeline.png")),
+        Job(memory_map_chart, (worlds, out / "memory-map.png")),
     ]
+    return run_jobs(jobs, workers)

@@ -34,42 +34,41 @@ def distinct_bytes(violations) -> int:
     return len({(v.machine, a) for v in violations for a in range(v.addr, v.addr + v.length)})
 
 
-def outcomes(scenario: Scenario) -> list[KernelEventOutcome]:
+def outcome(scenario: Scenario, proposal: str) -> KernelEventOutcome:
+    """One proposal's run of a kernel-replacement scenario with an honest host, beside the
+    same scenario without its events (module-level: a sim.parallel job)."""
     from sim.matrix import with_attack
     from sim.run import collect, simulate
 
     honest = with_attack(scenario, None)
     workload = honest.workload.model_copy(update={"events": []})
     baseline = honest.model_copy(update={"workload": workload})
-    out = []
-    for proposal in honest.proposals:
-        world = simulate(honest, proposal)
-        result = collect(world)
-        written = [v for v in world.auditor.all() if v.kind == "integrity"]
-        base_world = simulate(baseline, proposal)
-        base_written = [v for v in base_world.auditor.all() if v.kind == "integrity"]
-        stale = sorted({d for e in world.kernel_events for d in e["stale_devices"]})
-        pend = {r for e in world.kernel_events for r in e["stale_pending_tables"]}
-        c = result.correctness
-        out.append(
-            KernelEventOutcome(
-                proposal=proposal,
-                stale_devices=tuple(stale),
-                stale_pending_tables=len(pend),
-                written_bytes=sum(v.length for v in written),
-                written_secret_bytes=sum(
-                    v.length for v in written if v.victim.startswith("secret")
-                ),
-                writers=tuple(sorted({v.actor for v in written})),
-                victims=tuple(sorted({v.victim for v in written})),
-                exposed_peak_bytes=result.exposure.peak_exposed_bytes,
-                baseline_written_bytes=distinct_bytes(base_written),
-                baseline_exposed_peak_bytes=collect(base_world).exposure.peak_exposed_bytes,
-                translations=f"{c.ok_after_migration}/{c.expected_translations}",
-                command_errors=c.command_errors,
-            )
-        )
-    return out
+    world = simulate(honest, proposal)
+    result = collect(world)
+    written = [v for v in world.auditor.all() if v.kind == "integrity"]
+    base_world = simulate(baseline, proposal)
+    base_written = [v for v in base_world.auditor.all() if v.kind == "integrity"]
+    stale = sorted({d for e in world.kernel_events for d in e["stale_devices"]})
+    pend = {r for e in world.kernel_events for r in e["stale_pending_tables"]}
+    c = result.correctness
+    return KernelEventOutcome(
+        proposal=proposal,
+        stale_devices=tuple(stale),
+        stale_pending_tables=len(pend),
+        written_bytes=sum(v.length for v in written),
+        written_secret_bytes=sum(v.length for v in written if v.victim.startswith("secret")),
+        writers=tuple(sorted({v.actor for v in written})),
+        victims=tuple(sorted({v.victim for v in written})),
+        exposed_peak_bytes=result.exposure.peak_exposed_bytes,
+        baseline_written_bytes=distinct_bytes(base_written),
+        baseline_exposed_peak_bytes=collect(base_world).exposure.peak_exposed_bytes,
+        translations=f"{c.ok_after_migration}/{c.expected_translations}",
+        command_errors=c.command_errors,
+    )
+
+
+def outcomes(scenario: Scenario) -> list[KernelEventOutcome]:
+    return [outcome(scenario, p) for p in scenario.proposals]
 
 
 def section(scenario: Scenario, rows: list[KernelEventOutcome]) -> list[str]:
@@ -108,9 +107,19 @@ def section(scenario: Scenario, rows: list[KernelEventOutcome]) -> list[str]:
     return out
 
 
-def all_outcomes(scenarios: list[Scenario]) -> dict[str, list[KernelEventOutcome]]:
-    """Every kernel-replacement scenario's outcomes, by scenario name (none: empty)."""
-    return {s.name: outcomes(s) for s in scenarios if s.workload.events}
+def all_outcomes(
+    scenarios: list[Scenario], workers: int | None = 1
+) -> dict[str, list[KernelEventOutcome]]:
+    """Every kernel-replacement scenario's outcomes, by scenario name (none: empty), as
+    jobs on ``workers`` processes (sim.parallel; None: every core)."""
+    from sim.parallel import Job, run_jobs
+
+    todo = [(s, p) for s in scenarios if s.workload.events for p in s.proposals]
+    done = iter(run_jobs([Job(outcome, (s, p)) for s, p in todo], workers))
+    out: dict[str, list[KernelEventOutcome]] = {}
+    for s, _ in todo:
+        out.setdefault(s.name, []).append(next(done))
+    return out
 
 
 def write(
