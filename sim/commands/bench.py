@@ -44,7 +44,7 @@ def register(sub) -> None:
         action="append",
         choices=ALL_PROPOSALS,
         metavar="P",
-        help="only this proposal for the migration points (repeatable; default: all six)",
+        help="only this proposal for the migration points (repeatable; default: every proposal)",
     )
     p.add_argument("--quick", action="store_true", help="a small, fast run (for tests)")
     p.add_argument("--out", default="reports", help="directory for perf.md (default: reports)")
