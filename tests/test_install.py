@@ -68,7 +68,8 @@ def test_installed_commands_find_the_bundled_scenarios(venv):
     names = [line.split()[0] for line in listed]
     assert "small-vm" in names and len(names) == len(list((ROOT / "scenarios").glob("*.yaml")))
     run = sh(bin_ / "pkvm-sim", "run", "small-vm", "--proposal", "trusted-host", cwd=work)
-    assert "small-vm (seed" in run.stdout and "ITS correct" in run.stdout
+    assert "small-vm (8 seeds 1-8: median [min-max])" in run.stdout
+    assert "ITS correct" in run.stdout
     # compare with no scenario: every bundled one, from the package data (one seed, no
     # sensitivity section, to keep the test short; the README's full run is in test_compare).
     out = work / "bundled-reports"
