@@ -174,8 +174,10 @@ class ShareCmdqShadow(Proposal):
         its = machine.host.its
         who = its.kvm.who
 
+        base = kvm_ring_base(machine)  # guest RAM's size, so the ring's place, is fixed
+
         def ring(gpa: int, length: int) -> bytes:
-            return machine.memory.read(who, kvm_ring_base(machine) + (gpa - st.guest_base), length)
+            return machine.memory.read(who, base + (gpa - st.guest_base), length)
 
         its.cmdq_reader = ring
 
@@ -199,13 +201,14 @@ class ShareCmdqShadow(Proposal):
         memory = machine.memory
         hyp = self._hyp(machine)
         start, st.batch = st.read, 0
+        own, ring = el2_cmdq_base(machine), kvm_ring_base(machine)
         pages: set[int] = set()
         while st.read != target:
             slot = st.read
             pages.add((st.guest_base + slot) >> PAGE_SHIFT)
             raw = lowvisor.read_guest(st.guest_base + slot, r.ITS_CMD_SIZE)
-            memory.write(hyp, el2_cmdq_base(machine) + slot, raw)  # memcpy into EL2's own queue
-            raw = memory.read(hyp, el2_cmdq_base(machine) + slot, r.ITS_CMD_SIZE)  # decoded there
+            memory.write(hyp, own + slot, raw)  # memcpy into EL2's own queue
+            raw = memory.read(hyp, own + slot, r.ITS_CMD_SIZE)  # decoded there
             yield world.charge(
                 lowvisor.name,
                 costs.el2_cmd_parse_us + 2 * r.ITS_CMD_SIZE / (costs.memcpy_gbps * 1e3),
@@ -219,7 +222,7 @@ class ShareCmdqShadow(Proposal):
                 ok = yield from self._mapd(machine, st, raw, slot, first=slot == start)
                 if not ok:
                     break
-            memory.write(hyp, kvm_ring_base(machine) + slot, raw)  # forward the checked command
+            memory.write(hyp, ring + slot, raw)  # forward the checked command
             st.read = (slot + r.ITS_CMD_SIZE) % st.size
             st.batch += 1
         yield world.charge(lowvisor.name, len(pages) * costs.el2_fixmap_us, "proposal")
