@@ -113,6 +113,17 @@ def add_seeds_argument(p, default: int) -> None:
     )
 
 
+def add_jobs_argument(p) -> None:
+    """``--jobs N``: runs at once, each in a worker process (sim.parallel)."""
+    p.add_argument(
+        "--jobs",
+        type=_positive,
+        metavar="N",
+        help="runs at once, each in a worker process (default: every core; 1: in this"
+        " process); the output is the same for any N",
+    )
+
+
 def nonnegative(text: str) -> int:
     """An argparse type: a whole number, 0 or more."""
     import argparse

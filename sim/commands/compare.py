@@ -16,6 +16,7 @@ from pathlib import Path
 from sim.cells import DEFAULT_SEEDS
 from sim.commands.common import (
     BUNDLED,
+    add_jobs_argument,
     add_json_argument,
     add_seeds_argument,
     add_set_argument,
@@ -67,19 +68,8 @@ def register(sub) -> None:
         f" its low and high end in {FOCUS} besides (default {COST_SAMPLES}; 0: no section;"
         " `pkvm-sim sensitivity` runs the full design)",
     )
-    p.add_argument(
-        "--jobs",
-        type=int,
-        metavar="N",
-        help="runs at once, each in a worker process (default: every core; 1: in this"
-        " process); the output is the same for any N",
-    )
-    p.set_defaults(func=main, check=check)
-
-
-def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    if args.jobs is not None and args.jobs < 1:
-        parser.error(f"--jobs: expected at least 1, got {args.jobs}")
+    add_jobs_argument(p)
+    p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from sim.commands.common import (
+    add_jobs_argument,
     add_json_argument,
     bundled_scenarios,
     check_json,
@@ -60,20 +61,9 @@ def register(sub) -> None:
     )
     p.add_argument("--out", default="reports/sensitivity", help="output directory")
     p.add_argument("--name", help="subdirectory of --out (default: 'bundled' or the first name)")
-    p.add_argument(
-        "--jobs",
-        type=int,
-        metavar="N",
-        help="runs at once, each in a worker process (default: every core; 1: in this"
-        " process); the output is the same for any N",
-    )
+    add_jobs_argument(p)
     add_json_argument(p, "the design, every conclusion and its verdict")
-    p.set_defaults(func=main, check=check)
-
-
-def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    if args.jobs is not None and args.jobs < 1:
-        parser.error(f"--jobs: expected at least 1, got {args.jobs}")
+    p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
