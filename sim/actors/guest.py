@@ -99,19 +99,29 @@ class Guest:
         self.name = "guest"
         self.cpu = Initiator(f"{self.name}.vcpu", GUEST)
         self.ram_base = RAM_BASE
+        self.queue_timeouts = 0  # "ITS queue timeout" messages the guest logged
+        self.unmaps: list[tuple[float, str, range]] = []  # (MAPD V=0 time, machine, ITT pfns)
+        self.new_kernel()
+        # RAM holds another kernel's bytes (after kexec or under a hibernation's boot
+        # kernel): what __GFP_ZERO and kzalloc zero must then be written (kernel_swap.py).
+        self.dirty_ram = False
+
+    def new_kernel(self, stream: str = "guest", offset: int = 0) -> None:
+        """A freshly booted kernel's ITS driver state and allocators: its page allocator
+        above the first 16 MiB (firmware, kernel; ``offset`` more), kmalloc caches drawing
+        from the ``{stream}.heap`` random stream, and the shared ITT pool. At boot, and
+        for a kexec'd or hibernation boot kernel (sim/actors/kernel_swap.py)."""
+        world, labels = self.world, self.machine.memory.labels
         self.devices = {d.name: GuestDevice(d) for d in world.scenario.devices}
         self.next_lpi = r.GIC_LPI_OFFSET  # grows past the last LPI only in a bulk guest
         # Per LPI (INTID - 8192): the vCPU the guest targets it at, and its mapped vectors.
         self.lpi_vcpu = [0] * NR_LPIS
         self.lpi_users = [0] * NR_LPIS
         self.cwriter = 0
-        self.queue_timeouts = 0  # "ITS queue timeout" messages the guest logged
-        self.unmaps: list[tuple[float, str, range]] = []  # (MAPD V=0 time, machine, ITT pfns)
         self.driver_shared: set[int] = set()  # pages the ITS driver itself shared
-        # The guest kernel's own pages start above the first 16 MiB (firmware, kernel).
-        self.pages = PageAllocator(RAM_BASE + (16 << 20), RAM_BASE + world.ram_size)
-        labels = machine.memory.labels
-        rng = world.rng("guest.heap")
+        base = self.ram_base
+        self.pages = PageAllocator(base + (16 << 20) + offset, base + world.ram_size)
+        rng = world.rng(f"{stream}.heap")
         self.kmalloc = {
             size: KmallocCache(
                 size,
@@ -125,9 +135,6 @@ class Guest:
         }
         self.pool = SharedPool(self.pages, labels, self._share_now)
         self._pending_shares: list[int] = []
-        # RAM holds another kernel's bytes (after kexec or under a hibernation's boot
-        # kernel): what __GFP_ZERO and kzalloc zero must then be written (kernel_swap.py).
-        self.dirty_ram = False
 
     # ---- memory and hypercalls ------------------------------------------------------------
 

@@ -56,7 +56,6 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import TYPE_CHECKING
 
-from sim.actors.alloc import KmallocCache, PageAllocator, SharedPool, slub_order
 from sim.its import regs as r
 from sim.memory.labels import Label, LabelKind
 from sim.memory.ownership import PageState
@@ -177,34 +176,8 @@ def _its_restore_enable(guest: Guest) -> Generator:
 
 
 def _fresh_driver_state(guest: Guest, event: KernelEvent, stream: str) -> None:
-    """A newly booted kernel's driver and allocators (``Guest.__init__``'s, elsewhere)."""
-    from sim.actors.guest import HEAP_SLAB_CLASSES, NR_LPIS, GuestDevice
-    from sim.world import RAM_BASE
-
-    world = guest.world
-    labels = guest.machine.memory.labels
-    offset = event.moved_mib << 20 if event.tables == "moved" else 0
-    guest.devices = {d.name: GuestDevice(d) for d in world.scenario.devices}
-    guest.next_lpi = r.GIC_LPI_OFFSET
-    guest.lpi_vcpu = [0] * NR_LPIS
-    guest.lpi_users = [0] * NR_LPIS
-    guest.cwriter = 0
-    guest.driver_shared = set()
-    guest.pages = PageAllocator(RAM_BASE + (16 << 20) + offset, RAM_BASE + world.ram_size)
-    rng = world.rng(f"{stream}.heap")
-    guest.kmalloc = {
-        size: KmallocCache(
-            size,
-            guest.pages,
-            labels,
-            rng,
-            guest.spec.secret_density,
-            order=slub_order(size, guest.spec.vcpus),
-        )
-        for size in HEAP_SLAB_CLASSES
-    }
-    guest.pool = SharedPool(guest.pages, labels, guest._share_now)
-    guest._pending_shares = []
+    """A newly booted kernel's driver and allocators, over RAM another kernel wrote."""
+    guest.new_kernel(stream, event.moved_mib << 20 if event.tables == "moved" else 0)
     guest.dirty_ram = True  # its tables (__GFP_ZERO) and ITTs (kzalloc) are zeroed
 
 
