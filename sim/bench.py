@@ -17,7 +17,10 @@ import random
 import resource
 import sys
 import time
+from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import simpy
@@ -38,46 +41,111 @@ def events_scheduled(env: simpy.Environment) -> int:
 
 # ---- (a) bare SimPy on pkvm-sim's event pattern ------------------------------------------
 
+EVENT_KINDS = ("timeout", "event", "resource", "process")
 
-def bare_simpy(nr_actors: int = 8, events_per_actor: int = 20_000, seed: int = 1) -> dict:
-    """pkvm-sim's pattern with no model behind it: a process per actor, each alternating
-    exponential timeouts (MSIs, affinity moves) with a short critical section on a shared
-    capacity-1 resource (the vCPUs) and a fixed-cost timeout inside it (a charged trap).
-    """
+
+def event_kind(event: simpy.Event) -> str:
+    """What a scheduled SimPy event is: a ``timeout``, a plain ``event`` (succeeded by
+    code), a ``resource`` request or release, or a ``process`` starting or ending."""
+    if isinstance(event, simpy.Timeout):
+        return "timeout"
+    if isinstance(event, simpy.resources.base.Put | simpy.resources.base.Get):
+        return "resource"
+    if isinstance(event, simpy.Process | simpy.events.Initialize):
+        return "process"
+    return "event"
+
+
+@contextmanager
+def counting_events(mix: Counter) -> Iterator[None]:
+    """Count every event any Environment schedules, by :func:`event_kind`, into ``mix``
+    (wraps ``Environment.schedule`` for the duration: untimed runs only)."""
+    schedule = simpy.Environment.schedule
+
+    def counted(env, event, priority=simpy.events.NORMAL, delay=0):
+        mix[event_kind(event)] += 1
+        schedule(env, event, priority, delay)
+
+    simpy.Environment.schedule = counted
+    try:
+        yield
+    finally:
+        simpy.Environment.schedule = schedule
+
+
+def bare_simpy(mix: dict[str, int], runs: int, events: int = 400_000, seed: int = 1) -> dict:
+    """pkvm-sim's event pattern with no model behind it: as many processes as a run has,
+    and timeouts, plain events and resource requests and releases in the proportions
+    ``mix`` counted over ``runs`` runs (:func:`counting_events`). Each process alternates
+    exponential timeouts (MSIs, charged work), a share of them inside a request of a
+    capacity-1 resource (the vCPUs), with plain events succeeded at once (a signalled
+    completion); the shares are spread evenly, not drawn."""
+    timeouts = max(1, mix.get("timeout", 0))
+    per_event = mix.get("event", 0) / timeouts  # plain events per timeout
+    per_request = mix.get("resource", 0) / 2 / timeouts  # request-release pairs per timeout
+    nr_actors = max(1, round(mix.get("process", 0) / 2 / max(1, runs)))
+    steps = max(1, round(events / nr_actors / (1 + per_event + 2 * per_request)))
     env = simpy.Environment()
     vcpus = simpy.Resource(env, capacity=1)
     rng = random.Random(seed)
 
     def actor(rate: float):
-        for i in range(events_per_actor):
-            yield env.timeout(rng.expovariate(rate))
-            if i % 4 == 0:
+        in_request = in_event = 0.0
+        for _ in range(steps):
+            delay = rng.expovariate(rate)
+            in_request += per_request
+            if in_request >= 1.0:
+                in_request -= 1.0
                 with vcpus.request() as req:
                     yield req
-                    yield env.timeout(1.5)
+                    yield env.timeout(delay)
             else:
-                yield env.timeout(0.5)
+                yield env.timeout(delay)
+            in_event += per_event
+            if in_event >= 1.0:
+                in_event -= 1.0
+                done = env.event()
+                done.succeed()
+                yield done
 
     for a in range(nr_actors):
         env.process(actor(1e-3 * (a + 1)))
     start = time.perf_counter()
     env.run()
     wall = time.perf_counter() - start
-    events = events_scheduled(env)
-    return {"events": events, "wall_s": wall, "events_per_s": events / wall}
+    counted = events_scheduled(env)
+    return {
+        "events": counted,
+        "wall_s": wall,
+        "events_per_s": counted / wall,
+        "processes": nr_actors,
+        "mix": {kind: mix.get(kind, 0) for kind in EVENT_KINDS},
+    }
 
 
 # ---- (b) pkvm-sim on a migration scenario ------------------------------------------------
 
 
+def event_mix(scenario, proposals: list[str] | None = None) -> Counter:
+    """The SimPy events one run of ``scenario`` under each proposal schedules, by kind
+    (untimed: counting costs time)."""
+    from sim.run import simulate
+
+    mix: Counter = Counter()
+    with counting_events(mix):
+        for proposal in proposals or scenario.proposals:
+            simulate(scenario, proposal)
+    return mix
+
+
 def simulated_events(scenario, proposals: list[str] | None = None) -> dict:
     """Simulate ``scenario`` under each proposal; events and wall time summed over them.
 
-    One untimed run first: the first run in a process also pays for imports and caches
-    that no later run pays again, which is not the cost of an event."""
+    Run after :func:`event_mix` (or another untimed run): the first run in a process also
+    pays for imports and caches that no later run pays again, which is not the cost of an
+    event."""
     from sim.run import collect, simulate
 
-    simulate(scenario, (proposals or scenario.proposals)[0])
     events = 0
     wall = 0.0
     sim_wall = 0.0
@@ -467,6 +535,31 @@ def _workload(b: Bench) -> list[str]:
     ]
 
 
+def _pattern(b: Bench) -> list[str]:
+    """What the bare-SimPy pattern is, from the mix it was given."""
+    mix = b.bare.get("mix")
+    if not mix:
+        return []
+    total = sum(mix.values()) or 1
+    share = ", ".join(
+        f"{100 * mix[kind] / total:.1f}% {what}"
+        for kind, what in (
+            ("timeout", "timeouts"),
+            ("event", "plain events"),
+            ("resource", "resource requests and releases"),
+            ("process", "process starts and ends"),
+        )
+    )
+    return [
+        f"The bare pattern is `{b.simulated_scenario}`'s own, counted in an untimed pass over"
+        f" its proposals ({sum(mix.values()):,} events: {share}): {b.bare['processes']}"
+        " processes, as many as a run has, each alternating exponential timeouts, a share of"
+        " them inside a request of a capacity-1 resource, with plain events succeeded at"
+        " once, in those proportions.",
+        "",
+    ]
+
+
 def _run_cost(b: Bench) -> list[str]:
     if b.run_cost is None:
         return []
@@ -550,6 +643,8 @@ def render(b: Bench, command: str) -> str:
         " to the end), without `collect()`, after one untimed run; events are SimPy's own"
         " count of scheduled events; each figure is the best of three, measured"
         " alternately.",
+        "",
+        *_pattern(b),
         "",
         *_run_cost(b),
         *_compare(b),

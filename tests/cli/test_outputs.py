@@ -274,7 +274,7 @@ def test_sweep_on_two_workers_stopped_leaves_no_process(tmp_path, how, status, l
 
 
 def test_bench_refuses_an_unwritable_out_before_measuring(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("sim.bench.bare_simpy", lambda **kw: pytest.fail("measured"))
+    monkeypatch.setattr("sim.bench.bare_simpy", lambda *a, **kw: pytest.fail("measured"))
     target = tmp_path / "afile"
     target.write_text("mine\n")
     assert main(["bench", "--quick", "--out", str(target)]) == 2

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 
 import pytest
 
-from sim.bench import growth_exponent, scaling_scenario
+import simpy
+
+from sim.bench import (
+    bare_simpy,
+    counting_events,
+    event_mix,
+    growth_exponent,
+    scaling_scenario,
+)
 from sim.cli import main
 
 
@@ -72,6 +81,48 @@ def test_bench_quick_writes_perf_md_with_every_section(tmp_path, capsys):
     assert row and row.group(7) == "yes" and int(row.group(6)) >= 5
     assert float(row.group(4)) > 0 and float(row.group(5)) > 0
     assert "over `small-vm` (1 scenarios)" in perf
+
+
+def test_counting_events_sorts_every_scheduled_event_by_kind():
+    mix = Counter()
+    with counting_events(mix):
+        env = simpy.Environment()
+        cpu = simpy.Resource(env, capacity=1)
+
+        def proc():
+            yield env.timeout(1)
+            with cpu.request() as req:
+                yield req
+            done = env.event()
+            done.succeed()
+            yield done
+
+        env.process(proc())
+        env.run()
+    # Initialize + the process's end, one timeout, a request and its release, one event
+    assert mix == {"process": 2, "timeout": 1, "resource": 2, "event": 1}
+    assert simpy.Environment.schedule.__name__ == "schedule"  # unwrapped again
+
+
+def test_bare_pattern_has_the_runs_mix_of_events():
+    from sim.commands.common import BUNDLED
+    from sim.scenario import load_scenario
+
+    scenario = load_scenario(BUNDLED / "small-vm.yaml")
+    mix = event_mix(scenario, ["trusted-host", "share-cmdq-snoop"])
+    assert mix["timeout"] > 10 * mix["event"] > 0 and mix["process"] >= 2 * 2 * 3
+    bare = bare_simpy(mix, runs=2, events=50_000)
+    counted = Counter()
+    with counting_events(counted):
+        bare_simpy(mix, runs=2, events=50_000)
+    assert bare["processes"] == round(mix["process"] / 2 / 2)
+    assert sum(counted.values()) == bare["events"]
+    assert abs(bare["events"] - 50_000) < 0.01 * 50_000
+    kinds = ("timeout", "event", "resource")  # (process starts and ends: per process)
+    for kind in kinds:
+        want = mix[kind] / sum(mix[k] for k in kinds)
+        got = counted[kind] / sum(counted[k] for k in kinds)
+        assert got == pytest.approx(want, abs=0.002), kind
 
 
 def test_growth_exponent_fits_a_power_law():
