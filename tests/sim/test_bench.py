@@ -6,7 +6,6 @@ import re
 from collections import Counter
 
 import pytest
-
 import simpy
 
 from sim.bench import (
