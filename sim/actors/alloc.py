@@ -180,24 +180,37 @@ class KmallocCache:
         slab = self.pages.alloc(self.slab_bytes, align=self.slab_bytes)
         self.slab_pages.extend(range(slab, slab + self.slab_bytes, PAGE_SIZE))
         slots = [slab + i * self.size for i in range(self.objects_per_slab)]
-        for i, addr in enumerate(slots[:neighbours]):
-            self.put_kernel_object(addr, f"kmalloc-{self.size}@{slab:#x}+{i * self.size:#x}")
+        self.labels.set_runs(
+            slab,
+            self.slab_bytes,
+            [
+                (
+                    addr,
+                    addr + self.size,
+                    self._kernel_object(f"kmalloc-{self.size}@{slab:#x}+{i * self.size:#x}"),
+                )
+                for i, addr in enumerate(slots[:neighbours])
+            ],
+        )
         self.free.extend(reversed(slots[neighbours:]))
         if self.on_new_slab is not None:
             self.on_new_slab(slab)
 
     def put_kernel_object(self, addr: int, name: str) -> None:
-        """Another kernel user's object in a slot: a secret with ``secret_density``, named
-        after a measured neighbour kind where the capture has them (no random draw)."""
+        """Another kernel user's object in a slot (:meth:`_kernel_object`)."""
+        self.labels.set(addr, self.size, self._kernel_object(name))
+
+    def _kernel_object(self, name: str) -> Label:
+        """Another kernel user's object: a secret with ``secret_density``, named after a
+        measured neighbour kind where the capture has them (no random draw)."""
         if self.neighbour_kinds:
             kinds = self.neighbour_kinds
             name = f"{kinds[self._named * 11 % len(kinds)]} in {name}"
             self._named += 1
         if self.rng.random() < self.secret_density:
-            self.labels.set(addr, self.size, Label(LabelKind.SECRET, name))
             self.secret_bytes += self.size
-        else:
-            self.labels.set(addr, self.size, Label(LabelKind.KERNEL, name))
+            return Label(LabelKind.SECRET, name)
+        return Label(LabelKind.KERNEL, name)
 
     def alloc(self, label: Label) -> int:
         """One object for us; a new slab page is mostly taken by other objects already."""

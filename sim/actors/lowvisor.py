@@ -277,9 +277,7 @@ class Lowvisor:
         causes = share_causes(src_own.history, set(pfns))
         # What the pages hold and their bytes first (RAM was pre-copied), then the
         # page attributes.
-        for start, stop, label in src.memory.labels.runs(RAM_BASE, self.world.ram_size):
-            if label.kind != "free":
-                self.machine.memory.labels.set(start, stop - start, label)
+        self.machine.memory.labels.copy_from(src.memory.labels, RAM_BASE, self.world.ram_size)
         for pfn in src.memory.resident_pfns(first, end):
             addr = pfn << PAGE_SHIFT
             data = src.memory.read(src.lowvisor.fixmap, addr, PAGE_SIZE)

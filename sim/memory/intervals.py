@@ -54,6 +54,44 @@ class IntervalMap(Generic[V]):
         keys_[lo:hi] = keys
         vals_[lo:hi] = vals
 
+    def replace(self, start: int, end: int, runs: list[tuple[int, int, V]]) -> None:
+        """Give ``[start, end)`` the values of ``runs`` (``(s, e, v)``, in order, disjoint,
+        inside the range) and ``default`` between them: what assigning ``default`` to the
+        range and then each run would leave, in one splice."""
+        if end <= start:
+            return
+        keys_, vals_ = self._keys, self._vals
+        lo = bisect_left(keys_, start)  # keys in [start, end] are replaced
+        hi = bisect_right(keys_, end)
+        before = vals_[lo - 1] if lo > 0 else self.default
+        after = vals_[hi - 1] if hi > 0 else self.default  # self[end]
+        default = self.default
+        points: list[tuple[int, V]] = [(start, default)]
+        last = start
+        for s, e, value in runs:
+            if not last <= s < e <= end:
+                raise ValueError(f"replace: run {s}..{e} out of order or outside {start}..{end}")
+            if points[-1][0] == s:
+                points[-1] = (s, value)
+            else:
+                points.append((s, value))
+            points.append((e, default))
+            last = e
+        if points[-1][0] == end:
+            points[-1] = (end, after)
+        else:
+            points.append((end, after))
+        keys: list[int] = []
+        vals: list[V] = []
+        prev = before
+        for point, value in points:
+            if value is not prev and value != prev:
+                keys.append(point)
+                vals.append(value)
+                prev = value
+        keys_[lo:hi] = keys
+        vals_[lo:hi] = vals
+
     def runs(self, start: int, end: int) -> Iterator[tuple[int, int, V]]:
         """Yield maximal ``(s, e, value)`` runs covering ``[start, end)`` in order."""
         if end <= start:

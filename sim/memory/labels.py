@@ -9,9 +9,10 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import pairwise
 
 from sim.memory.intervals import IntervalMap
-from sim.memory.physmem import PAGE_SHIFT
+from sim.memory.physmem import PAGE_SHIFT, PAGE_SIZE
 
 
 class LabelKind(enum.StrEnum):
@@ -96,6 +97,56 @@ class LabelMap:
                 index[pfn] = kinds
             else:
                 index.pop(pfn, None)
+
+    def set_runs(self, addr: int, length: int, runs: list[tuple[int, int, Label]]) -> None:
+        """:meth:`set` each ``(start, end, label)`` of ``runs``, in address order and inside
+        the whole pages ``[addr, addr + length)`` (a new slab's objects). If the range is
+        all free, the watchers are told once for it (what they see after is what the sets
+        one by one leave: nothing is overwritten or merged); else, or if two runs touch
+        with one label (the sets would merge them, closing the first's exposure at once),
+        the runs are set one by one."""
+        if addr % PAGE_SIZE or length % PAGE_SIZE:
+            raise ValueError(f"set_runs: {addr:#x}+{length:#x} is not whole pages")
+        if self._map.values(addr, addr + length) != [FREE] or any(
+            a[1] == b[0] and a[2] == b[2] for a, b in pairwise(runs)
+        ):
+            for start, stop, label in runs:
+                self.set(start, stop - start, label)
+            return
+        for watch in self.watchers:
+            watch(addr, length, False)
+        self._map.replace(addr, addr + length, runs)
+        kinds: dict[int, set[LabelKind]] = {}
+        for start, stop, label in runs:
+            if label.kind is not LabelKind.FREE:
+                for pfn in range(start >> PAGE_SHIFT, ((stop - 1) >> PAGE_SHIFT) + 1):
+                    kinds.setdefault(pfn, set()).add(label.kind)
+        self.page_kinds.update((pfn, frozenset(k)) for pfn, k in kinds.items())
+        for watch in self.watchers:
+            watch(addr, length, True)
+
+    def copy_from(self, other: LabelMap, addr: int, length: int) -> None:
+        """Set every labelled run ``other`` has in ``[addr, addr + length)`` (a migrated
+        guest's memory arriving), as :meth:`set` of each would, watchers told once for the
+        whole range. The range must start and end on page boundaries."""
+        if addr % PAGE_SIZE or length % PAGE_SIZE:
+            raise ValueError(f"copy_from: {addr:#x}+{length:#x} is not whole pages")
+        for watch in self.watchers:
+            watch(addr, length, False)
+        runs = [run for run in other.run_list(addr, length) if run[2].kind is not LabelKind.FREE]
+        first, end = addr >> PAGE_SHIFT, (addr + length) >> PAGE_SHIFT
+        if self._map.values(addr, addr + length) == [FREE]:
+            self._map.replace(addr, addr + length, runs)
+            # The pages now hold what other's do: so do their kinds.
+            for pfn, kinds in other.page_kinds.items():
+                if first <= pfn < end:
+                    self.page_kinds[pfn] = kinds
+        else:
+            for start, stop, label in runs:
+                self._map.assign(start, stop, label)
+            self._reindex(first, end)
+        for watch in self.watchers:
+            watch(addr, length, True)
 
     def clear(self, addr: int, length: int) -> None:
         self.set(addr, length, FREE)

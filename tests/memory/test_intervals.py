@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from itertools import pairwise
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -209,3 +210,35 @@ def test_same_function_different_order_equal(ops: list[tuple[int, int, str]], da
         b.assign(s, e, v)
     assert a == b
     assert list(a.intervals()) == list(b.intervals())
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops=OPS, span=st.tuples(POINTS, POINTS), data=st.data())
+def test_replace_is_assigning_default_then_each_run(ops, span, data) -> None:
+    """``replace(start, end, runs)`` leaves the map ``assign(start, end, default)`` and then
+    each run's assign would: the same function, the same canonical breakpoints."""
+    start, end = min(span), max(span)
+    cuts = sorted(data.draw(st.lists(st.integers(start, end), max_size=8), label="cuts"))
+    runs = [
+        (s, e, data.draw(VALUES, label="value"))
+        for s, e in zip(cuts[::2], cuts[1::2], strict=False)
+        if s < e
+    ]
+    a: IntervalMap[str] = IntervalMap(DEFAULT)
+    b: IntervalMap[str] = IntervalMap(DEFAULT)
+    for s, e, v in ops:
+        a.assign(s, e, v)
+        b.assign(s, e, v)
+    a.assign(start, end, DEFAULT)
+    for s, e, v in runs:
+        a.assign(s, e, v)
+    b.replace(start, end, runs)
+    assert (b._keys, b._vals) == (a._keys, a._vals)
+
+
+def test_replace_refuses_runs_out_of_order_or_outside() -> None:
+    m: IntervalMap[str] = IntervalMap(DEFAULT)
+    for runs in ([(5, 8, "a"), (2, 4, "b")], [(0, 12, "a")], [(3, 3, "a")]):
+        with pytest.raises(ValueError, match="replace: run"):
+            m.replace(1, 10, runs)
+    assert len(m) == 0
