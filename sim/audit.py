@@ -85,6 +85,10 @@ def _dma_opening(interval: ExposureInterval) -> str:
     return f"opened by {_describe(interval.opened_by)}"
 
 
+_MIGRATED = re.compile(r"migration: as on ([\w-]+), ")  # a share carried across
+_QUEUE_SLOT = re.compile(r"queue slot (0x[0-9a-f]+)")
+
+
 class Auditor:
     """Watches every access on both machines while the world runs."""
 
@@ -234,8 +238,10 @@ class Auditor:
             return
         if change.transition is not Transition.GUEST_SHARE_HOST:
             return
-        migrated = re.match(r"migration: as on ([\w-]+), ", change.cause)
+        migrated = _MIGRATED.match(change.cause)
         if migrated:
+            if not self._host_word:
+                return  # (no page anywhere was shared on the host's word)
             source = sorted(
                 {w for p in pfns if (w := self._host_word.get((migrated[1], p))) is not None}
             )
@@ -253,7 +259,7 @@ class Auditor:
         else:
             if not self._el2_read:
                 return  # (no slot EL2 read holds host bytes: no writer to find below)
-            slot = re.search(r"queue slot (0x[0-9a-f]+)", change.cause)
+            slot = _QUEUE_SLOT.search(change.cause)
             writer = slot and self._el2_read.get((machine.name, int(slot[1], 16)))
             if not writer:
                 return

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict
 
 from sim.audit import Violation
 from sim.memory.intervals import IntervalMap
+from sim.migration import MemoryMap
 from sim.proposals import PROPOSALS
 from sim.report.words import plural
 from sim.run import RunResult, collect, simulate
@@ -313,7 +314,7 @@ class ChartWorld(NamedTuple):
 
     scenario: Scenario
     trace: list
-    memory_map: list
+    memory_map: MemoryMap
 
 
 def honest_job(

@@ -9,7 +9,8 @@ destination, and one MSI per device is raised there.
 
 from __future__ import annotations
 
-from collections.abc import Generator
+import bisect
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -18,7 +19,7 @@ from sim.memory.physmem import PAGE_SHIFT, PAGE_SIZE
 
 if TYPE_CHECKING:
     from sim.actors.guest import Guest
-    from sim.world import Machine, World
+    from sim.world import Machine, PageView, World
 
 
 @dataclass
@@ -71,24 +72,44 @@ def stream_pages(world: World, machine: Machine, pfns: list[int]) -> Generator:
             yield from machine.lowvisor.export_private_page(pfn)
 
 
-def memory_map(world: World, machine: Machine) -> list:
-    """Every guest page that holds something, with its labels and host reachability."""
-    from sim.memory.ownership import HOST
-    from sim.world import RAM_BASE, PageView
+@dataclass(frozen=True)
+class MemoryMap:
+    r"""Every guest page that holds something at one moment (the migration pause), with
+    its labels and host reachability: iterate it for :class:`~sim.world.PageView`\ s in
+    pfn order. The moment's label runs and the host's stage-2 runs are kept; the pages
+    are built only when read (the charts), not in every run."""
 
-    labels = machine.memory.labels
-    state = machine.memory.ownership.state
-    pages: dict[int, dict[str, int]] = {}
-    for start, end, label in labels.runs(RAM_BASE, world.ram_size):
-        if label.kind == "free":
-            continue
-        for pfn in range(start >> PAGE_SHIFT, ((end - 1) >> PAGE_SHIFT) + 1):
-            lo, hi = max(start, pfn << PAGE_SHIFT), min(end, (pfn + 1) << PAGE_SHIFT)
-            kinds = pages.setdefault(pfn, {})
-            kinds[str(label.kind)] = kinds.get(str(label.kind), 0) + hi - lo
-    return [
-        PageView(pfn, kinds, state(HOST, pfn).accessible) for pfn, kinds in sorted(pages.items())
+    labels: list  # (start, end, Label): the non-free label runs over guest RAM
+    host: list  # (first_pfn, end_pfn, PageState): the host's view over the same pages
+
+    def __iter__(self) -> Iterator[PageView]:
+        from sim.world import PageView
+
+        starts = [first for first, _, _ in self.host]
+        pages: dict[int, dict[str, int]] = {}
+        for start, end, label in self.labels:
+            kind = str(label.kind)
+            for pfn in range(start >> PAGE_SHIFT, ((end - 1) >> PAGE_SHIFT) + 1):
+                lo, hi = max(start, pfn << PAGE_SHIFT), min(end, (pfn + 1) << PAGE_SHIFT)
+                kinds = pages.setdefault(pfn, {})
+                kinds[kind] = kinds.get(kind, 0) + hi - lo
+        for pfn, kinds in sorted(pages.items()):
+            state = self.host[bisect.bisect_right(starts, pfn) - 1][2]
+            yield PageView(pfn, kinds, state.accessible)
+
+
+def memory_map(world: World, machine: Machine) -> MemoryMap:
+    """The guest's pages on ``machine`` now: what each holds, whether the host reaches it."""
+    from sim.memory.ownership import HOST
+    from sim.world import RAM_BASE
+
+    first, nr = RAM_BASE >> PAGE_SHIFT, world.ram_size >> PAGE_SHIFT
+    labels = [
+        run
+        for run in machine.memory.labels.run_list(RAM_BASE, world.ram_size)
+        if run[2].kind != "free"
     ]
+    return MemoryMap(labels, list(machine.memory.ownership.runs(HOST, first, nr)))
 
 
 def migrate(world: World, correctness: Correctness) -> Generator:

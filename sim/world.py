@@ -19,7 +19,7 @@ import simpy
 
 from sim.exposure import ExposureTracker
 from sim.memory.access import MemorySystem
-from sim.migration import Correctness
+from sim.migration import Correctness, MemoryMap
 
 if TYPE_CHECKING:
     from sim.actors.guest import Guest
@@ -116,7 +116,7 @@ class World:
         self.vcpus = simpy.Resource(self.env, capacity=1)  # held while the guest runs a step
         self.its_errors: list[str] = []
         self.trace: list[Span] = []  # who did what while the VM was paused (the timeline)
-        self.memory_map: list[PageView] = []  # the guest's pages at the pause
+        self.memory_map = MemoryMap([], [])  # the guest's pages at the pause
         self.correctness = Correctness()
         self.kernel_events: list[dict] = []  # guest kernel replacements (kernel_swap.py)
         self.live_update_cost = None  # sim.liveupdate.LiveUpdateCost of a live-update run

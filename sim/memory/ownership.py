@@ -206,6 +206,7 @@ class PageOwnership:
             HYP: IntervalMap(PageState.NOPAGE),
         }
         self.history: list[OwnershipChange] = []
+        self._sides: dict[tuple[str, str | None], list] = {}  # _resolved()'s
         self.pins: dict[int, int] = {}  # pfn -> struct hyp_page refcount (pinned shares)
         self.tlb_invalidations = 0
         self.on_poison: Callable[[int, int], None] | None = None
@@ -247,15 +248,28 @@ class PageOwnership:
         self._view(guest)
         return guest
 
+    def _resolved(
+        self, transition: Transition, guest: str | None
+    ) -> list[tuple[str, IntervalMap[PageState], PageState, PageState]]:
+        """``(component, its view, state before, state after)`` for each side of
+        ``transition`` ("guest" resolved to ``guest``), worked out once per pair."""
+        key = (transition._name_, guest)  # (an Enum member hashes in Python; its name in C)
+        sides = self._sides.get(key)
+        if sides is None:
+            sides = []
+            for role, before, after in transition.spec.sides:
+                component = self._side(role, guest)
+                sides.append((component, self._states[component], before, after))
+            self._sides[key] = sides
+        return sides
+
     def check(
         self, transition: Transition, first_pfn: int, nr_pages: int = 1, guest: str | None = None
     ) -> None:
         """Raise :class:`OwnershipError` unless ``transition`` is legal on every page."""
         if nr_pages < 1:
             raise ValueError("nr_pages must be >= 1")
-        sides = [(self._side(role, guest), before) for role, before, _ in transition.spec.sides]
-        for component, before in sides:
-            view = self._view(component)
+        for component, view, before, _after in self._resolved(transition, guest):
             if nr_pages == 1:  # (the common case: one run, one lookup)
                 state = view[first_pfn]
                 if state is not before:
@@ -309,8 +323,8 @@ class PageOwnership:
         spec = transition.spec
         for watch in self.watchers:
             watch(first_pfn, nr_pages, False)
-        for role, _, after in spec.sides:
-            self._states[self._side(role, guest)].assign(first_pfn, first_pfn + nr_pages, after)
+        for _component, view, _before, after in self._resolved(transition, guest):
+            view.assign(first_pfn, first_pfn + nr_pages, after)
         if spec.tlbi:
             self.tlb_invalidations += 1
         if spec.poison and self.on_poison is not None:
