@@ -21,8 +21,7 @@ from __future__ import annotations
 import bisect
 import itertools
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from sim.memory.access import MemorySystem
 from sim.memory.labels import LabelKind
@@ -33,8 +32,7 @@ Run = tuple[int, int, str]  # (start, end, secret name), within one page
 Reach = Literal["stage-2", "dma"]
 
 
-@dataclass(frozen=True)
-class ExposureInterval:
+class ExposureInterval(NamedTuple):
     """One run of secret bytes the host could reach, from ``start`` to ``end`` (us)."""
 
     addr: int

@@ -20,6 +20,7 @@ import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import NamedTuple
 
 from sim.memory.intervals import IntervalMap
 
@@ -180,9 +181,8 @@ class PagePinned(OwnershipError):
         )
 
 
-@dataclass(frozen=True)
-class OwnershipChange:
-    """One completed transition, kept for the audit."""
+class OwnershipChange(NamedTuple):
+    """One completed transition, kept for the audit (a tuple: one is made per change)."""
 
     time: float
     transition: Transition
