@@ -30,6 +30,7 @@ no protected guest can use an emulated ITS at all, so only the ITTs differ.
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -115,8 +116,9 @@ class Guest:
         self.devices = {d.name: GuestDevice(d) for d in world.scenario.devices}
         self.next_lpi = r.GIC_LPI_OFFSET  # grows past the last LPI only in a bulk guest
         # Per LPI (INTID - 8192): the vCPU the guest targets it at, and its mapped vectors.
-        self.lpi_vcpu = [0] * NR_LPIS
-        self.lpi_users = [0] * NR_LPIS
+        # (arrays: made and freed at once, where a list's every slot is an object)
+        self.lpi_vcpu = array("H", bytes(2 * NR_LPIS))  # vCPUs number at most 512
+        self.lpi_users = array("L", bytes(array("L").itemsize * NR_LPIS))
         self.cwriter = 0
         self.driver_shared: set[int] = set()  # pages the ITS driver itself shared
         base = self.ram_base
