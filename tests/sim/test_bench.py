@@ -60,7 +60,8 @@ def test_bench_quick_writes_perf_md_with_every_section(tmp_path, capsys):
     assert re.search(r"sum of all proposals, 200 to 1,000 ITEs: k = -?[\d.]+", perf)
     assert "pkvm-sim bench --quick --out" in perf
     assert "`bulk` ITS driver" in perf and "57,344 LPIs" in perf
-    assert "Measured at 1,000 ITEs, 2 proposals" in perf
+    assert "Measured at 1,000 ITEs: 2 proposals" in perf
+    assert "ITEs: the first six" not in perf  # (measured only when more than those run)
     # The fixed cost of one run, split into parts that add up to it.
     assert "## The fixed cost of one run" in perf
     run_ms = number(perf, r"proposals: \*\*([\d.]+) ms\*\*")
