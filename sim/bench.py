@@ -475,22 +475,34 @@ class Bench:
 
 
 def run_points(
-    sizes: list[int], proposals: list[str], driver: str, jobs: int, progress=None
+    sizes: list[int],
+    proposals: list[str],
+    driver: str,
+    jobs: int,
+    progress=None,
+    expected: dict[str, float] | None = None,
 ) -> tuple[list[dict], dict[int, float]]:
     """Every (size, proposal) in a fresh process, ``jobs`` at a time; a size's proposals
-    run together. Returns the points and, per size, the wall time of its batch."""
+    run together, the longest first (by ``expected`` wall times, then by the previous
+    size's: a batch of unequal runs on few cores ends sooner so). Returns the points in
+    ``proposals`` order and, per size, the wall time of its batch."""
     ctx = multiprocessing.get_context("spawn")
     points: list[dict] = []
     batch_wall: dict[int, float] = {}
     for ites in sizes:
+        guess = expected or {}
+        order = sorted(proposals, key=lambda p: -guess.get(p, 0.0))  # stable: ties in order
         start = time.perf_counter()
+        done: dict[str, dict] = {}
         with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, max_tasks_per_child=1) as pool:
-            futures = [pool.submit(_point, ites, driver, p) for p in proposals]
-            for future in futures:
-                points.append(future.result())
+            futures = {p: pool.submit(_point, ites, driver, p) for p in order}
+            for p in proposals:
+                done[p] = futures[p].result()
                 if progress is not None:
-                    progress(points[-1])
+                    progress(done[p])
         batch_wall[ites] = time.perf_counter() - start
+        points += [done[p] for p in proposals]
+        expected = {p: pt["wall_s"] for p, pt in done.items()}
     return points, batch_wall
 
 
@@ -709,9 +721,9 @@ def render(b: Bench, command: str) -> str:
         "",
         "Each proposal's time is one run (guest boot, device bring-up, MSIs, affinity moves,"
         " the migration, the checks) in a fresh process; *sum* is what they cost one after"
-        f" another, *all on {cores}* the wall time of running them {b.jobs} at a time"
-        " (process start-up included); peak memory is the largest run's peak RSS"
-        " (interpreter and imports included).",
+        f" another, *all on {cores}* the wall time of running them {b.jobs} at a time,"
+        " the longest (at the size before) first (process start-up included); peak memory"
+        " is the largest run's peak RSS (interpreter and imports included).",
         "",
         "Fitted growth exponent k in wall ~ ITEs^k (least squares on log-log):",
         "",

@@ -45,6 +45,7 @@ GITS_CMD_MOVALL = 0x0E
 GITS_CMD_DISCARD = 0x0F
 
 
+_new = object.__new__
 _PACK = struct.Struct("<4Q").pack
 _UNPACK = struct.Struct("<4Q").unpack
 
@@ -133,12 +134,17 @@ class MAPC(ITSCommand):
 
 
 def _mapti_dwords(device_id: int, event_id: int, intid: int, icid: int) -> tuple[int, ...]:
-    return (
-        _put(device_id, 32, 32, "device_id"),
-        _put(event_id, 0, 32, "event_id") | _put(intid, 32, 32, "intid"),
-        _put(icid, 0, 16, "icid"),
-        0,
-    )
+    if not (
+        0 <= device_id <= 0xFFFF_FFFF
+        and 0 <= event_id <= 0xFFFF_FFFF
+        and 0 <= intid <= 0xFFFF_FFFF
+        and 0 <= icid <= 0xFFFF
+    ):  # (one test for the bulk driver's hot path; _put names the field that fails)
+        _put(device_id, 32, 32, "device_id")
+        _put(event_id, 0, 32, "event_id")
+        _put(intid, 32, 32, "intid")
+        _put(icid, 0, 16, "icid")
+    return (device_id << 32, event_id | intid << 32, icid, 0)
 
 
 @dataclass(frozen=True)
@@ -162,7 +168,16 @@ class MAPTI(ITSCommand):
 
     @classmethod
     def _from_dwords(cls, dw):  # fields inline: the hot path of a bulk bring-up
-        return cls(dw[0] >> 32, dw[1] & 0xFFFF_FFFF, dw[1] >> 32, dw[2] & 0xFFFF)
+        # cls(...) without the frozen dataclass's __init__, which sets each field through
+        # object.__setattr__: the same fields, nothing to validate (each is masked)
+        cmd = _new(cls)
+        cmd.__dict__.update(
+            device_id=dw[0] >> 32,
+            event_id=dw[1] & 0xFFFF_FFFF,
+            intid=dw[1] >> 32,
+            icid=dw[2] & 0xFFFF,
+        )
+        return cmd
 
 
 @dataclass(frozen=True)
