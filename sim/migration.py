@@ -74,10 +74,10 @@ def stream_pages(world: World, machine: Machine, pfns: list[int]) -> Generator:
 
 @dataclass(frozen=True)
 class MemoryMap:
-    r"""Every guest page that holds something at one moment (the migration pause), with
-    its labels and host reachability: iterate it for :class:`~sim.world.PageView`\ s in
-    pfn order. The moment's label runs and the host's stage-2 runs are kept; the pages
-    are built only when read (the charts), not in every run."""
+    """Every guest page that holds something at one moment (the migration pause), with
+    its labels and host reachability; iterating it gives one ``PageView`` a page, in pfn
+    order. The moment's label runs and the host's stage-2 runs are kept; the pages are
+    built only when read (the charts), not in every run."""
 
     labels: list  # (start, end, Label): the non-free label runs over guest RAM
     host: list  # (first_pfn, end_pfn, PageState): the host's view over the same pages
