@@ -259,15 +259,21 @@ def _scan_its_table(
         id_, gpa, length = id_ + next_offset, gpa + byte_offset, length - byte_offset
 
 
-def _restore_device_tables(its: VirtualITS) -> None:
+def _restore_device_tables(
+    its: VirtualITS, restore_ites: Callable[[Device], None] | None = None
+) -> None:
+    """``vgic_its_restore_device_tables``: every valid DTE becomes a device, and
+    ``restore_ites(device)`` restores its ITEs (default: ``vgic_its_restore_itt``, a scan
+    of its ITT in guest memory)."""
     baser = its.baser_device_table
     if not baser & r.GITS_BASER_VALID:
         return
     l1_gpa = r.baser_addr(baser)
     l1_tbl_size = r.baser_nr_pages(baser) * r.SZ_64K
+    ites = restore_ites or partial(_restore_itt, its)
 
     def restore_dte(id_: int, entry: int) -> int:
-        return _restore_dte(its, id_, entry)
+        return _restore_dte(its, id_, entry, ites)
 
     def handle_l1_dte(id_: int, entry: int) -> int:
         if not entry & L1E_VALID:
@@ -284,7 +290,9 @@ def _restore_device_tables(its: VirtualITS) -> None:
         _scan_its_table(its, l1_gpa, l1_tbl_size, DTE_ESZ, 0, restore_dte)
 
 
-def _restore_dte(its: VirtualITS, id_: int, entry: int) -> int:
+def _restore_dte(
+    its: VirtualITS, id_: int, entry: int, restore_ites: Callable[[Device], None]
+) -> int:
     dte = DTE.decode(entry)
     if not dte.valid:
         return 1
@@ -297,18 +305,23 @@ def _restore_dte(its: VirtualITS, id_: int, entry: int) -> int:
     dev = Device(id_, dte.itt_addr, dte.num_eventid_bits)
     its.devices[id_] = dev
     try:
-        _scan_its_table(
-            its,
-            dev.itt_addr,
-            (1 << dev.num_eventid_bits) * ITE_ESZ,
-            ITE_ESZ,
-            0,
-            partial(_restore_ite, its, dev),
-        )
+        restore_ites(dev)
     except _Errno:
         its._free_device(dev)
         raise
     return dte.next
+
+
+def _restore_itt(its: VirtualITS, dev: Device) -> None:
+    """``vgic_its_restore_itt``: scan the device's ITT for its ITEs."""
+    _scan_its_table(
+        its,
+        dev.itt_addr,
+        (1 << dev.num_eventid_bits) * ITE_ESZ,
+        ITE_ESZ,
+        0,
+        partial(_restore_ite, its, dev),
+    )
 
 
 def _restore_ite(its: VirtualITS, dev: Device, event_id: int, val: int) -> int:

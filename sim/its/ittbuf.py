@@ -31,17 +31,14 @@ from sim.its import regs as r
 from sim.its.abi import (
     _Errno,
     _restore_collection_table,
+    _restore_device_tables,
     _restore_ite,
     _save_collection_table,
-    _scan_its_table,
 )
 from sim.its.errors import ITSError
 from sim.its.tables import (
     DTE,
-    DTE_ESZ,
     ITE,
-    L1E_ADDR_MASK,
-    L1E_VALID,
     VITS_DTE_MAX_DEVID_OFFSET,
 )
 from sim.its.vits import VITS_TYPER_IDBITS, Device, GuestAccessFailed
@@ -142,44 +139,16 @@ def restore_tables_ubuf(its: VirtualITS, buf: bytes) -> ITSError | None:
 
 
 def _restore_devices(its: VirtualITS, itts: dict[int, list[tuple[int, int]]]) -> None:
-    baser = its.baser_device_table
-    if not baser & r.GITS_BASER_VALID:
-        return
+    """The device table as ``vgic_its_restore_device_tables`` walks it, each device's
+    ITEs from the buffer instead of its ITT."""
 
-    def restore_dte(id_: int, entry: int) -> int:
-        dte = DTE.decode(entry)
-        if not dte.valid:
-            return 1
-        if dte.num_eventid_bits > VITS_TYPER_IDBITS:
-            raise _Errno(ITSError.EINVAL)
-        if its.check_id(its.baser_device_table, id_) is None:
-            raise _Errno(ITSError.EINVAL)
-        dev = Device(id_, dte.itt_addr, dte.num_eventid_bits)
-        its.devices[id_] = dev
-        try:
-            for event_id, val in itts.get(id_, ()):
-                if event_id >= 1 << dev.num_eventid_bits or event_id in dev.ites:
-                    raise _Errno(ITSError.EINVAL)
-                _restore_ite(its, dev, event_id, val)
-        except _Errno:
-            its._free_device(dev)
-            raise
-        return dte.next
+    def from_buffer(dev: Device) -> None:
+        for event_id, val in itts.get(dev.device_id, ()):
+            if event_id >= 1 << dev.num_eventid_bits or event_id in dev.ites:
+                raise _Errno(ITSError.EINVAL)
+            _restore_ite(its, dev, event_id, val)
 
-    def handle_l1_dte(id_: int, entry: int) -> int:
-        if not entry & L1E_VALID:
-            return 1
-        l2_start_id = id_ * (r.SZ_64K // DTE_ESZ)
-        return _scan_its_table(
-            its, entry & L1E_ADDR_MASK, r.SZ_64K, DTE_ESZ, l2_start_id, restore_dte
-        )
-
-    l1_gpa = r.baser_addr(baser)
-    size = r.baser_nr_pages(baser) * r.SZ_64K
-    if baser & r.GITS_BASER_INDIRECT:
-        _scan_its_table(its, l1_gpa, size, r.GITS_LVL1_ENTRY_SIZE, 0, handle_l1_dte)
-    else:
-        _scan_its_table(its, l1_gpa, size, DTE_ESZ, 0, restore_dte)
+    _restore_device_tables(its, from_buffer)
 
 
 __all__ = ["ENTRY", "MAGIC", "parse", "restore_tables_ubuf", "save_tables_ubuf"]
