@@ -127,26 +127,10 @@ class LabelMap:
 
     def copy_from(self, other: LabelMap, addr: int, length: int) -> None:
         """Set every labelled run ``other`` has in ``[addr, addr + length)`` (a migrated
-        guest's memory arriving), as :meth:`set` of each would, watchers told once for the
-        whole range. The range must start and end on page boundaries."""
-        if addr % PAGE_SIZE or length % PAGE_SIZE:
-            raise ValueError(f"copy_from: {addr:#x}+{length:#x} is not whole pages")
-        for watch in self.watchers:
-            watch(addr, length, False)
-        runs = [run for run in other.run_list(addr, length) if run[2].kind is not LabelKind.FREE]
-        first, end = addr >> PAGE_SHIFT, (addr + length) >> PAGE_SHIFT
-        if self._map.values(addr, addr + length) == [FREE]:
-            self._map.replace(addr, addr + length, runs)
-            # The pages now hold what other's do: so do their kinds.
-            for pfn, kinds in other.page_kinds.items():
-                if first <= pfn < end:
-                    self.page_kinds[pfn] = kinds
-        else:
-            for start, stop, label in runs:
-                self._map.assign(start, stop, label)
-            self._reindex(first, end)
-        for watch in self.watchers:
-            watch(addr, length, True)
+        guest's memory arriving), as :meth:`set_runs` does. (``other``'s runs are maximal,
+        so no two of them touch with one label.)"""
+        runs = other.run_list(addr, length)
+        self.set_runs(addr, length, [run for run in runs if run[2].kind is not LabelKind.FREE])
 
     def clear(self, addr: int, length: int) -> None:
         self.set(addr, length, FREE)
