@@ -50,7 +50,13 @@ def events_scheduled(env: simpy.Environment) -> int:
 
 # ---- (a) bare SimPy on pkvm-sim's event pattern ------------------------------------------
 
-EVENT_KINDS = ("timeout", "event", "resource", "process")
+# What event_kind() tells apart, with the words perf.md uses for each.
+EVENT_KINDS = {
+    "timeout": "timeouts",
+    "event": "plain events",
+    "resource": "resource requests and releases",
+    "process": "process starts and ends",
+}
 
 
 def event_kind(event: simpy.Event) -> str:
@@ -564,13 +570,7 @@ def _pattern(b: Bench) -> list[str]:
         return []
     total = sum(mix.values()) or 1
     share = ", ".join(
-        f"{100 * mix[kind] / total:.1f}% {what}"
-        for kind, what in (
-            ("timeout", "timeouts"),
-            ("event", "plain events"),
-            ("resource", "resource requests and releases"),
-            ("process", "process starts and ends"),
-        )
+        f"{100 * mix[kind] / total:.1f}% {what}" for kind, what in EVENT_KINDS.items()
     )
     return [
         f"The bare pattern is `{b.simulated_scenario}`'s own, counted in an untimed pass over"
@@ -667,7 +667,6 @@ def render(b: Bench, command: str) -> str:
         " alternately.",
         "",
         *_pattern(b),
-        "",
         *_run_cost(b),
         *_compare(b),
         "## ITS save and restore",
