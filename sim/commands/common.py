@@ -124,29 +124,25 @@ def add_jobs_argument(p) -> None:
     )
 
 
-def nonnegative(text: str) -> int:
-    """An argparse type: a whole number, 0 or more."""
+def _whole_number(text: str, least: int, expected: str) -> int:
     import argparse
 
     try:
         n = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or more, got {n}")
+    if n < least:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {n}")
     return n
+
+
+def nonnegative(text: str) -> int:
+    """An argparse type: a whole number, 0 or more."""
+    return _whole_number(text, 0, "0 or more")
 
 
 def _positive(text: str) -> int:
-    import argparse
-
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1, got {n}")
-    return n
+    return _whole_number(text, 1, "at least 1")
 
 
 def dump(results: list[RunResult]) -> str:
