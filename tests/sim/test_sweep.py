@@ -4,7 +4,6 @@ and clear errors on bad --vary input."""
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -13,37 +12,11 @@ import pytest
 from sim.cli import main
 from sim.scenario import load_scenario
 from sim.sweep import parse_vary, run_sweep
+from tests.conftest import TINY
 
-TINY = """\
-name: tiny
-question: Does a sweep run?
-seed: 3
-guest: {ram_mib: 256, vcpus: 2}
-devices:
-  - {name: net0, device_id: 8, vectors: 3, rate_hz: 2000}
-  - {name: blk0, device_id: 16, vectors: 2, rate_hz: 500}
-workload: {duration_ms: 4, affinity_moves_per_s: 200}
-migration: {at_ms: 2}
-proposals: [trusted-host, share-host-claims]
-"""
 VARY = ["--vary", "guest.secret_density=0,0.5", "--vary", "devices[0].vectors=3,7"]
 PROPOSALS = ["trusted-host", "share-host-claims"]
-
-
-@pytest.fixture(autouse=True)
-def own_cache(tmp_path: Path, monkeypatch) -> None:
-    """The sweep cache of finished cells in the test's own directory."""
-    import matplotlib
-
-    monkeypatch.setenv("MPLCONFIGDIR", os.environ.get("MPLCONFIGDIR") or matplotlib.get_cachedir())
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-
-
-@pytest.fixture
-def tiny(tmp_path: Path) -> Path:
-    path = tmp_path / "tiny.yaml"
-    path.write_text(TINY)
-    return path
+pytestmark = pytest.mark.usefixtures("own_cache")  # (tests/conftest.py)
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
