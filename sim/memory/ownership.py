@@ -206,7 +206,7 @@ class PageOwnership:
             HYP: IntervalMap(PageState.NOPAGE),
         }
         self.history: list[OwnershipChange] = []
-        self._sides: dict[tuple[str, str | None], list] = {}  # _resolved()'s
+        self._resolved_sides: dict[tuple[str, str | None], list] = {}  # _resolved()'s
         self.pins: dict[int, int] = {}  # pfn -> struct hyp_page refcount (pinned shares)
         self.tlb_invalidations = 0
         self.on_poison: Callable[[int, int], None] | None = None
@@ -254,13 +254,13 @@ class PageOwnership:
         """``(component, its view, state before, state after)`` for each side of
         ``transition`` ("guest" resolved to ``guest``), worked out once per pair."""
         key = (transition._name_, guest)  # (an Enum member hashes in Python; its name in C)
-        sides = self._sides.get(key)
+        sides = self._resolved_sides.get(key)
         if sides is None:
             sides = []
             for role, before, after in transition.spec.sides:
                 component = self._side(role, guest)
                 sides.append((component, self._states[component], before, after))
-            self._sides[key] = sides
+            self._resolved_sides[key] = sides
         return sides
 
     def check(
