@@ -504,11 +504,10 @@ class Guest:
 
     def _churn(self, event) -> Generator:
         yield self.world.env.timeout(max(0.0, event.at_ms * 1000.0 - self.world.env.now))
-        dev = self.devices[event.device]
         if event.action == "remove":
-            yield from self.step(self._remove_if_mapped(dev))
+            yield from self.step(self._remove_if_mapped(event.device))
         else:
-            yield from self.step(self._add_if_unmapped(dev))
+            yield from self.step(self._add_if_unmapped(event.device))
 
     def _kernel_event(self, event) -> Generator:
         """hibernate-resume or kexec: the kernel replaced under its vITS (kernel_swap.py)."""
@@ -517,13 +516,15 @@ class Guest:
         yield self.world.env.timeout(max(0.0, event.at_ms * 1000.0 - self.world.env.now))
         yield from self.step(replace_kernel(self, event))
 
-    def _remove_if_mapped(self, dev: GuestDevice) -> Generator:
-        if dev.mapped:
-            yield from self.remove_device(dev.spec.name)
+    # (Each looks its device up once the vCPUs are held: a kernel replaced while it
+    # waited has devices of its own.)
+    def _remove_if_mapped(self, name: str) -> Generator:
+        if self.devices[name].mapped:
+            yield from self.remove_device(name)
 
-    def _add_if_unmapped(self, dev: GuestDevice) -> Generator:
-        if not dev.mapped:
-            yield from self.add_device(dev.spec.name)
+    def _add_if_unmapped(self, name: str) -> Generator:
+        if not self.devices[name].mapped:
+            yield from self.add_device(name)
 
     def moved_to(self, machine: Machine) -> None:
         """After migration the guest runs on ``machine``; its allocators label there."""

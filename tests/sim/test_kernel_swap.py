@@ -193,3 +193,40 @@ def test_a_stale_dte_outside_the_new_kernels_zeroed_level1_table_fails_6_1s_save
     assert written(old) == []
     new = simulate(s.model_copy(update={"kernel": "7.3"}), "trusted-host")
     assert collect(new).correctness.its_errors == [] and written(new) == []
+
+
+def test_a_churn_that_waits_out_a_kexec_acts_on_the_new_kernels_devices():
+    """A device removal queued behind a kexec (it waits for the vCPUs the kexec holds)
+    looks its device up in the kernel that then runs. The kexec'd kernel here maps no
+    device, so the removal sends nothing; acting on the old kernel's mapped device, it
+    sent DISCARD and MAPD V=0 for a device the new kernel never mapped and drove the
+    LPI's user count to -1."""
+    from sim.its.commands import DISCARD
+    from sim.scenario import Scenario
+
+    s = Scenario.model_validate(
+        {
+            "name": "churn-behind-kexec",
+            "question": "Whose device does a queued removal remove?",
+            "guest": {"ram_mib": 64, "vcpus": 1, "allocator": "linux-kzalloc"},
+            "devices": [
+                {"name": "dev0", "device_id": 0, "vectors": 1, "rate_hz": 0.0},
+                {"name": "dev1", "device_id": 1, "vectors": 100, "rate_hz": 0.0},
+            ],
+            "workload": {
+                "duration_ms": 4.0,
+                "affinity_moves_per_s": 0.0,
+                "churn": [{"at_ms": 2.0, "device": "dev0", "action": "remove"}],
+                "events": [{"at_ms": 0.0, "action": "kexec", "remap": []}],
+            },
+            "migration": {"at_ms": 1.0},
+            "kernel": "6.1",
+        }
+    )
+    world = simulate(s, "share-cmdq-snoop")
+    sent = [
+        r.command for r in world.dst.host.its.command_log if isinstance(r.command, DISCARD | MAPD)
+    ]
+    assert sent == []
+    assert not world.guest.devices["dev0"].mapped
+    assert min(world.guest.lpi_users) == 0
