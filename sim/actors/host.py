@@ -9,7 +9,6 @@ from __future__ import annotations
 import bisect
 import itertools
 from collections.abc import Generator
-from functools import partial
 from typing import TYPE_CHECKING
 
 from sim.its import regs as r
@@ -150,34 +149,39 @@ class Host:
         end = world.scenario.workload.duration_ms * 1000.0
         guest = world.guest
         state = [guest.devices[d.name] for d in devices]
-        timeout, expovariate, random, randrange = (
+        timeout, expovariate, random, getrandbits = (
             env.timeout,
             rng.expovariate,
             rng.random,
-            rng.randrange,
+            rng.getrandbits,
         )
         ledger, name = world.ledger, self.name
         inject_us = world.costs.msi_inject_us
         ids = [d.device_id for d in devices]
         vectors = [d.vectors for d in devices]
+        vector_bits = [n.bit_length() for n in vectors]
         machine = self.machine
-        now = partial(getattr, env, "_now")  # env.now, without a Python frame
         pick = bisect.bisect
         while True:  # the hot loop of most runs: keep it lean
             yield timeout(expovariate(rate))
-            if now() >= end:
+            if env._now >= end:  # (env.now, without the property's Python frame)
                 return
             if world.paused or guest.machine is not machine:
                 continue  # backends are quiesced while the VM is paused or elsewhere
             # rng.choices(devices, cum_weights)[0], the same draw without the list
             i = pick(cum_weights, random() * total, 0, last)
-            vector = randrange(vectors[i])
+            # rng.randrange(vectors[i]), the same draw: CPython's rejection sampling on
+            # getrandbits (Random._randbelow_with_getrandbits), without its two frames
+            n, bits = vectors[i], vector_bits[i]
+            vector = getrandbits(bits)
+            while vector >= n:
+                vector = getrandbits(bits)
             if state[i].mapped:
                 # inject_msi(), inline: charge the injection (World.charge, inline: not
-                # paused, so no span), then translate
+                # paused, so no span), then translate (VirtualITS._trigger_msi)
                 ledger.cpu_us[name] += inject_us
                 yield timeout(inject_us)
-                if self.its.inject_msi(ids[i], vector) is None:
+                if self.its._trigger_msi(ids[i], vector) is None:
                     ledger.msis_delivered += 1
                 else:
                     ledger.msis_failed += 1
