@@ -117,8 +117,8 @@ class Guest:
         self.next_lpi = r.GIC_LPI_OFFSET  # grows past the last LPI only in a bulk guest
         # Per LPI (INTID - 8192): the vCPU the guest targets it at, and its mapped vectors.
         # (arrays: made and freed at once, where a list's every slot is an object)
-        self.lpi_vcpu = array("H", bytes(2 * NR_LPIS))  # vCPUs number at most 512
-        self.lpi_users = array("q", bytes(8 * NR_LPIS))  # signed, as a list of ints was
+        self.lpi_vcpu = array("H", [0]) * NR_LPIS  # vCPUs number at most 512
+        self.lpi_users = array("q", [0]) * NR_LPIS  # signed, as a list of ints was
         self.cwriter = 0
         self.driver_shared: set[int] = set()  # pages the ITS driver itself shared
         base = self.ram_base
