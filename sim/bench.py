@@ -18,7 +18,7 @@ import resource
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -72,13 +72,18 @@ def event_kind(event: simpy.Event) -> str:
 
 
 @contextmanager
-def counting_events(mix: Counter) -> Iterator[None]:
+def counting_events(
+    mix: Counter, also: Callable[[simpy.Event], None] | None = None
+) -> Iterator[None]:
     """Count every event any Environment schedules, by :func:`event_kind`, into ``mix``
-    (wraps ``Environment.schedule`` for the duration: untimed runs only)."""
+    (wraps ``Environment.schedule`` for the duration: untimed runs only); ``also(event)``,
+    if given, is called for each as well."""
     schedule = simpy.Environment.schedule
 
     def counted(env, event, priority=simpy.events.NORMAL, delay=0):
         mix[event_kind(event)] += 1
+        if also is not None:
+            also(event)
         schedule(env, event, priority, delay)
 
     simpy.Environment.schedule = counted
@@ -141,15 +146,31 @@ def bare_simpy(mix: dict[str, int], runs: int, events: int = 400_000, seed: int 
 # ---- (b) pkvm-sim on a migration scenario ------------------------------------------------
 
 
-def event_mix(scenario, proposals: list[str] | None = None) -> Counter:
+def event_mix(
+    scenario, proposals: list[str] | None = None, by_part: Counter | None = None
+) -> Counter:
     """The SimPy events one run of ``scenario`` under each proposal schedules, by kind
-    (untimed: counting costs time)."""
+    (untimed: counting costs time). ``by_part``, if given, also gets them by the
+    :data:`RUN_PARTS` process that scheduled them ("build": before the run starts;
+    "simpy": any other process)."""
     from sim.run import simulate
 
     mix: Counter = Counter()
-    with counting_events(mix):
+    parts: dict[int, str] = {}  # id(top-level process's generator) -> part
+
+    def tag(name: str, process):
+        parts[id(process)] = name
+        return process
+
+    def count(event: simpy.Event) -> None:
+        if by_part is not None:
+            active = event.env.active_process
+            by_part["build" if active is None else parts.get(id(active._generator), "simpy")] += 1
+
+    with counting_events(mix, also=count):
         for proposal in proposals or scenario.proposals:
-            simulate(scenario, proposal)
+            parts.clear()
+            simulate(scenario, proposal, wrap=tag)
     return mix
 
 
@@ -212,9 +233,12 @@ def _timed(process, spent: dict[str, float], key: str):
             error = exc
 
 
-def run_cost(scenario, proposals: list[str] | None = None) -> dict:
+def run_cost(
+    scenario, proposals: list[str] | None = None, events_by_part: Counter | None = None
+) -> dict:
     """The fixed cost of one run, averaged over ``proposals`` (default: the scenario's):
-    wall time split as :data:`RUN_PARTS`."""
+    wall time split as :data:`RUN_PARTS`, and the events each part scheduled over those
+    runs (``events_by_part``, from :func:`event_mix`), per run."""
     from sim.run import collect, simulate
 
     proposals = proposals or list(scenario.proposals)
@@ -243,6 +267,7 @@ def run_cost(scenario, proposals: list[str] | None = None) -> dict:
         "runs": n,
         "run_s": total / n,
         "parts_s": {k: v / n for k, v in spent.items()},
+        "events": {k: (events_by_part or {}).get(k, 0) / n for k in RUN_PARTS},
     }
 
 
@@ -587,6 +612,7 @@ def _run_cost(b: Bench) -> list[str]:
         return []
     c = b.run_cost
     parts = c["parts_s"]
+    events = c.get("events") or dict.fromkeys(parts, 0)
     whole = sum(parts.values()) or 1.0
     return [
         "## The fixed cost of one run",
@@ -595,14 +621,31 @@ def _run_cost(b: Bench) -> list[str]:
         f" {c['runs']} proposals: **{c['run_s'] * 1000:.1f} ms**. Where it goes (each"
         " process's own steps, with everything they call, timed as SimPy runs them):",
         "",
-        "| part | ms | share |",
-        "|---|---:|---:|",
+        "| part | ms | share | events | us per event |",
+        "|---|---:|---:|---:|---:|",
         *[
             f"| {RUN_PARTS[k]} | {v * 1000:.2f} | {100 * v / whole:.0f}% |"
+            f" {events[k]:,.0f} | {_per_event(k, v, events[k])} |"
             for k, v in parts.items()
         ],
         "",
+        "*events* are those the part scheduled (SimPy's count, per run, from the untimed"
+        " pass); *us per event* is a process's own steps over its own events. The MSI"
+        " workloads schedule most events and each costs little: an arrival is a timeout"
+        " (an MSI workload runs on both machines for the whole run, and where the VM is not,"
+        " or while it is paused, an arrival is only that and a check), an injection another."
+        " The guest's and the migration's events are few and dear: each carries a trap, a"
+        " hypercall or a page-state change, with the ownership check, the audit and the"
+        " exposure accounting it sets off. The cost per event above is their mean.",
+        "",
     ]
+
+
+def _per_event(part: str, seconds: float, events: float) -> str:
+    """A process's own time per event it scheduled, in us (the processes only)."""
+    if part not in ("guest", "msi", "migration") or not events:
+        return ""
+    return f"{seconds * 1e6 / events:.2f}"
 
 
 def _compare(b: Bench) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+from collections import Counter
 from pathlib import Path
 
 from sim.scenario import ALL_PROPOSALS
@@ -107,7 +108,8 @@ def main(args: argparse.Namespace) -> int:
     name = "small-vm" if quick else "cloud-vm"
     scenario = load_scenario(BUNDLED / f"{name}.yaml")
     # The bare pattern takes pkvm-sim's own mix of events, counted in an untimed pass.
-    mix = bench.event_mix(scenario)
+    by_part: Counter = Counter()
+    mix = bench.event_mix(scenario, by_part=by_part)
     for _ in range(3):
         bares.append(
             bench.bare_simpy(mix, len(scenario.proposals), events=40_000 if quick else 400_000)
@@ -124,7 +126,7 @@ def main(args: argparse.Namespace) -> int:
         f"(b) pkvm-sim {name}: {simulated['events']:,} events,"
         f" {simulated['events_per_s']:,.0f} events/s; cost per event {ratio:.1f}x bare SimPy"
     )
-    cost = bench.run_cost(scenario)
+    cost = bench.run_cost(scenario, events_by_part=by_part)
     say(
         f"(b) one {name} run: {cost['run_s'] * 1000:.1f} ms; "
         + ", ".join(f"{k} {v * 1000:.1f}" for k, v in cost["parts_s"].items())

@@ -71,6 +71,21 @@ def test_bench_quick_writes_perf_md_with_every_section(tmp_path, capsys):
     ]
     assert len(parts) == 6 and run_ms > 0
     assert sum(parts) == pytest.approx(run_ms, rel=0.02, abs=0.05)
+    # The events each part scheduled, per run: together, every event of the runs timed.
+    rows = re.findall(
+        r"^\| (build|the guest's|the MSI|the migration|SimPy|collect)[^|]* \| [\d.]+ \| \d+% \|"
+        r" ([\d,]+) \| ([\d.]*) \|$",
+        perf,
+        re.M,
+    )
+    events = {part: float(n.replace(",", "")) for part, n, _ in rows}
+    per_event = {part: us for part, _, us in rows}
+    assert len(rows) == 6 and events["collect"] == 0
+    simulated = number(perf, r"\| pkvm-sim, `small-vm`, every proposal \| ([\d,]+) \|")
+    runs = number(perf, r"the mean over its (\d+) proposals")
+    assert sum(events.values()) * runs == pytest.approx(simulated, abs=runs * 6 * 0.5)
+    assert events["the MSI"] > events["the guest's"] > 0 and events["the migration"] > 0
+    assert float(per_event["the guest's"]) > 0 and per_event["SimPy"] == ""
     # compare on one core and on every core: the same bytes.
     row = re.search(
         r"^\| ([\d.]+) \| ([\d.]+) \| \*\*([\d.]+)x\*\* \| ([\d.]+) \| ([\d.]+) \| (\d+)"
