@@ -630,7 +630,8 @@ def _run_cost(b: Bench) -> list[str]:
         ],
         "",
         "*events* are those the part scheduled (SimPy's count, per run, from the untimed"
-        " pass); *us per event* is a process's own steps over its own events. The MSI"
+        " pass; SimPy's row counts those of any other process, and its time is SimPy's work"
+        " on every event); *us per event* is a process's own steps over its own events. The MSI"
         " workloads schedule most events and each costs little: an arrival is a timeout"
         " (an MSI workload runs on both machines for the whole run, and where the VM is not,"
         " or while it is paused, an arrival is only that and a check), an injection another."

@@ -50,3 +50,32 @@ def test_readme_benchmark_figures_are_those_of_the_committed_perf_md():
     assert f"the mean over its {n} proposals: **{run_ms} ms**" in perf
     assert re.search(rf"\| 1,000,000 \|.*\| {mib} \|$", perf, re.M)
     assert f"sum of all proposals, 10,000 to 1,000,000 ITEs: k = {k}" in perf
+
+
+def test_readme_per_event_figures_are_those_of_the_committed_perf_md():
+    readme = " ".join(README.read_text().split())
+    perf = (README.parent / "reports" / "perf.md").read_text()
+    quoted = re.search(
+        r"the MSI workloads schedule (\d+)% of a `cloud-vm` run's events at ([\d.]+) us of"
+        r" their own each, the guest's ([\d,]+) events cost ([\d.]+) us each and the"
+        r" migration's ([\d,]+) ([\d.]+) us",
+        readme,
+    )
+    assert quoted, "the README's per-event sentence changed shape"
+    share, msi_us, guest_n, guest_us, mig_n, mig_us = quoted.groups()
+    rows = {
+        m[0]: (float(m[1].replace(",", "")), m[2])
+        for m in re.findall(
+            r"^\| (build|the [\w']+|SimPy|collect)[^|]* \| [\d.]+ \| \d+% \|"
+            r" ([\d,]+) \| ([\d.]*) \|$",
+            perf,
+            re.M,
+        )
+    }
+    total = sum(n for n, _ in rows.values())
+    assert round(100 * rows["the MSI"][0] / total) == int(share)
+    assert rows["the MSI"][1] == msi_us
+    assert rows["the guest's"][0] == float(guest_n.replace(",", ""))
+    assert round(float(rows["the guest's"][1]), 1) == float(guest_us)
+    assert rows["the migration"][0] == float(mig_n.replace(",", ""))
+    assert round(float(rows["the migration"][1]), 1) == float(mig_us)
