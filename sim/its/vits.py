@@ -301,8 +301,9 @@ class VirtualITS:
         """
         device = self.devices.get(device_id)
         ite = None if device is None else device.ites.get(event_id)
-        if ite is None or not _its_is_collection_mapped(ite.collection):
-            return None
+        collection = None if ite is None else ite.collection
+        if collection is None or collection.target_addr == r.COLLECTION_NOT_MAPPED:
+            return None  # (_its_is_collection_mapped, inline: every translation runs this)
         lpi = ite.lpi
         if lpi.target_vcpu is None:
             return None
