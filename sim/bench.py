@@ -50,6 +50,11 @@ def events_scheduled(env: simpy.Environment) -> int:
 
 # ---- (a) bare SimPy on pkvm-sim's event pattern ------------------------------------------
 
+# Bare SimPy and pkvm-sim are each timed this many times, alternately, and the best of
+# each kept: the machine's noise comes and goes over seconds (with three rounds, two
+# bench runs half an hour apart read 2.6x and 2.9x).
+RATIO_ROUNDS = 7
+
 # What event_kind() tells apart, with the words perf.md uses for each.
 EVENT_KINDS = {
     "timeout": "timeouts",
@@ -707,7 +712,7 @@ def render(b: Bench, command: str) -> str:
         f"Cost of a simulated event relative to bare SimPy: **{b.ratio:.1f}x** (target: at"
         " most 2x). pkvm-sim's wall time is `simulate()` (building the world and running it"
         " to the end), without `collect()`, after one untimed run; events are SimPy's own"
-        " count of scheduled events; each figure is the best of three, measured"
+        f" count of scheduled events; each figure is the best of {RATIO_ROUNDS}, measured"
         " alternately.",
         "",
         *_pattern(b),

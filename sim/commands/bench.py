@@ -103,14 +103,15 @@ def main(args: argparse.Namespace) -> int:
 
     load = os.getloadavg()[0]
     say(f"machine: {bench.machine_line()}; load average {load:.1f}")
-    # Best of three for both, measured alternately: the ratio, not one noisy wall time.
+    # The best of RATIO_ROUNDS for both, measured alternately: the ratio, not one noisy
+    # wall time.
     bares, sims = [], []
     name = "small-vm" if quick else "cloud-vm"
     scenario = load_scenario(BUNDLED / f"{name}.yaml")
     # The bare pattern takes pkvm-sim's own mix of events, counted in an untimed pass.
     by_part: Counter = Counter()
     mix = bench.event_mix(scenario, by_part=by_part)
-    for _ in range(3):
+    for _ in range(bench.RATIO_ROUNDS):
         bares.append(
             bench.bare_simpy(mix, len(scenario.proposals), events=40_000 if quick else 400_000)
         )
