@@ -168,11 +168,10 @@ def event_mix(
         return process
 
     def count(event: simpy.Event) -> None:
-        if by_part is not None:
-            active = event.env.active_process
-            by_part["build" if active is None else parts.get(id(active._generator), "simpy")] += 1
+        active = event.env.active_process
+        by_part["build" if active is None else parts.get(id(active._generator), "simpy")] += 1
 
-    with counting_events(mix, also=count):
+    with counting_events(mix, also=None if by_part is None else count):
         for proposal in proposals or scenario.proposals:
             parts.clear()
             simulate(scenario, proposal, wrap=tag)
@@ -617,7 +616,7 @@ def _run_cost(b: Bench) -> list[str]:
         return []
     c = b.run_cost
     parts = c["parts_s"]
-    events = c.get("events") or dict.fromkeys(parts, 0)
+    events = c["events"]
     whole = sum(parts.values()) or 1.0
     return [
         "## The fixed cost of one run",
