@@ -29,9 +29,13 @@ def test_readme_opens_with_two_commands():
     assert "python -m pytest" in (README.parent / ".ci" / "run").read_text()
 
 
+def _readme_and_perf() -> tuple[str, str]:
+    """The README with its line breaks folded into spaces, and the committed perf.md."""
+    return " ".join(README.read_text().split()), (README.parent / "reports/perf.md").read_text()
+
+
 def test_readme_benchmark_figures_are_those_of_the_committed_perf_md():
-    readme = " ".join(README.read_text().split())
-    perf = (README.parent / "reports" / "perf.md").read_text()
+    readme, perf = _readme_and_perf()
     quoted = re.search(
         r"a simulated event costs ([\d.]+)x a bare-SimPy event, and a 1M-ITE migration under"
         r" the first six proposals takes ([\d.]+) s on both cores, under all (\d+)"
@@ -53,8 +57,7 @@ def test_readme_benchmark_figures_are_those_of_the_committed_perf_md():
 
 
 def test_readme_per_event_figures_are_those_of_the_committed_perf_md():
-    readme = " ".join(README.read_text().split())
-    perf = (README.parent / "reports" / "perf.md").read_text()
+    readme, perf = _readme_and_perf()
     quoted = re.search(
         r"the MSI workloads schedule (\d+)% of a `cloud-vm` run's events at ([\d.]+) us of"
         r" their own each, the guest's ([\d,]+) events cost ([\d.]+) us each and the"
