@@ -102,6 +102,15 @@ def _json_on_stdout(args: argparse.Namespace) -> Iterator[None]:
         output.json_stream = None
 
 
+def _stopped(interrupt: KeyboardInterrupt) -> int:
+    """One line for a SIGTERM or a Ctrl-C, and the shell's exit status for it."""
+    if isinstance(interrupt, Terminated):
+        print("pkvm-sim: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    print("pkvm-sim: interrupted", file=sys.stderr)
+    return 130
+
+
 def main(argv: list[str] | None = None) -> int:
     from sim.output import OutputError
     from sim.registry import plugin_errors
@@ -125,12 +134,14 @@ def main(argv: list[str] | None = None) -> int:
     except OutputError as exc:
         print(f"pkvm-sim: {exc}", file=sys.stderr)
         return 2
-    except Terminated:
-        print("pkvm-sim: terminated", file=sys.stderr)
-        return 128 + signal.SIGTERM
-    except KeyboardInterrupt:
-        print("pkvm-sim: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Terminated too
+        return _stopped(exc)
+    except ImportError as exc:
+        # A signal during an extension module's import fails the import ("initialization
+        # failed"), with the interrupt as its cause: the user stopped us all the same.
+        if not isinstance(exc.__cause__, KeyboardInterrupt):
+            raise
+        return _stopped(exc.__cause__)
     except BrokenPipeError:  # e.g. piped into head
         sys.stderr.close()
         return 0

@@ -135,6 +135,38 @@ def test_an_interrupt_while_writing_keeps_the_old_report_whole(tiny, tmp_path, m
     assert tree(tmp_path) == old
 
 
+@pytest.mark.parametrize(
+    ("interrupt", "status", "line"),
+    [
+        (KeyboardInterrupt, 130, "pkvm-sim: interrupted"),
+        ("sim.cli.Terminated", 128 + signal.SIGTERM, "pkvm-sim: terminated"),
+    ],
+)
+def test_a_signal_during_an_extension_import_is_that_signal(
+    tiny, tmp_path, monkeypatch, capsys, interrupt, status, line
+):
+    # CPython fails the import of a C extension interrupted in its init with an
+    # ImportError ("initialization failed") whose cause is the KeyboardInterrupt.
+    if isinstance(interrupt, str):
+        from sim.cli import Terminated as interrupt
+
+    def import_interrupted(*args, **kwargs):
+        raise ImportError("initialization failed") from interrupt()
+
+    monkeypatch.setattr("sim.run.simulate", import_interrupted)
+    assert main(["run", str(tiny), "--seeds", "1"]) == status
+    assert _one_line(capsys.readouterr().err) == line
+
+
+def test_an_import_error_of_its_own_is_not_taken_for_an_interrupt(tiny, monkeypatch):
+    def broken(*args, **kwargs):
+        raise ImportError("no module named frobnicate")
+
+    monkeypatch.setattr("sim.run.simulate", broken)
+    with pytest.raises(ImportError, match="frobnicate"):
+        main(["run", str(tiny), "--seeds", "1"])
+
+
 def test_a_new_report_replaces_the_old_one_whole(tiny, tmp_path, capsys):
     reports = tmp_path / "reports"
     assert (
