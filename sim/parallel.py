@@ -13,8 +13,11 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import os
-from collections.abc import Callable, Sequence
+import signal
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +54,52 @@ def call(fn: Callable[..., Any], args: tuple) -> Any:
             gc.enable()
 
 
+# What this process handles for its workers: Ctrl-C and SIGTERM end them all (cli.py).
+_HELD = {signal.SIGINT, signal.SIGTERM}
+
+
+def worker_pool(workers: int) -> ProcessPoolExecutor:
+    """``workers`` spawned processes (sharing nothing with this one: no forked threads or
+    state) that leave SIGINT and SIGTERM to this process. Submit the first jobs, which
+    start them, inside :func:`signals_held`; end them with :func:`stop_workers`."""
+    ctx = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_signals)
+
+
+def _worker_signals() -> None:
+    """In a worker, once started: a Ctrl-C to the process group is the parent's to handle
+    (ignored here), and the signals it was started with held are let through."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD)
+
+
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM while worker processes start. One arriving mid-start would
+    stop this process halfway through handing a worker its start-up data, and the worker
+    would die printing its own traceback; held, it is raised here once they have started.
+    The workers inherit the mask, and hold both until :func:`_worker_signals`."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def stop_workers(pool: ProcessPoolExecutor) -> None:
+    """End ``pool``'s workers now, not after their current jobs (SIGKILL: a worker still
+    starting holds SIGTERM), then wait for the pool's manager thread, which sees them gone
+    at once. Left running, it would close its wake-up pipe while the interpreter's exit
+    writes to it (Python 3.11 checks the pipe, then writes, unlocked), printing a "Bad
+    file descriptor" traceback after the one line the command prints."""
+    for process in list((pool._processes or {}).values()):
+        process.kill()
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
 def run_jobs(
     jobs: Sequence[Job], workers: int | None = None, advance: Callable[[], None] = lambda: None
 ) -> list[Any]:
@@ -68,16 +117,16 @@ def run_jobs(
         return out
     order = sorted(range(len(jobs)), key=lambda i: -jobs[i].cost)  # stable: ties by index
     results: list[Any] = [None] * len(jobs)
-    ctx = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx)
+    pool = worker_pool(min(workers, len(jobs)))
     try:
         # At most a few jobs queued per worker: the pool hands each to the next free one.
         pending: dict[Future, int] = {}
         todo = iter(order)
-        for i in todo:
-            pending[pool.submit(call, jobs[i].fn, jobs[i].args)] = i
-            if len(pending) >= 4 * workers:
-                break
+        with signals_held():  # the first submissions start the workers
+            for i in todo:
+                pending[pool.submit(call, jobs[i].fn, jobs[i].args)] = i
+                if len(pending) >= 4 * workers:
+                    break
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
@@ -86,8 +135,8 @@ def run_jobs(
                 nxt = next(todo, None)
                 if nxt is not None:
                     pending[pool.submit(call, jobs[nxt].fn, jobs[nxt].args)] = nxt
-    except BaseException:
-        pool.shutdown(wait=True, cancel_futures=True)
+    except BaseException:  # interrupted, or a job failed
+        stop_workers(pool)
         raise
     pool.shutdown(wait=True)
     return results

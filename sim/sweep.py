@@ -222,44 +222,18 @@ DASK_POLL_S = 1.0
 DASK_WORKER_TIMEOUT_S = 60.0  # how long a sweep waits with no Dask worker alive
 
 
-def _ignore_sigint() -> None:
-    """In a worker: Ctrl-C is the parent's to handle (it ends the workers)."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-@contextlib.contextmanager
-def _sigint_ignored():
-    """Ignore SIGINT while worker processes are started: a child that starts with it
-    ignored keeps it so (CPython installs its handler only over SIG_DFL), so a Ctrl-C to
-    the process group reaches the parent alone, which ends the workers."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 def _local(todo: list[tuple[Cell, Scenario]], jobs: int, done: Done) -> None:
     if jobs == 1:
         for i, (cell, scenario) in enumerate(todo):
             done(i, run_cell(scenario, cell.proposal))
         return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import as_completed
 
-    # Spawned workers share nothing with this process (no forked threads or state).
-    ctx = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_ignore_sigint)
+    from sim.parallel import signals_held, stop_workers, worker_pool
+
+    pool = worker_pool(jobs)
     try:
-        with _sigint_ignored():  # the workers start with Ctrl-C ignored, and keep it so
+        with signals_held():  # the submissions start the workers
             futures = {
                 pool.submit(run_cell, scenario, cell.proposal): i
                 for i, (cell, scenario) in enumerate(todo)
@@ -269,9 +243,7 @@ def _local(todo: list[tuple[Cell, Scenario]], jobs: int, done: Done) -> None:
     except BaseException:
         # Interrupted (SIGINT, SIGTERM) or a cell failed: end the workers now rather than
         # let them finish the queue; the resource tracker ends with this process.
-        for process in list((pool._processes or {}).values()):
-            process.terminate()
-        pool.shutdown(wait=False, cancel_futures=True)
+        stop_workers(pool)
         raise
     pool.shutdown()
 

@@ -4,11 +4,12 @@ processes."""
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 
 from sim.cli import main
-from sim.parallel import Job, default_workers, run_jobs
+from sim.parallel import Job, default_workers, run_jobs, signals_held, stop_workers, worker_pool
 
 
 def square_plus(x: int, y: int = 0) -> int:
@@ -66,3 +67,29 @@ def scenarios_dir():
     from pathlib import Path
 
     return Path(__file__).resolve().parents[2] / "scenarios"
+
+
+def _signal_state() -> tuple[bool, list[int]]:
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    return signal.getsignal(signal.SIGINT) is signal.SIG_IGN, sorted(int(s) for s in blocked)
+
+
+def test_a_signal_while_workers_start_is_held_then_raised():
+    reached = False
+    with pytest.raises(KeyboardInterrupt), signals_held():
+        os.kill(os.getpid(), signal.SIGINT)
+        reached = True  # held: not raised mid-start
+    assert reached
+    assert not signal.pthread_sigmask(signal.SIG_BLOCK, [])  # the mask is restored
+
+
+def test_workers_leave_ctrl_c_to_the_parent_and_hold_nothing():
+    pool = worker_pool(1)
+    try:
+        with signals_held():
+            future = pool.submit(_signal_state)
+        assert future.result() == (True, [])
+        workers = list(pool._processes.values())
+    finally:
+        stop_workers(pool)
+    assert len(workers) == 1 and not workers[0].is_alive()
