@@ -14,7 +14,9 @@ import multiprocessing
 import os
 import platform
 import random
+import re
 import resource
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -146,6 +148,80 @@ def bare_simpy(mix: dict[str, int], runs: int, events: int = 400_000, seed: int 
         "processes": nr_actors,
         "mix": {kind: mix.get(kind, 0) for kind in EVENT_KINDS},
     }
+
+
+# ---- (a2) the same ratio in instructions ---------------------------------------------------
+
+# Valgrind's cachegrind counts the instructions a process executes exactly, whatever else
+# the machine is doing; with the hash seed fixed the count repeats to a few hundred
+# instructions in billions. It also runs them through a model of this machine's level-1
+# caches (the sizes the CPU reports), which counts the misses: where an event's time goes
+# beyond its instructions.
+VALGRIND = ("valgrind", "--tool=cachegrind", "--cachegrind-out-file=/dev/null")
+COUNTERS = {"instructions": "I", "i1_misses": "I1", "d1_misses": "D1"}  # cachegrind's names
+BARE_COUNTED_EVENTS = 100_000  # bare SimPy's events per counted round (its cost is flat)
+
+
+def counted(code: str) -> dict[str, int]:
+    """Instructions, and level-1 instruction- and data-cache misses, of a fresh
+    interpreter running ``code`` under cachegrind."""
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    done = subprocess.run(
+        [*VALGRIND, sys.executable, "-c", code], capture_output=True, text=True, env=env
+    )
+    found = {
+        key: re.search(rf"^==\d+== {name}\s+(?:refs|misses):\s+([\d,]+)", done.stderr, re.M)
+        for key, name in COUNTERS.items()
+    }
+    if done.returncode != 0 or not all(found.values()):
+        tail = " / ".join(done.stderr.strip().splitlines()[-3:])
+        raise RuntimeError(f"valgrind exit {done.returncode}: {tail}")
+    return {key: int(m.group(1).replace(",", "")) for key, m in found.items() if m}
+
+
+def simulate_rounds(path: str, rounds: int) -> None:
+    """``simulate()`` the scenario at ``path`` under each of its proposals, ``rounds``
+    times: what :func:`simulated_events` times, for a counted child process."""
+    from sim.run import simulate
+    from sim.scenario import load_scenario
+
+    scenario = load_scenario(path)
+    for _ in range(rounds):
+        for proposal in scenario.proposals:
+            simulate(scenario, proposal)
+
+
+def instruction_ratio(
+    path: str, mix: dict[str, int], runs: int, events: int, bare_events: int = BARE_COUNTED_EVENTS
+) -> dict:
+    """:data:`COUNTERS` per event of pkvm-sim on the scenario at ``path`` (``events`` a
+    round: its proposals once each) and of bare SimPy on ``mix``, each one round's count:
+    the difference between children running two rounds and one, so that start-up, imports
+    and the first run's warm-up cancel. The four children run at once: a count does not
+    move with the load."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    bare_counted = bare_simpy(mix, runs, events=bare_events)["events"]
+
+    def bare(rounds: int) -> str:
+        call = f"bare_simpy({dict(mix)!r}, {runs}, events={bare_events})"
+        return f"from sim.bench import bare_simpy\nfor _ in range({rounds}): {call}"
+
+    def sim(rounds: int) -> str:
+        return f"from sim.bench import simulate_rounds; simulate_rounds({path!r}, {rounds})"
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        two, one, bare_two, bare_one = pool.map(counted, [sim(2), sim(1), bare(2), bare(1)])
+    version = subprocess.run(["valgrind", "--version"], capture_output=True, text=True)
+    result = {
+        "simulated": {k: (two[k] - one[k]) / events for k in COUNTERS},
+        "bare": {k: (bare_two[k] - bare_one[k]) / bare_counted for k in COUNTERS},
+        "simulated_events": events,
+        "bare_events": bare_counted,
+        "valgrind": version.stdout.strip(),
+    }
+    result["ratio"] = result["simulated"]["instructions"] / result["bare"]["instructions"]
+    return result
 
 
 # ---- (b) pkvm-sim on a migration scenario ------------------------------------------------
@@ -282,7 +358,6 @@ def compare_speed(scenarios: list[str], jobs: int) -> dict:
     """``pkvm-sim compare`` over ``scenarios`` with ``--jobs 1`` and ``--jobs N``, each a
     fresh process (start-up included): wall times and whether the outputs are the same
     bytes."""
-    import subprocess
     import tempfile
     from pathlib import Path
 
@@ -502,6 +577,9 @@ class Bench:
     compare: dict | None = None  # compare_speed()
     compare_what: str = ""  # which scenarios the compare ran
     load: float | None = None  # 1-minute load average when the run started
+    round_ratios: list[float] = field(default_factory=list)  # each round's, back to back
+    instructions: dict | None = None  # instruction_ratio(), if valgrind could count
+    instructions_missing: str = ""  # why not, if not
 
     @property
     def ratio(self) -> float:
@@ -589,6 +667,53 @@ def _workload(b: Bench) -> list[str]:
         " of its ITEs. The tables KVM saves and restores, and the translations checked, are"
         " as large as the ITE count says. Devices have"
         f" {MAX_VECTORS:,} vectors each (the last one the remainder), 4 vCPUs, 4 GiB.",
+    ]
+
+
+def _spread(b: Bench) -> list[str]:
+    """How far the ratio moves from round to round: the machine, not the code."""
+    if len(b.round_ratios) < 2:
+        return []
+    rs = sorted(b.round_ratios)
+    return [
+        f"Round by round (bare SimPy, then pkvm-sim, back to back) the ratio read"
+        f" {rs[0]:.1f}x to {rs[-1]:.1f}x (median {rs[len(rs) // 2]:.1f}x): the same code,"
+        " timed on a machine whose speed comes and goes.",
+        "",
+    ]
+
+
+def _instructions(b: Bench) -> list[str]:
+    """The ratio in instructions, which the machine's load does not move, and the cache
+    misses that make an instruction of one dearer than one of the other."""
+    if b.instructions is None:
+        if not b.instructions_missing:
+            return []
+        return [f"In instructions: not measured ({b.instructions_missing}).", ""]
+    x = b.instructions
+    sim, bare = x["simulated"], x["bare"]
+
+    def misses(k: str) -> str:
+        return f"{sim[k]:,.1f} | {bare[k]:,.1f}"
+
+    return [
+        f"In instructions, which no load moves: **{x['ratio']:.2f}x**, counted by"
+        f" {x['valgrind']} (cachegrind), each side in a fresh interpreter with"
+        " PYTHONHASHSEED=0, a round's count the difference between a child running two"
+        " rounds and one (start-up, imports and the first run's warm-up cancel):",
+        "",
+        f"| per event | pkvm-sim, `{b.simulated_scenario}` | bare SimPy |",
+        "|---|---:|---:|",
+        f"| instructions | {sim['instructions']:,.0f} | {bare['instructions']:,.0f} |",
+        f"| level-1 instruction-cache misses | {misses('i1_misses')} |",
+        f"| level-1 data-cache misses | {misses('d1_misses')} |",
+        f"| events counted | {x['simulated_events']:,} | {x['bare_events']:,} |",
+        "",
+        "The misses are cachegrind's model of this machine's level-1 caches, a count, not"
+        " a clock. Bare SimPy's loop runs from them; a model's event, whose code and data"
+        " outgrow them, waits on the next level at each miss, which the wall-time ratio"
+        " includes and the instruction ratio does not.",
+        "",
     ]
 
 
@@ -714,6 +839,8 @@ def render(b: Bench, command: str) -> str:
         f" count of scheduled events; each figure is the best of {RATIO_ROUNDS}, measured"
         " alternately.",
         "",
+        *_spread(b),
+        *_instructions(b),
         *_pattern(b),
         *_run_cost(b),
         *_compare(b),

@@ -123,10 +123,31 @@ def main(args: argparse.Namespace) -> int:
         f" {bare['events_per_s']:,.0f} events/s"
     )
     ratio = bare["events_per_s"] / simulated["events_per_s"]
+    round_ratios = [b["events_per_s"] / s["events_per_s"] for b, s in zip(bares, sims, strict=True)]
     say(
         f"(b) pkvm-sim {name}: {simulated['events']:,} events,"
         f" {simulated['events_per_s']:,.0f} events/s; cost per event {ratio:.1f}x bare SimPy"
+        f" (rounds {min(round_ratios):.1f}x to {max(round_ratios):.1f}x)"
     )
+    instructions, instructions_missing = None, _valgrind(say)
+    if not instructions_missing:
+        say("(a2) counting instructions under valgrind (four children at once)")
+        try:
+            instructions = bench.instruction_ratio(
+                str(BUNDLED / f"{name}.yaml"),
+                dict(mix),
+                len(scenario.proposals),
+                sims[0]["events"],
+                bare_events=20_000 if quick else bench.BARE_COUNTED_EVENTS,
+            )
+        except RuntimeError as exc:  # valgrind itself failed: say so in perf.md
+            instructions_missing = str(exc)
+        else:
+            say(
+                "(a2) instructions per event: pkvm-sim"
+                f" {instructions['simulated']['instructions']:,.0f}, bare SimPy"
+                f" {instructions['bare']['instructions']:,.0f}: {instructions['ratio']:.2f}x"
+            )
     cost = bench.run_cost(scenario, events_by_part=by_part)
     say(
         f"(b) one {name} run: {cost['run_s'] * 1000:.1f} ms; "
@@ -191,6 +212,9 @@ def main(args: argparse.Namespace) -> int:
         compare=cmp,
         compare_what=compare_what,
         load=load,
+        round_ratios=round_ratios,
+        instructions=instructions,
+        instructions_missing=instructions_missing,
     )
     argv = ["pkvm-sim", "bench"]
     if quick:
@@ -218,3 +242,20 @@ def main(args: argparse.Namespace) -> int:
         data["batch_wall"] = {str(k): v for k, v in data["batch_wall"].items()}
         write_json(args.json, {"provenance": provenance(), "bench": data, "ratio": result.ratio})
     return 0
+
+
+def _valgrind(say) -> str:
+    """Why valgrind cannot count instructions here, or the empty string if it can
+    (installed from Debian's archive when missing, if run as root)."""
+    import shutil
+
+    if shutil.which("valgrind"):
+        return ""
+    from sim.oracle.errors import OracleSetupError
+    from sim.oracle.setup import apt_install
+
+    try:
+        apt_install(["valgrind"], say, who="the bench")
+    except OracleSetupError as exc:
+        return str(exc).splitlines()[0]
+    return "" if shutil.which("valgrind") else "valgrind installed, but not on PATH"

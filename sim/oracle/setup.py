@@ -111,11 +111,12 @@ class Kernel:
 # --- host tools ---------------------------------------------------------------------------
 
 
-def _apt_install(packages: list[str], progress: Progress) -> None:
+def apt_install(packages: list[str], progress: Progress, who: str = "the oracle") -> None:
+    """Install Debian ``packages`` with the system's apt-get (as root; else say how)."""
     if os.geteuid() != 0:
         raise OracleSetupError(
             f"missing {', '.join(packages)}: install as root with"
-            f" `apt-get install {' '.join(packages)}` (the oracle installs them itself"
+            f" `apt-get install {' '.join(packages)}` ({who} installs them itself"
             " when run as root)"
         )
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
@@ -151,7 +152,7 @@ def ensure_host_tools(progress: Progress) -> Tools:
     """QEMU, the cross compiler (static libc) and an arm64 busybox: found, or installed."""
     missing = _host_tools_missing()
     if missing:
-        _apt_install(missing, progress)
+        apt_install(missing, progress)
         missing = _host_tools_missing()
         if missing:
             raise OracleSetupError(f"installed, but still missing: {', '.join(missing)}")

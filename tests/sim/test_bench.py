@@ -96,6 +96,19 @@ def test_bench_quick_writes_perf_md_with_every_section(tmp_path, capsys):
     assert row and row.group(7) == "yes" and int(row.group(6)) >= 5
     assert float(row.group(4)) > 0 and float(row.group(5)) > 0
     assert "over `small-vm` (1 scenarios)" in perf
+    # The ratio round by round, and in instructions (CI has valgrind: .ci/run installs it).
+    low = number(perf, r"the ratio read ([\d.]+)x to")
+    high = number(perf, r"the ratio read [\d.]+x to ([\d.]+)x")
+    best = number(perf, r"relative to bare SimPy: \*\*([\d.]+)x\*\*")
+    assert 0 < low <= high and low - 0.05 <= best <= high + 0.05
+    counted = number(perf, r"In instructions, which no load moves: \*\*([\d.]+)x\*\*")
+    sim_ipe = number(perf, r"(?m)^\| instructions \| ([\d,]+) \|")
+    bare_ipe = number(perf, r"(?m)^\| instructions \| [\d,]+ \| ([\d,]+) \|")
+    assert 1_000 < bare_ipe < sim_ipe  # a model's event does more than a bare timeout's
+    assert counted == pytest.approx(sim_ipe / bare_ipe, abs=0.006)
+    for what in ("instruction", "data"):
+        assert number(perf, rf"(?m)^\| level-1 {what}-cache misses \| ([\d,.]+) \|") > 0
+    assert number(perf, r"(?m)^\| events counted \| [\d,]+ \| ([\d,]+) \|") > 15_000
 
 
 def test_counting_events_sorts_every_scheduled_event_by_kind():
@@ -175,3 +188,42 @@ def test_bad_arguments_exit_2(capsys, argv, message):
         main(["bench", *argv])
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_an_instruction_count_is_exact_and_a_rounds_count_is_the_difference():
+    from sim.bench import counted
+
+    loop = "for _ in range({}): sum(range(50))"
+    one, two = counted(loop.format(20_000)), counted(loop.format(40_000))
+    nothing = counted("pass")
+    again = counted(loop.format(20_000))
+    assert again["instructions"] == pytest.approx(one["instructions"], rel=1e-5)  # repeatable
+    assert nothing["instructions"] < one["instructions"] < two["instructions"]
+    # start-up cancels: 20,000 more iterations cost what the first 20,000 did
+    more, first = (
+        two["instructions"] - one["instructions"],
+        one["instructions"] - nothing["instructions"],
+    )
+    assert more == pytest.approx(first, rel=0.01)
+    # a loop this small runs from the level-1 caches: its misses are start-up's
+    assert two["i1_misses"] - one["i1_misses"] < 0.001 * more
+    assert nothing["d1_misses"] > 0
+    with pytest.raises(RuntimeError, match="valgrind exit 1"):
+        counted("raise SystemExit(1)")
+
+
+def test_bench_without_valgrind_says_why_in_perf_md(monkeypatch):
+    from sim.bench import Bench, _instructions
+    from sim.commands.bench import _valgrind
+
+    monkeypatch.setattr("shutil.which", lambda _cmd: None)
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    why = _valgrind(lambda _msg: pytest.fail("installed as a user"))
+    assert why == (
+        "missing valgrind: install as root with `apt-get install valgrind`"
+        " (the bench installs them itself when run as root)"
+    )
+    bare = {"events": 10, "wall_s": 1.0, "events_per_s": 10.0}
+    simulated = {"events": 5, "simulate_wall_s": 1.0, "events_per_s": 5.0}
+    lines = _instructions(Bench("m", bare, simulated, "small-vm", [], instructions_missing=why))
+    assert lines == [f"In instructions: not measured ({why}).", ""]
