@@ -82,3 +82,23 @@ def test_readme_per_event_figures_are_those_of_the_committed_perf_md():
     assert round(float(rows["the guest's"][1]), 1) == float(guest_us)
     assert rows["the migration"][0] == float(mig_n.replace(",", ""))
     assert round(float(rows["the migration"][1]), 1) == float(mig_us)
+
+
+def test_readme_instruction_figures_are_those_of_the_committed_perf_md():
+    readme, perf = _readme_and_perf()
+    quoted = re.search(
+        r"its rounds read ([\d.]+)x to ([\d.]+)x\), while in instructions, which no load"
+        r" moves, it is ([\d.]+)x \(([\d,]+) against ([\d,]+) per event\): bare SimPy's loop"
+        r" runs from the level-1 caches \(([\d.]+) instruction-cache misses per event\), a"
+        r" `cloud-vm` event misses there ([\d.]+) times for instructions and ([\d.]+) for data",
+        readme,
+    )
+    assert quoted, "the README's instruction sentence changed shape"
+    low, high, ratio, sim, bare, bare_i1, sim_i1, sim_d1 = quoted.groups()
+    assert f"the ratio read {low}x to {high}x" in perf
+    assert f"In instructions, which no load moves: **{ratio}x**" in perf
+    assert f"| instructions | {sim} | {bare} |" in perf
+    assert re.search(
+        rf"^\| level-1 instruction-cache misses \| {sim_i1} \| {bare_i1} \|$", perf, re.M
+    )
+    assert re.search(rf"^\| level-1 data-cache misses \| {sim_d1} \| ", perf, re.M)
