@@ -1,11 +1,18 @@
-"""Shared by the tests: a tiny scenario, and a sweep cache of a test's own."""
+"""Shared by the tests: a tiny scenario, a sweep cache of a test's own, and Ctrl-C."""
 
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
+
+# A shell starts a background job (`cmd &`, nohup) with SIGINT ignored, and Python then
+# installs no KeyboardInterrupt handler; the interrupt tests need Ctrl-C to arrive, here and
+# in the commands they start (exec resets a handled signal, not an ignored one).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 TINY = """\
 name: tiny
