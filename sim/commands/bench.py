@@ -1,5 +1,6 @@
-"""`pkvm-sim bench`: events per second against bare SimPy, ITS save and restore rates, and
-full migrations by mapped ITEs; written to perf.md."""
+"""`pkvm-sim bench`: events per second against bare SimPy (and instructions per event, under
+valgrind), ITS save and restore rates, and full migrations by mapped ITEs; written to
+perf.md."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from sim.scenario import ALL_PROPOSALS
 def register(sub) -> None:
     p = sub.add_parser(
         "bench",
-        help="measure simulated events/s, ITS save/restore and migration scaling; write perf.md",
+        help="measure simulated events/s (and instructions, under valgrind), ITS save/restore"
+        " and migration scaling; write perf.md",
         epilog="examples:\n  pkvm-sim bench                     # the full run, reports/perf.md\n"
         "  pkvm-sim bench --quick --out /tmp/perf\n"
         "  pkvm-sim bench --sizes 1000,10000 --proposal trusted-host --jobs 1\n"
