@@ -176,7 +176,7 @@ def counted(code: str) -> dict[str, int]:
     if done.returncode != 0 or not all(found.values()):
         tail = " / ".join(done.stderr.strip().splitlines()[-3:])
         raise RuntimeError(f"valgrind exit {done.returncode}: {tail}")
-    return {key: int(m.group(1).replace(",", "")) for key, m in found.items() if m}
+    return {key: int(m.group(1).replace(",", "")) for key, m in found.items()}
 
 
 def simulate_rounds(path: str, rounds: int) -> None:

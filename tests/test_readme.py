@@ -29,24 +29,26 @@ def test_readme_opens_with_two_commands():
     assert "python -m pytest" in (README.parent / ".ci" / "run").read_text()
 
 
-def _readme_and_perf() -> tuple[str, str]:
-    """The README with its line breaks folded into spaces, and the committed perf.md."""
-    return " ".join(README.read_text().split()), (README.parent / "reports/perf.md").read_text()
+def _quoted(pattern: str, sentence: str) -> tuple[tuple[str, ...], str]:
+    """The groups of ``pattern`` in the README (its line breaks folded into spaces), and
+    the committed perf.md they must be taken from."""
+    readme = " ".join(README.read_text().split())
+    quoted = re.search(pattern, readme)
+    assert quoted, f"the README's {sentence} sentence changed shape"
+    return quoted.groups(), (README.parent / "reports/perf.md").read_text()
 
 
 def test_readme_benchmark_figures_are_those_of_the_committed_perf_md():
-    readme, perf = _readme_and_perf()
-    quoted = re.search(
+    quoted, perf = _quoted(
         r"a simulated event costs ([\d.]+)x a bare-SimPy event, and a 1M-ITE migration under"
         r" the first six proposals takes ([\d.]+) s on both cores, under all (\d+)"
         r" ([\d.]+) s \(([\d.]+) s one after another\),"
         r" at most (\d+) MiB per run; wall time grows as ITEs\^([\d.]+) from 10k to 1M\."
         r" The bundled `compare` takes ([\d.]+) s on one core and ([\d.]+) s on two"
         r" \(([\d.]+)x\), the same bytes either way; one `cloud-vm` run costs ([\d.]+) ms",
-        readme,
+        "benchmark",
     )
-    assert quoted, "the README's benchmark sentence changed shape"
-    ratio, six, n, both, one_by_one, mib, k, one_core, two, speedup, run_ms = quoted.groups()
+    ratio, six, n, both, one_by_one, mib, k, one_core, two, speedup, run_ms = quoted
     assert f"relative to bare SimPy: **{ratio}x**" in perf
     assert f"Measured at 1,000,000 ITEs: the first six {six} s on 2 cores" in perf
     assert f"; {n} proposals {both} s on 2 cores ({one_by_one} s one after another)" in perf
@@ -57,15 +59,13 @@ def test_readme_benchmark_figures_are_those_of_the_committed_perf_md():
 
 
 def test_readme_per_event_figures_are_those_of_the_committed_perf_md():
-    readme, perf = _readme_and_perf()
-    quoted = re.search(
+    quoted, perf = _quoted(
         r"the MSI workloads schedule (\d+)% of a `cloud-vm` run's events at ([\d.]+) us of"
         r" their own each, the guest's ([\d,]+) events cost ([\d.]+) us each and the"
         r" migration's ([\d,]+) ([\d.]+) us",
-        readme,
+        "per-event",
     )
-    assert quoted, "the README's per-event sentence changed shape"
-    share, msi_us, guest_n, guest_us, mig_n, mig_us = quoted.groups()
+    share, msi_us, guest_n, guest_us, mig_n, mig_us = quoted
     rows = {
         m[0]: (float(m[1].replace(",", "")), m[2])
         for m in re.findall(
@@ -85,16 +85,14 @@ def test_readme_per_event_figures_are_those_of_the_committed_perf_md():
 
 
 def test_readme_instruction_figures_are_those_of_the_committed_perf_md():
-    readme, perf = _readme_and_perf()
-    quoted = re.search(
+    quoted, perf = _quoted(
         r"its rounds read ([\d.]+)x to ([\d.]+)x\), while in instructions, which no load"
         r" moves, it is ([\d.]+)x \(([\d,]+) against ([\d,]+) per event\): bare SimPy's loop"
         r" runs from the level-1 caches \(([\d.]+) instruction-cache misses per event\), a"
         r" `cloud-vm` event misses there ([\d.]+) times for instructions and ([\d.]+) for data",
-        readme,
+        "instruction",
     )
-    assert quoted, "the README's instruction sentence changed shape"
-    low, high, ratio, sim, bare, bare_i1, sim_i1, sim_d1 = quoted.groups()
+    low, high, ratio, sim, bare, bare_i1, sim_i1, sim_d1 = quoted
     assert f"the ratio read {low}x to {high}x" in perf
     assert f"In instructions, which no load moves: **{ratio}x**" in perf
     assert f"| instructions | {sim} | {bare} |" in perf

@@ -109,7 +109,8 @@ def main(args: argparse.Namespace) -> int:
     # wall time.
     bares, sims = [], []
     name = "small-vm" if quick else "cloud-vm"
-    scenario = load_scenario(BUNDLED / f"{name}.yaml")
+    scenario_path = BUNDLED / f"{name}.yaml"
+    scenario = load_scenario(scenario_path)
     # The bare pattern takes pkvm-sim's own mix of events, counted in an untimed pass.
     by_part: Counter = Counter()
     mix = bench.event_mix(scenario, by_part=by_part)
@@ -136,7 +137,7 @@ def main(args: argparse.Namespace) -> int:
         say("(a2) counting instructions under valgrind (four children at once)")
         try:
             instructions = bench.instruction_ratio(
-                str(BUNDLED / f"{name}.yaml"),
+                str(scenario_path),
                 dict(mix),
                 len(scenario.proposals),
                 sims[0]["events"],
