@@ -14,6 +14,7 @@ from sim.bench import (
     event_mix,
     growth_exponent,
     scaling_scenario,
+    without_msis,
 )
 from sim.cli import main
 
@@ -101,6 +102,17 @@ def test_bench_quick_writes_perf_md_with_every_section(tmp_path, capsys):
     high = number(perf, r"the ratio read [\d.]+x to ([\d.]+)x")
     best = number(perf, r"relative to bare SimPy: \*\*([\d.]+)x\*\*")
     assert 0 < low <= high and low - 0.05 <= best <= high + 0.05
+    # The same runs without their MSIs: fewer events, and what that leaves the MSIs.
+    quiet = number(perf, r"Without their MSI workloads .* the same runs schedule ([\d,]+) events")
+    rest = number(perf, r"\*\*([\d.]+)x\*\* bare SimPy's time for all")
+    added = number(perf, r"The MSI workloads add ([\d,]+) events")
+    assert 0 < quiet < simulated and quiet + added == simulated and rest > 0
+    assert re.search(
+        r"events \(\d+% of them\)(, at [\d.]+x a bare-SimPy event each\. (At most 2x overall"
+        r" would leave each of those [\d.]+x|The rest of the runs alone is past 2x)|\. This"
+        r" run's noise hides what they cost)",
+        perf,
+    )
     counted = number(perf, r"In instructions, which no load moves: \*\*([\d.]+)x\*\*")
     sim_ipe = number(perf, r"(?m)^\| instructions \| ([\d,]+) \|")
     bare_ipe = number(perf, r"(?m)^\| instructions \| [\d,]+ \| ([\d,]+) \|")
@@ -151,6 +163,47 @@ def test_bare_pattern_has_the_runs_mix_of_events():
         want = mix[kind] / sum(mix[k] for k in kinds)
         got = counted[kind] / sum(counted[k] for k in kinds)
         assert got == pytest.approx(want, abs=0.002), kind
+
+
+def test_a_scenario_without_msis_keeps_everything_but_the_msi_workloads():
+    from sim.commands.common import BUNDLED
+    from sim.scenario import load_scenario
+
+    scenario = load_scenario(BUNDLED / "small-vm.yaml")
+    quiet = without_msis(scenario)
+    assert [d.rate_hz for d in quiet.devices] == [0] * len(scenario.devices)
+    assert any(d.rate_hz for d in scenario.devices)  # (the original is untouched)
+    assert quiet.model_copy(update={"devices": scenario.devices}) == scenario
+    full, by_part = Counter(), Counter()
+    event_mix(scenario, ["trusted-host"], by_part=full)
+    event_mix(quiet, ["trusted-host"], by_part=by_part)
+    # each machine's workload returns at once: its process's end is all it schedules
+    assert full["msi"] > 2 and by_part["msi"] == 2
+    assert by_part["guest"] == full["guest"] and by_part["migration"] > 0
+
+
+def test_what_2x_leaves_the_msi_events_is_worked_out_from_the_three_timings():
+    from sim.bench import Bench, _without_msis
+
+    def bench(quiet_s: float) -> str:
+        b = Bench(
+            machine="m",
+            bare={"events_per_s": 1e6},  # 1 us a bare event: 0.1 s for the 100k below
+            simulated={"events": 100_000, "simulate_wall_s": 0.25},
+            simulated_scenario="x",
+            its=[],
+            quiet={"events": 10_000, "simulate_wall_s": quiet_s},
+        )
+        return " ".join(_without_msis(b))
+
+    text = bench(0.12)  # the rest 1.2x; 2x leaves 0.08 s for 90k MSI events: 0.89x each
+    assert "**1.20x** bare SimPy's time for all 100,000 events" in text
+    assert "add 90,000 events (90% of them), at 1.44x a bare-SimPy event each" in text
+    assert "leave each of those 0.89x a bare-SimPy event, less than bare SimPy's own" in text
+    assert "each of those 1.33x a bare-SimPy event." in bench(0.08)  # (2 - 0.8) / 0.9
+    assert "alone is past 2x" in bench(0.21)
+    assert "noise hides" in bench(0.26) and "a bare-SimPy event each" not in bench(0.26)
+    assert _without_msis(Bench("m", {}, {}, "x", [])) == []  # (not measured: no paragraph)
 
 
 def test_growth_exponent_fits_a_power_law():
