@@ -4,13 +4,20 @@
 - sim.its.commands.decode shares decoded commands by their bytes: equal to a fresh
   decode, errors still raised, the table bounded.
 - sim.proposals.base.hooks_of: the trap hooks a proposal replaces (the others are skipped).
+- The MSI workload (Host.msi_workload) draws its arrivals, devices and vectors inline:
+  the same numbers, from the same stream, as rng.expovariate, rng.choices and
+  rng.randrange on this Python.
 - share-host-claims' command_write_pages looks ITEs up lazily: the pages a batch's
   DISCARDs and MAPD V=0s make KVM write, as a whole-device set would give them.
 """
 
 from __future__ import annotations
 
+import bisect
 import gc
+import itertools
+import math
+import random
 
 import pytest
 
@@ -81,6 +88,26 @@ def test_the_decoded_table_stays_bounded():
     for i in range(c._DECODED_MAX + 10):
         assert decode(INV(1, i).encode()) == INV(1, i)
     assert len(c._DECODED) <= c._DECODED_MAX
+
+
+def test_the_msi_workloads_inline_draws_are_the_librarys():
+    rates = [40000, 5000, 20000, 2000, 10, 50]  # cloud-vm's devices
+    vectors = [17, 5, 17, 5, 1, 2]
+    cum = list(itertools.accumulate(rates))
+    total, last = cum[-1] + 0.0, len(rates) - 1
+    rate = sum(rates) / 1e6
+    inline, library = random.Random("7:src.msi"), random.Random("7:src.msi")
+    for _ in range(20_000):
+        delay = -math.log(1.0 - inline.random()) / rate
+        assert delay == library.expovariate(rate)
+        i = bisect.bisect(cum, inline.random() * total, 0, last)
+        assert i == library.choices(range(len(rates)), cum_weights=cum)[0]
+        n, bits = vectors[i], vectors[i].bit_length()
+        vector = inline.getrandbits(bits)
+        while vector >= n:
+            vector = inline.getrandbits(bits)
+        assert vector == library.randrange(n)
+    assert inline.getstate() == library.getstate()
 
 
 def test_hooks_of_names_the_trap_hooks_each_proposal_replaces():
