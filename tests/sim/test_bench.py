@@ -118,8 +118,18 @@ def test_bench_quick_writes_perf_md_with_every_section(tmp_path, capsys):
     bare_ipe = number(perf, r"(?m)^\| instructions \| [\d,]+ \| ([\d,]+) \|")
     assert 1_000 < bare_ipe < sim_ipe  # a model's event does more than a bare timeout's
     assert counted == pytest.approx(sim_ipe / bare_ipe, abs=0.006)
+    misses = 0.0
     for what in ("instruction", "data"):
-        assert number(perf, rf"(?m)^\| level-1 {what}-cache misses \| ([\d,.]+) \|") > 0
+        misses += number(perf, rf"(?m)^\| level-1 {what}-cache misses \| ([\d,.]+) \|")
+    assert misses > 0
+    # the caches cachegrind modelled, and the miss ratio the sentence says
+    assert re.search(r"level-1 caches \(I1 [\d,]+ B \d+-way, D1 [\d,]+ B \d+-way\)", perf)
+    missed = number(perf, r"event misses them ([\d.]+)x as often as a bare-SimPy one")
+    assert number(perf, r"as often as a bare-SimPy one \(([\d,.]+) against") == pytest.approx(
+        misses, abs=0.11
+    )
+    more = "more than its instructions: the misses take the wall-time ratio past"
+    assert (more in perf) == (missed > counted)
     assert number(perf, r"(?m)^\| events counted \| [\d,]+ \| ([\d,]+) \|") > 15_000
 
 
@@ -241,6 +251,20 @@ def test_bad_arguments_exit_2(capsys, argv, message):
         main(["bench", *argv])
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_cache_model_is_the_one_cachegrind_reports():
+    import subprocess
+    import sys
+
+    from sim.bench import VALGRIND, cache_model
+
+    model = cache_model()
+    done = subprocess.run([*VALGRIND, "-v", sys.executable, "-c", "pass"], capture_output=True)
+    for cache in model.split(", "):
+        name, size, _b, ways = cache.split(" ")
+        assert f"{name}: {size} B, {ways}," in done.stderr.decode()
+    assert [c.split(" ")[0] for c in model.split(", ")] == ["I1", "D1"]
 
 
 def test_an_instruction_count_is_exact_and_a_rounds_count_is_the_difference():
