@@ -162,33 +162,42 @@ COUNTERS = {"instructions": "I", "i1_misses": "I1", "d1_misses": "D1"}  # cacheg
 BARE_COUNTED_EVENTS = 100_000  # bare SimPy's events per counted round (its cost is flat)
 
 
+def _cachegrind(code: str, *flags: str) -> str:
+    """What cachegrind prints (its stderr) for a fresh interpreter running ``code``;
+    RuntimeError, with its last lines, if valgrind fails."""
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    done = subprocess.run(
+        [*VALGRIND, *flags, sys.executable, "-c", code], capture_output=True, text=True, env=env
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"valgrind exit {done.returncode}: {_tail(done.stderr)}")
+    return done.stderr
+
+
+def _tail(stderr: str) -> str:
+    return " / ".join(stderr.strip().splitlines()[-3:])
+
+
 def counted(code: str) -> dict[str, int]:
     """Instructions, and level-1 instruction- and data-cache misses, of a fresh
     interpreter running ``code`` under cachegrind."""
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
-    done = subprocess.run(
-        [*VALGRIND, sys.executable, "-c", code], capture_output=True, text=True, env=env
-    )
+    stderr = _cachegrind(code)
     found = {
-        key: re.search(rf"^==\d+== {name}\s+(?:refs|misses):\s+([\d,]+)", done.stderr, re.M)
+        key: re.search(rf"^==\d+== {name}\s+(?:refs|misses):\s+([\d,]+)", stderr, re.M)
         for key, name in COUNTERS.items()
     }
-    if done.returncode != 0 or not all(found.values()):
-        tail = " / ".join(done.stderr.strip().splitlines()[-3:])
-        raise RuntimeError(f"valgrind exit {done.returncode}: {tail}")
+    if not all(found.values()):
+        raise RuntimeError(f"valgrind exit 0: {_tail(stderr)}")
     return {key: int(m.group(1).replace(",", "")) for key, m in found.items()}
 
 
 def cache_model() -> str:
     """The level-1 caches cachegrind models on this machine (it reads their geometry from
     the CPU), e.g. "I1 32,768 B 8-way, D1 49,152 B 12-way"."""
-    done = subprocess.run(
-        [*VALGRIND, "-v", sys.executable, "-c", "pass"], capture_output=True, text=True
-    )
-    found = re.findall(r"^==\d+==\s+(I1|D1): ([\d,]+ B), (\d+-way)", done.stderr, re.M)
-    if done.returncode != 0 or len(found) != 2:
-        tail = " / ".join(done.stderr.strip().splitlines()[-3:])
-        raise RuntimeError(f"valgrind exit {done.returncode}: {tail}")
+    stderr = _cachegrind("pass", "-v")
+    found = re.findall(r"^==\d+==\s+(I1|D1): ([\d,]+ B), (\d+-way)", stderr, re.M)
+    if len(found) != 2:
+        raise RuntimeError(f"valgrind exit 0: {_tail(stderr)}")
     return ", ".join(" ".join(cache) for cache in found)
 
 
@@ -705,17 +714,25 @@ def _spread(b: Bench) -> list[str]:
     ]
 
 
+def msi_share(bare: dict, simulated: dict, quiet: dict) -> tuple[float, float, float]:
+    """``(rest, msi, room)`` from the three timings: the runs without their MSIs in bare
+    SimPy's time for all the full runs' events; each MSI event against a bare-SimPy one;
+    and what a 2x ratio would leave each MSI event."""
+    per_bare = 1 / bare["events_per_s"]  # s per bare-SimPy event
+    events, msi_events = simulated["events"], simulated["events"] - quiet["events"]
+    quiet_s = quiet["simulate_wall_s"]
+    rest = quiet_s / (events * per_bare)
+    msi = (simulated["simulate_wall_s"] - quiet_s) / (msi_events * per_bare)
+    return rest, msi, (2 - rest) * events / msi_events
+
+
 def _without_msis(b: Bench) -> list[str]:
     """What the ratio leaves the MSI workloads once the rest of the runs is paid for."""
     if b.quiet is None:
         return []
-    per_bare = 1 / b.bare["events_per_s"]  # s per bare-SimPy event
+    rest, msi, room = msi_share(b.bare, b.simulated, b.quiet)
     events, quiet_events = b.simulated["events"], b.quiet["events"]
-    msi_events = events - quiet_events
-    quiet_s, full_s = b.quiet["simulate_wall_s"], b.simulated["simulate_wall_s"]
-    rest = quiet_s / (events * per_bare)  # in bare SimPy's time for every event
-    msi = (full_s - quiet_s) / (msi_events * per_bare)
-    room = (2 - rest) * events / msi_events
+    msi_events, quiet_s = events - quiet_events, b.quiet["simulate_wall_s"]
     if msi <= 0:  # the full runs were no slower than these: noise, on a short run
         verdict = "This run's noise hides what they cost: it timed the full runs no slower."
     elif room <= 0:

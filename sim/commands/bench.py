@@ -137,7 +137,7 @@ def main(args: argparse.Namespace) -> int:
     )
     say(
         f"(b) without MSIs: {quiet['events']:,} events, {quiet['simulate_wall_s']:.3f} s,"
-        f" {quiet['simulate_wall_s'] * bare['events_per_s'] / simulated['events']:.2f}x"
+        f" {bench.msi_share(bare, simulated, quiet)[0]:.2f}x"
         " bare SimPy's time for the full runs' events"
     )
     instructions, instructions_missing = None, _valgrind(say)
