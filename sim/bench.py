@@ -540,28 +540,31 @@ class Point:
 
 
 def _point(ites: int, driver: str, proposal: str) -> dict:
-    """One full migration in a fresh process: wall time, events, peak RSS."""
-    from sim.run import collect, simulate
+    """One full migration in a fresh process: wall time, events, peak RSS. The collector
+    stays paused to the end, as for compare's jobs (:func:`sim.parallel.call`): resumed
+    after the run, its first pass would scan the live world only to keep it (a quarter
+    of a second at 1M ITEs), and the process ends once the point is measured."""
+    from sim.run import collect, gc_paused, simulate
 
-    scenario = scaling_scenario(ites, driver=driver)
-    start = time.perf_counter()
-    world = simulate(scenario, proposal)
-    result = collect(world)
-    wall = time.perf_counter() - start
-    rss = peak_rss_mib()
-    k = result.correctness
-    return asdict(
-        Point(
-            ites=ites,
-            driver=driver,
-            proposal=proposal,
-            wall_s=wall,
-            events=events_scheduled(world.env),
-            peak_rss_mib=rss,
-            translations_ok=k.translations_preserved and not k.its_errors,
-            expected_translations=k.expected_translations,
+    with gc_paused():
+        scenario = scaling_scenario(ites, driver=driver)
+        start = time.perf_counter()
+        world = simulate(scenario, proposal)
+        result = collect(world)
+        wall = time.perf_counter() - start
+        k = result.correctness
+        return asdict(
+            Point(
+                ites=ites,
+                driver=driver,
+                proposal=proposal,
+                wall_s=wall,
+                events=events_scheduled(world.env),
+                peak_rss_mib=peak_rss_mib(),
+                translations_ok=k.translations_preserved and not k.its_errors,
+                expected_translations=k.expected_translations,
+            )
         )
-    )
 
 
 def peak_rss_mib() -> float:
@@ -618,6 +621,18 @@ class Bench:
         return self.bare["events_per_s"] / self.simulated["events_per_s"]
 
 
+def _point_context() -> multiprocessing.context.BaseContext:
+    """Where each migration point runs: a fresh child of a fork server that has imported
+    pkvm-sim and nothing else, run and gone (``os._exit``, no interpreter teardown), so a
+    point's batch pays no interpreter start, imports or exit-time collection per run; a
+    spawned interpreter where there is no fork server (not on Unix)."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["__main__", "sim.bench", "sim.run"])
+    return ctx
+
+
 def run_points(
     sizes: list[int],
     proposals: list[str],
@@ -630,7 +645,7 @@ def run_points(
     run together, the longest first (by ``expected`` wall times, then by the previous
     size's: a batch of unequal runs on few cores ends sooner so). Returns the points in
     ``proposals`` order and, per size, the wall time of its batch."""
-    ctx = multiprocessing.get_context("spawn")
+    ctx = _point_context()
     points: list[dict] = []
     batch_wall: dict[int, float] = {}
     for ites in sizes:
@@ -889,8 +904,9 @@ def _compare(b: Bench) -> list[str]:
         " seeds, every proposal, the attack matrices and the cost-range section) within 60 s"
         " on 2 cores; the same bytes for any `--jobs`. Each honest run, each attack cell,"
         " each cost point and each chart is a job"
-        " (sim/parallel.py), run in spawned worker processes and merged in a fixed order;"
-        " the speed-up is bounded by the cores the machine gives the run.",
+        " (sim/parallel.py), run in spawned worker processes, started once for every"
+        " phase of the command, and merged in a fixed order; the speed-up is bounded by the"
+        " cores the machine gives the run.",
         "",
     ]
 
@@ -981,10 +997,17 @@ def render(b: Bench, command: str) -> str:
     lines += [
         "",
         "Each proposal's time is one run (guest boot, device bring-up, MSIs, affinity moves,"
-        " the migration, the checks) in a fresh process; *sum* is what they cost one after"
-        f" another, *all on {cores}* the wall time of running them {b.jobs} at a time,"
-        " the longest (at the size before) first (process start-up included); peak memory"
-        " is the largest run's peak RSS (interpreter and imports included).",
+        " the migration, the checks) in a fresh process, "
+        + (
+            "forked from a server that has imported pkvm-sim and nothing more, and gone"
+            " once measured (no interpreter start, imports or teardown per run)"
+            if _point_context().get_start_method() == "forkserver"
+            else "a spawned interpreter"
+        )
+        + f"; *sum* is what they cost one after another, *all on {cores}* the wall time of"
+        f" running them {b.jobs} at a time, the longest (at the size before) first (process"
+        " start-up included); peak memory is the largest run's peak RSS (interpreter and"
+        " imports included).",
         "",
         "Fitted growth exponent k in wall ~ ITEs^k (least squares on log-log):",
         "",

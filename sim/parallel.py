@@ -100,6 +100,44 @@ def stop_workers(pool: ProcessPoolExecutor) -> None:
     pool.shutdown(wait=True, cancel_futures=True)
 
 
+_kept: dict[int, ProcessPoolExecutor] | None = None  # workers -> pool, in workers_kept()
+
+
+@contextmanager
+def workers_kept() -> Iterator[None]:
+    """Inside, :func:`run_jobs` keeps its worker processes for the next call rather than
+    ending them, one pool per number of workers: a command that runs its jobs in phases
+    (compare: the runs, the replay twins, the kernel events, the cost ranges, the charts)
+    starts its workers once, not once a phase. Each job still gets only its arguments
+    (:func:`call`). Left by an exception, the workers are ended at once."""
+    global _kept
+    if _kept is not None:  # (nested: the outer one keeps them)
+        yield
+        return
+    _kept = {}
+    try:
+        yield
+    except BaseException:
+        for pool in _kept.values():
+            stop_workers(pool)
+        raise
+    else:
+        for pool in _kept.values():
+            pool.shutdown(wait=True)
+    finally:
+        _kept = None
+
+
+def _pool(workers: int, nr_jobs: int) -> ProcessPoolExecutor:
+    """A pool for ``nr_jobs`` jobs on ``workers`` processes: a kept one (as many as
+    ``workers``, whatever later calls bring) or one of its own (no more than the jobs)."""
+    if _kept is None:
+        return worker_pool(min(workers, nr_jobs))
+    if workers not in _kept:
+        _kept[workers] = worker_pool(workers)
+    return _kept[workers]
+
+
 def run_jobs(
     jobs: Sequence[Job], workers: int | None = None, advance: Callable[[], None] = lambda: None
 ) -> list[Any]:
@@ -117,7 +155,7 @@ def run_jobs(
         return out
     order = sorted(range(len(jobs)), key=lambda i: -jobs[i].cost)  # stable: ties by index
     results: list[Any] = [None] * len(jobs)
-    pool = worker_pool(min(workers, len(jobs)))
+    pool = _pool(workers, len(jobs))
     try:
         # At most a few jobs queued per worker: the pool hands each to the next free one.
         pending: dict[Future, int] = {}
@@ -137,6 +175,9 @@ def run_jobs(
                     pending[pool.submit(call, jobs[nxt].fn, jobs[nxt].args)] = nxt
     except BaseException:  # interrupted, or a job failed
         stop_workers(pool)
+        if _kept is not None:
+            _kept.pop(workers, None)
         raise
-    pool.shutdown(wait=True)
+    if _kept is None:
+        pool.shutdown(wait=True)
     return results

@@ -74,6 +74,7 @@ def register(sub) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from sim.output import check_dir
+    from sim.parallel import workers_kept
 
     paths = args.scenarios or bundled_scenarios()
     if not paths:
@@ -90,9 +91,10 @@ def main(args: argparse.Namespace) -> int:
     check_dir(out, "--out", "results.json")
     # The status lines go to stderr when stdout carries the summary (or the JSON).
     status = sys.stderr if args.format == "text" else sys.stdout
-    runs = _simulate(args, scenarios)
-    sens = _cost_ranges(args, runs) if args.cost_samples > 0 else None
-    charts, summary = _write(args, scenarios, runs, sens, out)
+    with workers_kept():  # one set of workers for every phase
+        runs = _simulate(args, scenarios)
+        sens = _cost_ranges(args, runs) if args.cost_samples > 0 else None
+        charts, summary = _write(args, scenarios, runs, sens, out)
     if args.format == "text":
         print(summary)
     print(

@@ -9,10 +9,14 @@ import pytest
 import simpy
 
 from sim.bench import (
+    FIRST_SIX,
+    _point,
+    _point_context,
     bare_simpy,
     counting_events,
     event_mix,
     growth_exponent,
+    run_points,
     scaling_scenario,
     without_msis,
 )
@@ -235,6 +239,50 @@ def test_scaling_scenario_maps_exactly_the_ites_asked_for():
         scaling_scenario(57_345, driver="linux")
     with pytest.raises(ValueError, match="4000000"):
         scaling_scenario(4_000_001)
+
+
+def test_a_run_never_scans_its_live_world_between_simulate_and_collect(monkeypatch):
+    import gc
+
+    import sim.run
+    from sim.scenario import load_scenario
+
+    scenario = load_scenario("scenarios/small-vm.yaml")
+    seen: list[str] = []
+    collect = sim.run.collect
+
+    def collected(world):
+        result = collect(world)
+        seen.append("collected")
+        return result
+
+    def passes(phase: str, info: dict) -> None:
+        if phase == "start":
+            seen.append(f"gen{info['generation']}")
+
+    monkeypatch.setattr(sim.run, "collect", collected)
+    gc.callbacks.append(passes)
+    try:
+        result = sim.run.run(scenario, "trusted-host")
+    finally:
+        gc.callbacks.remove(passes)
+    # resumed between the two, the collector's first pass came before "collected", over
+    # the live world; after, the world is garbage and a pass frees it
+    assert seen[0] == "collected"
+    assert result.correctness.translations_preserved
+    assert gc.isenabled()
+
+
+def test_a_migration_point_forked_from_the_server_is_the_one_measured_here():
+    assert _point_context().get_start_method() == "forkserver"  # (Linux: CI's machines)
+    here = _point(2000, "bulk", FIRST_SIX[1])
+    points, batch = run_points([2000], [FIRST_SIX[1]], "bulk", jobs=1)
+    (there,) = points
+    for key in ("ites", "events", "translations_ok", "expected_translations"):
+        assert there[key] == here[key]
+    assert there["translations_ok"] and there["events"] > 0
+    assert batch[2000] >= there["wall_s"] > 0
+    assert there["peak_rss_mib"] > 10  # a child's own peak: interpreter, imports, world
 
 
 @pytest.mark.parametrize(

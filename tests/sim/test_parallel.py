@@ -93,3 +93,34 @@ def test_workers_leave_ctrl_c_to_the_parent_and_hold_nothing():
     finally:
         stop_workers(pool)
     assert len(workers) == 1 and not workers[0].is_alive()
+
+
+def worker_pid(_: int) -> int:
+    return os.getpid()
+
+
+def test_kept_workers_serve_every_phase_and_end_with_it():
+    from sim import parallel
+
+    phases = [[Job(worker_pid, (i,)) for i in range(6)] for _ in range(3)]
+    with parallel.workers_kept():
+        pids = [set(run_jobs(jobs, 2)) for jobs in phases]
+        (pool,) = parallel._kept.values()
+        workers = list(pool._processes.values())
+    assert pids[0] == pids[1] == pids[2] and os.getpid() not in pids[0]
+    assert len(workers) == 2 and not any(w.is_alive() for w in workers)
+    assert parallel._kept is None
+    # without it, each call starts workers of its own
+    assert set(run_jobs(phases[0], 2)).isdisjoint(run_jobs(phases[1], 2))
+
+
+def test_kept_workers_end_at_once_when_a_phase_fails():
+    from sim import parallel
+
+    with pytest.raises(ValueError, match="job 3 failed"), parallel.workers_kept():
+        run_jobs([Job(worker_pid, (i,)) for i in range(4)], 2)
+        (pool,) = parallel._kept.values()
+        workers = list(pool._processes.values())
+        run_jobs([Job(fail_on, (i,)) for i in range(6)], 2)
+    assert not any(w.is_alive() for w in workers)
+    assert parallel._kept is None
