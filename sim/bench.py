@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass, field
 
 import simpy
 
+from sim.parallel import call
+
 # 16 INTID bits leave INTIDs 8192..65535 for LPIs: a Linux guest maps one per vector.
 MAX_ITES = (1 << 16) - 8192
 MAX_VECTORS = 2048  # DeviceSpec.vectors' upper bound
@@ -540,31 +542,28 @@ class Point:
 
 
 def _point(ites: int, driver: str, proposal: str) -> dict:
-    """One full migration in a fresh process: wall time, events, peak RSS. The collector
-    stays paused to the end, as for compare's jobs (:func:`sim.parallel.call`): resumed
-    after the run, its first pass would scan the live world only to keep it (a quarter
-    of a second at 1M ITEs), and the process ends once the point is measured."""
-    from sim.run import collect, gc_paused, simulate
+    """One full migration in a fresh process: wall time, events, peak RSS."""
+    from sim.run import collect, simulate
 
-    with gc_paused():
-        scenario = scaling_scenario(ites, driver=driver)
-        start = time.perf_counter()
-        world = simulate(scenario, proposal)
-        result = collect(world)
-        wall = time.perf_counter() - start
-        k = result.correctness
-        return asdict(
-            Point(
-                ites=ites,
-                driver=driver,
-                proposal=proposal,
-                wall_s=wall,
-                events=events_scheduled(world.env),
-                peak_rss_mib=peak_rss_mib(),
-                translations_ok=k.translations_preserved and not k.its_errors,
-                expected_translations=k.expected_translations,
-            )
+    scenario = scaling_scenario(ites, driver=driver)
+    start = time.perf_counter()
+    world = simulate(scenario, proposal)
+    result = collect(world)
+    wall = time.perf_counter() - start
+    rss = peak_rss_mib()
+    k = result.correctness
+    return asdict(
+        Point(
+            ites=ites,
+            driver=driver,
+            proposal=proposal,
+            wall_s=wall,
+            events=events_scheduled(world.env),
+            peak_rss_mib=rss,
+            translations_ok=k.translations_preserved and not k.its_errors,
+            expected_translations=k.expected_translations,
         )
+    )
 
 
 def peak_rss_mib() -> float:
@@ -621,15 +620,17 @@ class Bench:
         return self.bare["events_per_s"] / self.simulated["events_per_s"]
 
 
+# Where each migration point runs: a fresh child of a fork server that has imported
+# pkvm-sim and nothing else, gone once measured (os._exit: no interpreter teardown), so a
+# point's batch pays no interpreter start, imports or exit-time collection per run; a
+# spawned interpreter where there is no fork server (not on Unix).
+POINT_START = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+
+
 def _point_context() -> multiprocessing.context.BaseContext:
-    """Where each migration point runs: a fresh child of a fork server that has imported
-    pkvm-sim and nothing else, run and gone (``os._exit``, no interpreter teardown), so a
-    point's batch pays no interpreter start, imports or exit-time collection per run; a
-    spawned interpreter where there is no fork server (not on Unix)."""
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["__main__", "sim.bench", "sim.run"])
+    ctx = multiprocessing.get_context(POINT_START)
+    if POINT_START == "forkserver":
+        ctx.set_forkserver_preload(["__main__", "sim.bench", "sim.run"])
     return ctx
 
 
@@ -654,7 +655,9 @@ def run_points(
         start = time.perf_counter()
         done: dict[str, dict] = {}
         with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, max_tasks_per_child=1) as pool:
-            futures = {p: pool.submit(_point, ites, driver, p) for p in order}
+            # (sim.parallel.call: the collector paused to the end, so it never scans the
+            # live world, a quarter of a second at 1M ITEs)
+            futures = {p: pool.submit(call, _point, (ites, driver, p)) for p in order}
             for p in proposals:
                 done[p] = futures[p].result()
                 if progress is not None:
@@ -1001,7 +1004,7 @@ def render(b: Bench, command: str) -> str:
         + (
             "forked from a server that has imported pkvm-sim and nothing more, and gone"
             " once measured (no interpreter start, imports or teardown per run)"
-            if _point_context().get_start_method() == "forkserver"
+            if POINT_START == "forkserver"
             else "a spawned interpreter"
         )
         + f"; *sum* is what they cost one after another, *all on {cores}* the wall time of"
