@@ -9,6 +9,7 @@ event is left, so every scheduled event was processed.
 
 from __future__ import annotations
 
+import gc
 import math
 import multiprocessing
 import os
@@ -26,8 +27,6 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import simpy
-
-from sim.parallel import call
 
 # 16 INTID bits leave INTIDs 8192..65535 for LPIs: a Linux guest maps one per vector.
 MAX_ITES = (1 << 16) - 8192
@@ -566,6 +565,14 @@ def _point(ites: int, driver: str, proposal: str) -> dict:
     )
 
 
+def _point_alone(ites: int, driver: str, proposal: str) -> dict:
+    """:func:`_point` in a process that ends after it: the collector stays off. Resumed,
+    it would scan the live world only to keep it (a quarter of a second at 1M ITEs) or,
+    once the world is dropped, walk it to free what the process's exit frees anyway."""
+    gc.disable()
+    return _point(ites, driver, proposal)
+
+
 def peak_rss_mib() -> float:
     """This process's peak resident set: VmHWM, which starts afresh at exec (ru_maxrss
     carries the parent's peak across fork and exec)."""
@@ -655,9 +662,7 @@ def run_points(
         start = time.perf_counter()
         done: dict[str, dict] = {}
         with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, max_tasks_per_child=1) as pool:
-            # (sim.parallel.call: the collector paused to the end, so it never scans the
-            # live world, a quarter of a second at 1M ITEs)
-            futures = {p: pool.submit(call, _point, (ites, driver, p)) for p in order}
+            futures = {p: pool.submit(_point_alone, ites, driver, p) for p in order}
             for p in proposals:
                 done[p] = futures[p].result()
                 if progress is not None:
